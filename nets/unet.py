@@ -1,0 +1,108 @@
+"""UNet with a VGG16 or ResNet50 encoder; state-dict keys match the reference's weights files."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nets.resnet import resnet50
+from nets.vgg import VGG16
+from utils.errors import UserError
+
+BACKBONES = ("vgg", "resnet50")
+#: Height and width must be multiples of the encoder's deepest stride.
+SIZE_MULTIPLE = {"vgg": 16, "resnet50": 32}
+
+
+def check_input_shape(height: int, width: int, backbone: str) -> None:
+    """Raise a :class:`UserError` (a ``ValueError``) naming the nearest valid sizes if needed."""
+    multiple = SIZE_MULTIPLE[backbone]
+    problems = []
+    for name, value in (("height", height), ("width", width)):
+        if value % multiple == 0 and value > 0:
+            continue
+        lower = value // multiple * multiple
+        choices = [str(v) for v in (lower, lower + multiple) if v > 0]
+        problems.append(f"{name} {value} -> {' or '.join(choices)}")
+    if problems:
+        raise UserError(
+            f"input size {height}x{width} does not fit the {backbone} backbone, whose height and "
+            f"width must be multiples of {multiple}; use the nearest valid size "
+            f"({'; '.join(problems)})."
+        )
+
+
+class unetUp(nn.Module):  # noqa: N801 - the reference's name, kept for its users
+    """Decoder block: upsample the deeper map x2, concat ``[skip, up]``, then two conv3x3+ReLU."""
+
+    def __init__(self, in_size: int, out_size: int):
+        super().__init__()
+        self.up = nn.UpsamplingBilinear2d(scale_factor=2)  # align_corners=True, as trained
+        self.conv1 = nn.Conv2d(in_size, out_size, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(out_size, out_size, kernel_size=3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, inputs1: torch.Tensor, inputs2: torch.Tensor) -> torch.Tensor:
+        outputs = torch.cat([inputs1, self.up(inputs2)], 1)
+        outputs = self.relu(self.conv1(outputs))
+        return self.relu(self.conv2(outputs))
+
+
+class Unet(nn.Module):
+    """The reference's UNet: encoder features fused bottom-up, logits at input resolution."""
+
+    def __init__(self, num_classes: int = 21, pretrained: bool = False, backbone: str = "vgg"):
+        super().__init__()
+        if backbone == "vgg":
+            self.vgg = VGG16(pretrained=pretrained)
+            in_filters = [192, 384, 768, 1024]
+        elif backbone == "resnet50":
+            self.resnet = resnet50(pretrained=pretrained)
+            in_filters = [192, 512, 1024, 3072]
+        else:
+            raise UserError(
+                f"unsupported backbone {backbone!r}; use one of {', '.join(BACKBONES)}."
+            )
+        out_filters = [64, 128, 256, 512]
+        self.up_concat4 = unetUp(in_filters[3], out_filters[3])
+        self.up_concat3 = unetUp(in_filters[2], out_filters[2])
+        self.up_concat2 = unetUp(in_filters[1], out_filters[1])
+        self.up_concat1 = unetUp(in_filters[0], out_filters[0])
+        if backbone == "resnet50":
+            # ResNet's first feature map is at stride 2: one more upsampling restores full size.
+            self.up_conv = nn.Sequential(
+                nn.UpsamplingBilinear2d(scale_factor=2),
+                nn.Conv2d(out_filters[0], out_filters[0], kernel_size=3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(out_filters[0], out_filters[0], kernel_size=3, padding=1),
+                nn.ReLU(),
+            )
+        else:
+            self.up_conv = None
+        self.final = nn.Conv2d(out_filters[0], num_classes, 1)
+        self.backbone = backbone
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.vgg if self.backbone == "vgg" else self.resnet
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        check_input_shape(inputs.shape[-2], inputs.shape[-1], self.backbone)
+        feat1, feat2, feat3, feat4, feat5 = self.encoder(inputs)
+        up4 = self.up_concat4(feat4, feat5)
+        up3 = self.up_concat3(feat3, up4)
+        up2 = self.up_concat2(feat2, up3)
+        up1 = self.up_concat1(feat1, up2)
+        if self.up_conv is not None:
+            up1 = self.up_conv(up1)
+        return self.final(up1)
+
+    def freeze_backbone(self) -> None:
+        self._set_backbone_trainable(False)
+
+    def unfreeze_backbone(self) -> None:
+        self._set_backbone_trainable(True)
+
+    def _set_backbone_trainable(self, trainable: bool) -> None:
+        for param in self.encoder.parameters():
+            param.requires_grad = trainable

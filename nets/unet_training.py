@@ -1,0 +1,181 @@
+"""Losses, weight init and learning-rate schedules, numerically as in the reference.
+
+The public names and signatures (``CE_Loss``, ``Focal_Loss``, ``Dice_loss``, ``weights_init``,
+``get_lr_scheduler``, ``set_optimizer_lr``) are the reference's, kept for its users' scripts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils.errors import UserError
+
+INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
+LR_DECAY_TYPES = ("cos", "step")
+
+
+def resize_to(inputs: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bilinearly resize logits to the target size when either side differs.
+
+    The reference resized only when both sides differed, and crashed otherwise.
+    """
+    if tuple(inputs.shape[-2:]) != (height, width):
+        inputs = F.interpolate(inputs, size=(height, width), mode="bilinear", align_corners=True)
+    return inputs
+
+
+def _as_weight(cls_weights, like: torch.Tensor) -> torch.Tensor | None:
+    if cls_weights is None:
+        return None
+    return torch.as_tensor(cls_weights, dtype=torch.float32, device=like.device)
+
+
+def CE_Loss(inputs: torch.Tensor, target: torch.Tensor, cls_weights, num_classes: int = 21):
+    """Class-weighted cross entropy over pixels; label ``num_classes`` is ignored."""
+    inputs = resize_to(inputs, *target.shape[-2:]).float()
+    return F.cross_entropy(
+        inputs, target, weight=_as_weight(cls_weights, inputs), ignore_index=num_classes
+    )
+
+
+def Focal_Loss(
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    cls_weights,
+    num_classes: int = 21,
+    alpha: float | None = 0.5,
+    gamma: float = 2,
+):
+    """Focal loss ``-(1 - pt)^gamma * alpha * log(pt)``, averaged over all pixels.
+
+    As in the reference, ignored pixels count in the mean with a loss of zero, and ``pt`` is
+    taken from the class-weighted cross entropy.
+    """
+    inputs = resize_to(inputs, *target.shape[-2:]).float()
+    logpt = -F.cross_entropy(
+        inputs,
+        target,
+        weight=_as_weight(cls_weights, inputs),
+        ignore_index=num_classes,
+        reduction="none",
+    )
+    pt = torch.exp(logpt)
+    if alpha is not None:
+        logpt = logpt * alpha
+    return (-((1 - pt) ** gamma) * logpt).mean()
+
+
+def one_hot_target(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(N, H, W) class indices -> (N, H, W, num_classes + 1) float one-hot, ignore channel last.
+
+    Built on the labels' device, where the loss needs it, instead of per sample in the
+    data-loader workers as the reference did.
+    """
+    return F.one_hot(labels, num_classes + 1).float()
+
+
+def dice_score(
+    probs: torch.Tensor, target: torch.Tensor, beta: float = 1, smooth: float = 1e-5
+) -> torch.Tensor:
+    """Mean over classes of the F-beta score between (N, C, H, W) ``probs`` and a one-hot target.
+
+    ``target`` is (N, H, W, C + 1); its last (ignore) channel is dropped. Predicted mass on
+    ignored pixels counts as false positive, as in the reference.
+    """
+    target = target[..., :-1].permute(0, 3, 1, 2)
+    tp = torch.sum(target * probs, dim=(0, 2, 3))
+    fp = torch.sum(probs, dim=(0, 2, 3)) - tp
+    fn = torch.sum(target, dim=(0, 2, 3)) - tp
+    beta2 = beta**2
+    score = ((1 + beta2) * tp + smooth) / ((1 + beta2) * tp + beta2 * fn + fp + smooth)
+    return torch.mean(score)
+
+
+def Dice_loss(inputs: torch.Tensor, target: torch.Tensor, beta: float = 1, smooth: float = 1e-5):
+    """``1 - dice_score`` of the softmax; ``target`` is the (N, H, W, C + 1) one-hot."""
+    inputs = resize_to(inputs, *target.shape[1:3]).float()
+    return 1 - dice_score(torch.softmax(inputs, dim=1), target, beta, smooth)
+
+
+def weights_init(net: nn.Module, init_type: str = "normal", init_gain: float = 0.02) -> None:
+    """Re-initialise every conv weight (biases untouched) and BatchNorm2d, as the reference."""
+    if init_type not in INIT_TYPES:
+        raise UserError(f"unknown init type {init_type!r}; use one of {', '.join(INIT_TYPES)}.")
+
+    def init_func(m: nn.Module) -> None:
+        classname = m.__class__.__name__
+        if hasattr(m, "weight") and "Conv" in classname:
+            if init_type == "normal":
+                nn.init.normal_(m.weight.data, 0.0, init_gain)
+            elif init_type == "xavier":
+                nn.init.xavier_normal_(m.weight.data, gain=init_gain)
+            elif init_type == "kaiming":
+                nn.init.kaiming_normal_(m.weight.data, a=0, mode="fan_in")
+            else:
+                nn.init.orthogonal_(m.weight.data, gain=init_gain)
+        elif "BatchNorm2d" in classname:
+            nn.init.normal_(m.weight.data, 1.0, 0.02)
+            nn.init.constant_(m.bias.data, 0.0)
+
+    net.apply(init_func)
+
+
+def _warm_cos_lr(lr, min_lr, total_iters, warmup_total_iters, warmup_lr_start, no_aug_iter, iters):
+    if iters <= warmup_total_iters:
+        return (lr - warmup_lr_start) * pow(iters / float(warmup_total_iters), 2) + warmup_lr_start
+    if iters >= total_iters - no_aug_iter:
+        return min_lr
+    progress = (iters - warmup_total_iters) / (total_iters - warmup_total_iters - no_aug_iter)
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def _step_lr(lr, decay_rate, step_size, iters):
+    return lr * decay_rate ** (iters // step_size)
+
+
+def get_lr_scheduler(
+    lr_decay_type: str,
+    lr: float,
+    min_lr: float,
+    total_iters: int,
+    warmup_iters_ratio: float = 0.05,
+    warmup_lr_ratio: float = 0.1,
+    no_aug_iter_ratio: float = 0.05,
+    step_num: int = 10,
+) -> Callable[[int], float]:
+    """Return ``epoch -> lr``: quadratic warm-up then cosine ("cos"), or a staircase ("step")."""
+    if lr_decay_type == "cos":
+        warmup_total_iters = min(max(warmup_iters_ratio * total_iters, 1), 3)
+        warmup_lr_start = max(warmup_lr_ratio * lr, 1e-6)
+        no_aug_iter = min(max(no_aug_iter_ratio * total_iters, 1), 15)
+        return partial(
+            _warm_cos_lr, lr, min_lr, total_iters, warmup_total_iters, warmup_lr_start, no_aug_iter
+        )
+    if lr_decay_type == "step":
+        decay_rate = (min_lr / lr) ** (1 / (step_num - 1))
+        step_size = total_iters / step_num
+        if step_size < 1:
+            raise UserError(
+                f"the step schedule needs at least {step_num} epochs, got {total_iters}; "
+                "train longer or use --lr-decay-type cos."
+            )
+        return partial(_step_lr, lr, decay_rate, step_size)
+    raise UserError(
+        f"unknown lr decay type {lr_decay_type!r}; use one of {', '.join(LR_DECAY_TYPES)}."
+    )
+
+
+def set_optimizer_lr(
+    optimizer: torch.optim.Optimizer, lr_scheduler_func: Callable[[int], float], epoch: int
+) -> float:
+    """Set the scheduled LR for ``epoch`` on every parameter group and return it."""
+    lr = lr_scheduler_func(epoch)
+    for param_group in optimizer.param_groups:
+        param_group["lr"] = lr
+    return lr

@@ -1,0 +1,112 @@
+"""mIoU and friends on small hand-made label/prediction folders."""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from utils.errors import UserError
+from utils.utils_metrics import ConfusionMatrix, compute_mIoU, fast_hist, show_results
+
+# Two images, 3 classes; 255 is the border to ignore; class 2 appears in neither.
+LABELS = {"a": [[0, 0, 1], [1, 255, 0]], "b": [[1, 1], [0, 255]]}
+PREDS = {"a": [[0, 1, 1], [1, 0, 0]], "b": [[1, 0], [0, 1]]}
+EXPECTED_HIST = [[3, 1, 0], [1, 3, 0], [0, 0, 0]]
+
+
+def write_pngs(folder, arrays, mode="L"):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, values in arrays.items():
+        Image.fromarray(np.array(values, dtype=np.uint8)).convert(mode).save(folder / f"{name}.png")
+
+
+@pytest.fixture
+def folders(tmp_path):
+    write_pngs(tmp_path / "gt", LABELS)
+    write_pngs(tmp_path / "pred", PREDS)
+    return tmp_path / "gt", tmp_path / "pred"
+
+
+def test_miou_on_hand_made_folders_ignores_255_and_leaves_absent_class_out(folders):
+    hist, ious, recall, precision = compute_mIoU(*folders, ["a", "b"], 3, ["bg", "x", "y"])
+    assert hist.tolist() == EXPECTED_HIST
+    assert ious[:2].tolist() == [0.6, 0.6] and math.isnan(ious[2])
+    assert recall[:2].tolist() == [0.75, 0.75] and math.isnan(recall[2])
+    assert precision[:2].tolist() == [0.75, 0.75] and math.isnan(precision[2])
+    assert np.nanmean(ious) == pytest.approx(0.6)  # the reference scored class 2 as 0 -> 0.4
+
+
+def test_miou_reads_palette_labels_as_class_indices(tmp_path, folders):
+    gt, pred = folders
+    palette_gt = tmp_path / "palette"
+    palette_gt.mkdir()
+    for name in LABELS:
+        image = Image.fromarray(np.array(LABELS[name], dtype=np.uint8), mode="P")
+        image.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [255] * (3 * 253))
+        image.save(palette_gt / f"{name}.png")
+    hist, *_ = compute_mIoU(palette_gt, pred, ["a", "b"], 3)
+    assert hist.tolist() == EXPECTED_HIST
+
+
+def test_rgb_label_is_an_error_naming_the_file(tmp_path, folders):
+    gt, pred = folders
+    Image.new("RGB", (3, 2), (128, 0, 0)).save(gt / "a.png")
+    with pytest.raises(UserError, match=r"gt/a\.png is a RGB colour image"):
+        compute_mIoU(gt, pred, ["a", "b"], 3)
+
+
+def test_size_mismatch_is_an_error_naming_both_files(folders):
+    gt, pred = folders
+    Image.new("L", (5, 5)).save(pred / "b.png")
+    with pytest.raises(UserError, match=r"pred/b\.png is 5x5 but label .*gt/b\.png is 2x2"):
+        compute_mIoU(gt, pred, ["a", "b"], 3)
+
+
+def test_missing_prediction_is_an_error_naming_the_file(folders):
+    gt, pred = folders
+    (pred / "b.png").unlink()
+    with pytest.raises(UserError, match=r"prediction file .*pred/b\.png is missing"):
+        compute_mIoU(gt, pred, ["a", "b"], 3)
+
+
+def test_prediction_beyond_num_classes_is_an_error(folders):
+    gt, pred = folders
+    write_pngs(pred, {"a": [[0, 7, 1], [1, 0, 0]]})
+    with pytest.raises(UserError, match="holds class 7 but num_classes is 3"):
+        compute_mIoU(gt, pred, ["a"], 3)
+
+
+def test_fast_hist_counts_torch_tensors_like_numpy():
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 5, (4, 7))
+    label[0, :3] = 255
+    pred = rng.integers(0, 4, (4, 7))
+    expected = fast_hist(label, pred, 4)
+    counted = fast_hist(torch.from_numpy(label), torch.from_numpy(pred), 4)
+    assert counted.tolist() == expected.tolist()
+    assert expected.sum() == np.sum(label < 4)
+
+
+def test_confusion_matrix_accumulates_and_reduces():
+    matrix = ConfusionMatrix(3)
+    for name in LABELS:
+        matrix.update(torch.tensor(LABELS[name]), torch.tensor(PREDS[name]))
+    assert matrix.hist.tolist() == EXPECTED_HIST
+    assert matrix.miou == pytest.approx(0.6)
+    assert matrix.accuracy == pytest.approx(0.75)
+
+
+def test_show_results_writes_charts_and_csv(tmp_path, folders):
+    hist, ious, recall, precision = compute_mIoU(*folders, ["a", "b"], 3)
+    names = ["background", "cell", "absent"]
+    show_results(tmp_path / "out", hist, ious, recall, precision, names)
+    for file_name in ("mIoU.png", "mPA.png", "Recall.png", "Precision.png"):
+        with Image.open(tmp_path / "out" / file_name) as image:
+            assert image.size[0] > 100
+    with open(tmp_path / "out" / "confusion_matrix.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == [" ", *names]
+    assert rows[1:] == [[n, *map(str, r)] for n, r in zip(names, EXPECTED_HIST, strict=True)]

@@ -1,0 +1,186 @@
+"""The UNet model: shapes, state-dict keys, freezing, pretrained loading, input-size errors."""
+
+from urllib.error import URLError
+
+import pytest
+import torch
+import torchvision
+from torchvision.models.vgg import cfgs, make_layers
+
+from nets import pretrained as pretrained_module
+from nets.unet import Unet, check_input_shape
+from tests.reference_impl import RefVggUnet
+from utils.errors import UserError
+
+VGG_CONV_INDICES = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
+
+
+def decoder_keys(with_up_conv: bool) -> list[str]:
+    keys = [
+        f"up_concat{i}.{conv}.{p}"
+        for i in (4, 3, 2, 1)
+        for conv in ("conv1", "conv2")
+        for p in ("weight", "bias")
+    ]
+    if with_up_conv:
+        keys += [f"up_conv.{i}.{p}" for i in (1, 3) for p in ("weight", "bias")]
+    return keys + ["final.weight", "final.bias"]
+
+
+@pytest.fixture(scope="module")
+def vgg_unet():
+    torch.manual_seed(0)
+    return Unet(num_classes=21, backbone="vgg").eval()
+
+
+@pytest.fixture(scope="module")
+def resnet_unet():
+    torch.manual_seed(0)
+    return Unet(num_classes=21, backbone="resnet50").eval()
+
+
+@pytest.mark.parametrize("size", [(64, 64), (64, 96)])
+def test_vgg_output_matches_input_size(vgg_unet, size):
+    with torch.no_grad():
+        out = vgg_unet(torch.randn(2, 3, *size))
+    assert out.shape == (2, 21, *size)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (96, 64)])
+def test_resnet_output_matches_input_size(resnet_unet, size):
+    with torch.no_grad():
+        out = resnet_unet(torch.randn(1, 3, *size))
+    assert out.shape == (1, 21, *size)
+
+
+def test_vgg_state_dict_keys_are_the_references(vgg_unet):
+    expected = [f"vgg.features.{i}.{p}" for i in VGG_CONV_INDICES for p in ("weight", "bias")]
+    expected += decoder_keys(with_up_conv=False)
+    assert list(vgg_unet.state_dict()) == expected
+    assert vgg_unet.state_dict()["up_concat4.conv1.weight"].shape == (512, 1024, 3, 3)
+    assert vgg_unet.state_dict()["up_concat1.conv1.weight"].shape == (64, 192, 3, 3)
+
+
+def test_resnet_state_dict_keys_are_the_references(resnet_unet):
+    torchvision_keys = [
+        k for k in torchvision.models.resnet50().state_dict() if not k.startswith("fc.")
+    ]
+    expected = [f"resnet.{k}" for k in torchvision_keys] + decoder_keys(with_up_conv=True)
+    assert list(resnet_unet.state_dict()) == expected
+    assert resnet_unet.state_dict()["up_concat4.conv1.weight"].shape == (512, 3072, 3, 3)
+    assert resnet_unet.state_dict()["up_conv.1.weight"].shape == (64, 64, 3, 3)
+
+
+def test_resnet_stem_pool_is_the_references(resnet_unet):
+    pool = resnet_unet.resnet.maxpool
+    assert (pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode) == (3, 2, 0, True)
+
+
+def test_vgg_matches_reference_implementation_with_same_weights(vgg_unet):
+    reference = RefVggUnet(num_classes=21).eval()
+    reference.load_state_dict(vgg_unet.state_dict(), strict=True)
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(vgg_unet(x), reference(x), rtol=0, atol=0)
+
+
+def test_reference_weights_file_loads_strictly(tmp_path, vgg_unet):
+    path = tmp_path / "unet_vgg_voc.pth"
+    torch.save(RefVggUnet(num_classes=21).state_dict(), path)
+    model = Unet(num_classes=21, backbone="vgg")
+    model.load_state_dict(torch.load(path, weights_only=True), strict=True)
+
+
+@pytest.mark.parametrize("backbone", ["vgg", "resnet50"])
+def test_freeze_and_unfreeze_toggle_only_the_backbone(backbone):
+    model = Unet(num_classes=3, backbone=backbone)
+    encoder = model.vgg if backbone == "vgg" else model.resnet
+    model.freeze_backbone()
+    assert not any(p.requires_grad for p in encoder.parameters())
+    assert all(
+        p.requires_grad
+        for n, p in model.named_parameters()
+        if not n.startswith(("vgg.", "resnet."))
+    )
+    model.unfreeze_backbone()
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_unknown_backbone_is_a_value_error_naming_the_choices():
+    with pytest.raises(ValueError, match="use one of vgg, resnet50"):
+        Unet(backbone="mobilenet")
+
+
+def test_vgg_rejects_size_not_multiple_of_16_with_nearest_sizes(vgg_unet):
+    with pytest.raises(ValueError, match=r"multiples of 16.*width 72 -> 64 or 80"):
+        vgg_unet(torch.randn(1, 3, 64, 72))
+
+
+def test_resnet_rejects_size_not_multiple_of_32_with_nearest_sizes(resnet_unet):
+    with pytest.raises(ValueError, match=r"multiples of 32.*height 48 -> 32 or 64"):
+        resnet_unet(torch.randn(1, 3, 48, 64))
+
+
+def test_input_check_accepts_valid_sizes_and_rejects_tiny_ones():
+    check_input_shape(512, 512, "resnet50")
+    check_input_shape(16, 48, "vgg")
+    with pytest.raises(UserError, match=r"height 8 -> 16"):
+        check_input_shape(8, 16, "vgg")
+
+
+def torchvision_vgg16_state_dict() -> dict:
+    """A vgg16 file in torchvision's format, cheap to make: random features, empty classifier."""
+    state = {f"features.{k}": v for k, v in make_layers(cfgs["D"]).state_dict().items()}
+    for i, (out_f, in_f) in zip(
+        (0, 3, 6), ((4096, 25088), (4096, 4096), (1000, 4096)), strict=True
+    ):
+        state[f"classifier.{i}.weight"] = torch.empty(out_f, in_f)
+        state[f"classifier.{i}.bias"] = torch.empty(out_f)
+    return state
+
+
+def test_pretrained_vgg_loads_local_torchvision_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model_data").mkdir()
+    state = torchvision_vgg16_state_dict()
+    torch.save(state, tmp_path / "model_data" / "vgg16-397923af.pth")
+    monkeypatch.setattr(pretrained_module, "load_state_dict_from_url", _no_network)
+    model = Unet(num_classes=2, pretrained=True, backbone="vgg")
+    for key in ("features.0.weight", "features.28.bias"):
+        torch.testing.assert_close(model.vgg.state_dict()[key], state[key], rtol=0, atol=0)
+
+
+def test_pretrained_resnet_loads_local_torchvision_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model_data").mkdir()
+    state = torchvision.models.resnet50().state_dict()
+    torch.save(state, tmp_path / "model_data" / "resnet50-19c8e357.pth")
+    monkeypatch.setattr(pretrained_module, "load_state_dict_from_url", _no_network)
+    model = Unet(num_classes=2, pretrained=True, backbone="resnet50")
+    for key in ("conv1.weight", "bn1.running_var", "layer4.2.conv3.weight"):
+        torch.testing.assert_close(model.resnet.state_dict()[key], state[key], rtol=0, atol=0)
+
+
+def _no_network(url, *args, **kwargs):
+    raise URLError("network is unreachable")
+
+
+@pytest.mark.parametrize(
+    ("backbone", "file_name"),
+    [("vgg", "vgg16-397923af.pth"), ("resnet50", "resnet50-19c8e357.pth")],
+)
+def test_pretrained_offline_without_file_names_the_file_to_place(
+    tmp_path, monkeypatch, backbone, file_name
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(pretrained_module, "load_state_dict_from_url", _no_network)
+    with pytest.raises(UserError, match=rf"place it at model_data/{file_name}"):
+        Unet(num_classes=2, pretrained=True, backbone=backbone)
+
+
+def test_pretrained_file_with_wrong_contents_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model_data").mkdir()
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "model_data" / "vgg16-397923af.pth")
+    with pytest.raises(UserError, match="does not hold the expected backbone weights"):
+        Unet(num_classes=2, pretrained=True, backbone="vgg")

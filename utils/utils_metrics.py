@@ -1,0 +1,251 @@
+"""Segmentation metrics: the training f-score and the confusion-matrix figures of get_miou.
+
+Counting (``fast_hist`` / :class:`ConfusionMatrix`) is kept apart from reducing
+(``per_class_iu`` and friends), so training-time evaluation and ``get_miou.py`` share one
+confusion matrix and give the same numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from nets.unet_training import dice_score, resize_to
+from utils.errors import UserError
+
+
+def f_score(
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    beta: float = 1,
+    smooth: float = 1e-5,
+    threhold: float = 0.5,
+) -> torch.Tensor:
+    """The Dice score of ``softmax > threhold`` (sic, the reference's name) vs a one-hot target."""
+    inputs = resize_to(inputs, *target.shape[1:3]).float()
+    hard = torch.gt(torch.softmax(inputs, dim=1), threhold).float()
+    return dice_score(hard, target, beta, smooth)
+
+
+def fast_hist(a, b, n: int):
+    """Confusion counts of labels ``a`` vs predictions ``b`` (rows = label, cols = prediction).
+
+    Pixels whose label is outside ``[0, n)`` (the ignore value 255, or ``n``) are left out.
+    Works on NumPy arrays and on torch tensors (counted on their device).
+    """
+    if isinstance(a, torch.Tensor):
+        a, b = a.reshape(-1), b.reshape(-1)
+        k = (a >= 0) & (a < n)
+        counts = torch.bincount(n * a[k].long() + b[k].long(), minlength=n**2)
+        return counts.reshape(n, n)
+    a, b = np.asarray(a).reshape(-1), np.asarray(b).reshape(-1)
+    k = (a >= 0) & (a < n)
+    counts = np.bincount(n * a[k].astype(np.int64) + b[k].astype(np.int64), minlength=n**2)
+    return counts.reshape(n, n)
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """``numerator / denominator`` with NaN where the denominator is 0 (undefined, not 0)."""
+    numerator = np.asarray(numerator, dtype=np.float64)
+    denominator = np.asarray(denominator, dtype=np.float64)
+    out = np.full(np.shape(numerator), np.nan)
+    np.divide(numerator, denominator, out=out, where=denominator > 0)
+    return out
+
+
+def per_class_iu(hist: np.ndarray) -> np.ndarray:
+    """IoU per class; NaN for a class absent from both labels and predictions."""
+    diag = np.diag(hist)
+    return _ratio(diag, hist.sum(1) + hist.sum(0) - diag)
+
+
+def per_class_PA_Recall(hist: np.ndarray) -> np.ndarray:
+    """Pixel accuracy (= recall) per class; NaN for a class absent from the labels."""
+    return _ratio(np.diag(hist), hist.sum(1))
+
+
+def per_class_Precision(hist: np.ndarray) -> np.ndarray:
+    """Precision per class; NaN for a class never predicted."""
+    return _ratio(np.diag(hist), hist.sum(0))
+
+
+def per_Accuracy(hist: np.ndarray) -> float:
+    """Overall pixel accuracy."""
+    return float(_ratio(np.trace(hist), np.sum(hist)))
+
+
+def nanmean(values: np.ndarray) -> float:
+    """Mean over the defined entries; NaN (not a warning) when none is defined."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(values[~np.isnan(values)].mean()) if (~np.isnan(values)).any() else float("nan")
+
+
+class ConfusionMatrix:
+    """Accumulates :func:`fast_hist` counts; the one confusion matrix of training and get_miou."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.hist = np.zeros((num_classes, num_classes), dtype=np.int64)
+
+    def update(self, label, pred) -> None:
+        counts = fast_hist(label, pred, self.num_classes)
+        if isinstance(counts, torch.Tensor):
+            counts = counts.cpu().numpy()
+        self.hist += counts
+
+    @property
+    def iou(self) -> np.ndarray:
+        return per_class_iu(self.hist)
+
+    @property
+    def recall(self) -> np.ndarray:
+        return per_class_PA_Recall(self.hist)
+
+    @property
+    def precision(self) -> np.ndarray:
+        return per_class_Precision(self.hist)
+
+    @property
+    def accuracy(self) -> float:
+        return per_Accuracy(self.hist)
+
+    @property
+    def miou(self) -> float:
+        return nanmean(self.iou)
+
+    @property
+    def mpa(self) -> float:
+        return nanmean(self.recall)
+
+    def summary(self) -> str:
+        return (
+            f"mIoU: {100 * self.miou:.2f}; mPA: {100 * self.mpa:.2f}; "
+            f"Accuracy: {100 * self.accuracy:.2f}"
+        )
+
+
+def read_label_png(path: Path, role: str = "label") -> np.ndarray:
+    """Read a single-channel class-index PNG, or say exactly why it cannot be used."""
+    if not path.is_file():
+        raise UserError(f"{role} file {path} is missing; create it or remove its id from the list.")
+    try:
+        with Image.open(path) as image:
+            mode = image.mode
+            array = np.array(image)
+    except OSError as error:
+        raise UserError(f"{role} file {path} cannot be read ({error}); re-export it.") from error
+    if array.ndim != 2:
+        raise UserError(
+            f"{role} file {path} is a {mode} colour image; labels must be single-channel PNGs "
+            "whose pixel values are class indices (palette 'P' or grayscale 'L')."
+        )
+    return array
+
+
+def compute_mIoU(
+    gt_dir,
+    pred_dir,
+    png_name_list: Sequence[str],
+    num_classes: int,
+    name_classes: Sequence[str] | None = None,
+):
+    """Confusion matrix and per-class IoU/recall/precision of ``pred_dir`` vs ``gt_dir`` PNGs.
+
+    Returns ``(hist, IoUs, PA_Recall, Precision)``. A missing file, an RGB label, a size
+    mismatch or a prediction outside ``[0, num_classes)`` is an error naming the file.
+    """
+    print("Num classes", num_classes)
+    gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
+    matrix = ConfusionMatrix(num_classes)
+    for ind, name in enumerate(png_name_list):
+        gt_path, pred_path = gt_dir / f"{name}.png", pred_dir / f"{name}.png"
+        label = read_label_png(gt_path, "label")
+        pred = read_label_png(pred_path, "prediction")
+        if label.shape != pred.shape:
+            raise UserError(
+                f"prediction {pred_path} is {pred.shape[1]}x{pred.shape[0]} but label {gt_path} "
+                f"is {label.shape[1]}x{label.shape[0]}; predict at the label's size."
+            )
+        if pred.size and int(pred.max()) >= num_classes:
+            raise UserError(
+                f"prediction {pred_path} holds class {int(pred.max())} but num_classes is "
+                f"{num_classes}; evaluate with the num_classes the model was trained with."
+            )
+        matrix.update(label, pred)
+        if name_classes is not None and ind > 0 and ind % 10 == 0:
+            print(f"{ind:d} / {len(png_name_list):d}: {matrix.summary()}")
+    if name_classes is not None:
+        for name, iou, recall, precision in zip(
+            name_classes, matrix.iou, matrix.recall, matrix.precision, strict=False
+        ):
+            print(
+                f"===>{name}:\tIou-{_pct(iou)}; Recall (equal to the PA)-{_pct(recall)}; "
+                f"Precision-{_pct(precision)}"
+            )
+    print(f"===> {matrix.summary()}")
+    return matrix.hist.copy(), matrix.iou, matrix.recall, matrix.precision
+
+
+def _pct(value: float) -> str:
+    return "n/a" if np.isnan(value) else str(round(float(value) * 100, 2))
+
+
+def draw_plot_func(
+    values: np.ndarray,
+    name_classes: Sequence[str],
+    plot_title: str,
+    x_label: str,
+    output_path,
+    tick_font_size: int = 12,
+) -> None:
+    """Horizontal bar chart of one value per class, saved to ``output_path`` (no display)."""
+    from matplotlib.figure import Figure
+
+    values = np.asarray(values, dtype=np.float64)
+    shown = np.nan_to_num(values, nan=0.0)
+    fig = Figure(figsize=(8, max(3.0, 0.35 * len(values) + 1.5)))
+    axes = fig.add_subplot()
+    axes.barh(range(len(values)), shown, color="royalblue")
+    axes.set_title(plot_title, fontsize=tick_font_size + 2)
+    axes.set_xlabel(x_label, fontsize=tick_font_size)
+    axes.set_yticks(range(len(values)), list(name_classes), fontsize=tick_font_size)
+    axes.set_xlim(0, max(1.0, float(shown.max(initial=0))) * 1.15)
+    for i, val in enumerate(values):
+        text = " n/a" if np.isnan(val) else f" {val:.2f}"
+        axes.text(shown[i], i, text, color="royalblue", va="center", fontweight="bold")
+    fig.tight_layout()
+    fig.savefig(output_path)
+
+
+def show_results(
+    miou_out_path,
+    hist: np.ndarray,
+    IoUs: np.ndarray,
+    PA_Recall: np.ndarray,
+    Precision: np.ndarray,
+    name_classes: Sequence[str],
+    tick_font_size: int = 12,
+) -> None:
+    """Write ``mIoU.png``, ``mPA.png``, ``Recall.png``, ``Precision.png`` and the CSV matrix."""
+    out = Path(miou_out_path)
+    out.mkdir(parents=True, exist_ok=True)
+    charts = [
+        (IoUs, f"mIoU = {nanmean(IoUs) * 100:.2f}%", "Intersection over Union", "mIoU.png"),
+        (PA_Recall, f"mPA = {nanmean(PA_Recall) * 100:.2f}%", "Pixel Accuracy", "mPA.png"),
+        (PA_Recall, f"mRecall = {nanmean(PA_Recall) * 100:.2f}%", "Recall", "Recall.png"),
+        (Precision, f"mPrecision = {nanmean(Precision) * 100:.2f}%", "Precision", "Precision.png"),
+    ]
+    for values, title, x_label, file_name in charts:
+        draw_plot_func(values, name_classes, title, x_label, out / file_name, tick_font_size)
+        print(f"Save {file_name[:-4]} out to {out / file_name}")
+    with open(out / "confusion_matrix.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([" "] + [str(c) for c in name_classes])
+        for name, row in zip(name_classes, hist, strict=True):
+            writer.writerow([name] + [str(int(x)) for x in row])
+    print(f"Save confusion_matrix out to {out / 'confusion_matrix.csv'}")
