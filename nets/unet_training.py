@@ -83,23 +83,40 @@ def one_hot_target(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 def dice_score(
     probs: torch.Tensor, target: torch.Tensor, beta: float = 1, smooth: float = 1e-5
 ) -> torch.Tensor:
-    """Mean over classes of the F-beta score between (N, C, H, W) ``probs`` and a one-hot target.
+    """Mean over classes of the F-beta score between (N, C, H, W) ``probs`` and the target.
 
-    ``target`` is (N, H, W, C + 1); its last (ignore) channel is dropped. Predicted mass on
-    ignored pixels counts as false positive, as in the reference.
+    ``target`` is the reference's (N, H, W, C + 1) one-hot, whose last (ignore) channel is
+    dropped, or (N, H, W) class indices with ``C`` = ignore, which gives the same score without
+    building the one-hot. Predicted mass on ignored pixels counts as false positive, as in the
+    reference.
     """
-    target = target[..., :-1].permute(0, 3, 1, 2)
-    tp = torch.sum(target * probs, dim=(0, 2, 3))
+    num_classes = probs.shape[1]
+    if target.dim() == 3:
+        labels = target.clamp(max=num_classes - 1).unsqueeze(1)
+        picked = probs.gather(1, labels).squeeze(1) * (target < num_classes)
+        tp = torch.zeros(num_classes, dtype=probs.dtype, device=probs.device).index_add(
+            0, labels.reshape(-1), picked.reshape(-1)
+        )
+        counts = torch.bincount(target.reshape(-1), minlength=num_classes + 1)[:num_classes]
+        fn = counts.to(probs.dtype) - tp
+    else:
+        one_hot = target[..., :-1].permute(0, 3, 1, 2)
+        tp = torch.sum(one_hot * probs, dim=(0, 2, 3))
+        fn = torch.sum(one_hot, dim=(0, 2, 3)) - tp
     fp = torch.sum(probs, dim=(0, 2, 3)) - tp
-    fn = torch.sum(target, dim=(0, 2, 3)) - tp
     beta2 = beta**2
     score = ((1 + beta2) * tp + smooth) / ((1 + beta2) * tp + beta2 * fn + fp + smooth)
     return torch.mean(score)
 
 
+def target_size(target: torch.Tensor) -> tuple[int, int]:
+    """(H, W) of a class-index (N, H, W) or one-hot (N, H, W, C + 1) target."""
+    return tuple(target.shape[1:3])
+
+
 def Dice_loss(inputs: torch.Tensor, target: torch.Tensor, beta: float = 1, smooth: float = 1e-5):
-    """``1 - dice_score`` of the softmax; ``target`` is the (N, H, W, C + 1) one-hot."""
-    inputs = resize_to(inputs, *target.shape[1:3]).float()
+    """``1 - dice_score`` of the softmax; ``target`` is the one-hot or the class indices."""
+    inputs = resize_to(inputs, *target_size(target)).float()
     return 1 - dice_score(torch.softmax(inputs, dim=1), target, beta, smooth)
 
 

@@ -3,6 +3,7 @@
 Our modules must reproduce these numbers; it is never imported by the project itself.
 """
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -111,3 +112,92 @@ def ref_dice_loss(inputs, target, beta=1, smooth=1e-5, hard_threshold=None):
     if hard_threshold is not None:
         return torch.mean(score)
     return 1 - torch.mean(score)
+
+
+def ref_rand(rng, a=0, b=1):
+    return rng.random() * (b - a) + a
+
+
+def ref_get_random_data(image, label, input_shape, rng, jitter=0.3, hue=0.1, sat=0.7, val=0.3):
+    """The reference's training transform (full-size resize, flip, paste, HSV jitter)."""
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    image = image.convert("RGB")
+    label = Image.fromarray(np.array(label))
+    iw, ih = image.size
+    h, w = input_shape
+    new_ar = iw / ih * ref_rand(rng, 1 - jitter, 1 + jitter) / ref_rand(rng, 1 - jitter, 1 + jitter)
+    scale = ref_rand(rng, 0.25, 2)
+    if new_ar < 1:
+        nh = int(scale * h)
+        nw = int(nh * new_ar)
+    else:
+        nw = int(scale * w)
+        nh = int(nw / new_ar)
+    image = image.resize((nw, nh), Image.BICUBIC)
+    label = label.resize((nw, nh), Image.NEAREST)
+    if ref_rand(rng) < 0.5:
+        image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        label = label.transpose(Image.FLIP_LEFT_RIGHT)
+    dx = int(ref_rand(rng, 0, w - nw))
+    dy = int(ref_rand(rng, 0, h - nh))
+    new_image = Image.new("RGB", (w, h), (128, 128, 128))
+    new_label = Image.new("L", (w, h), (0))
+    new_image.paste(image, (dx, dy))
+    new_label.paste(label, (dx, dy))
+    image_data = np.array(new_image, np.uint8)
+    r = rng.uniform(-1, 1, 3) * [hue, sat, val] + 1
+    hue, sat, val = cv2.split(cv2.cvtColor(image_data, cv2.COLOR_RGB2HSV))
+    x = np.arange(0, 256, dtype=r.dtype)
+    lut_hue = ((x * r[0]) % 180).astype(np.uint8)
+    lut_sat = np.clip(x * r[1], 0, 255).astype(np.uint8)
+    lut_val = np.clip(x * r[2], 0, 255).astype(np.uint8)
+    image_data = cv2.merge((cv2.LUT(hue, lut_hue), cv2.LUT(sat, lut_sat), cv2.LUT(val, lut_val)))
+    return cv2.cvtColor(image_data, cv2.COLOR_HSV2RGB), new_label
+
+
+def ref_letterbox(image, label, input_shape):
+    """The reference's validation transform."""
+    from PIL import Image
+
+    image = image.convert("RGB")
+    label = Image.fromarray(np.array(label))
+    iw, ih = image.size
+    h, w = input_shape
+    scale = min(w / iw, h / ih)
+    nw, nh = int(iw * scale), int(ih * scale)
+    image = image.resize((nw, nh), Image.BICUBIC)
+    new_image = Image.new("RGB", [w, h], (128, 128, 128))
+    new_image.paste(image, ((w - nw) // 2, (h - nh) // 2))
+    label = label.resize((nw, nh), Image.NEAREST)
+    new_label = Image.new("L", [w, h], (0))
+    new_label.paste(label, ((w - nw) // 2, (h - nh) // 2))
+    return new_image, new_label
+
+
+def ref_getitem(image_path, label_path, input_shape, num_classes, train, rng):
+    """The reference's ``UnetDataset.__getitem__``: float64 image, float64 np.eye one-hot."""
+    from PIL import Image
+
+    jpg, png = Image.open(image_path), Image.open(label_path)
+    if train:
+        jpg, png = ref_get_random_data(jpg, png, input_shape, rng)
+    else:
+        jpg, png = ref_letterbox(jpg, png, input_shape)
+    jpg = np.transpose(np.array(jpg, np.float64) / 255.0, [2, 0, 1])
+    png = np.array(png)
+    png[png >= num_classes] = num_classes
+    seg_labels = np.eye(num_classes + 1)[png.reshape([-1])]
+    seg_labels = seg_labels.reshape((int(input_shape[0]), int(input_shape[1]), num_classes + 1))
+    return jpg, png, seg_labels
+
+
+def ref_collate(batch):
+    images, pngs, seg_labels = zip(*batch, strict=True)
+    return (
+        torch.from_numpy(np.array(images)).type(torch.FloatTensor),
+        torch.from_numpy(np.array(pngs)).long(),
+        torch.from_numpy(np.array(seg_labels)).type(torch.FloatTensor),
+    )

@@ -122,3 +122,20 @@ def test_losses_backpropagate_under_bf16_autocast(random_batch):
     assert loss.dtype == torch.float32
     loss.backward()
     assert torch.isfinite(logits.grad).all()
+
+
+def test_dice_and_f_score_from_class_indices_equal_the_one_hot_versions(random_batch):
+    logits, labels, _ = random_batch
+    target = one_hot_target(labels, 5)
+    torch.testing.assert_close(Dice_loss(logits, labels), Dice_loss(logits, target))
+    torch.testing.assert_close(f_score(logits, labels), f_score(logits, target))
+
+
+def test_dice_from_class_indices_has_the_one_hot_gradient(random_batch):
+    logits, labels, _ = random_batch
+    grads = []
+    for target in (labels, one_hot_target(labels, 5)):
+        x = logits.clone().requires_grad_(True)
+        Dice_loss(x, target).backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[0], grads[1])

@@ -26,7 +26,16 @@ def exit_on_user_error(main: Callable[..., T]) -> Callable[..., T]:
         try:
             return main(*args, **kwargs)
         except UserError as error:
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {user_message(error)}", file=sys.stderr)
             raise SystemExit(2) from None
 
     return wrapper
+
+
+def user_message(error: UserError) -> str:
+    """The one-sentence message, also when a DataLoader worker re-raised it with its traceback."""
+    message = str(error)
+    if "Original Traceback" in message:  # torch's ExceptionWrapper text; the sentence is last
+        last = message.strip().splitlines()[-1]
+        message = last.split(f"{UserError.__name__}: ", 1)[-1]
+    return message

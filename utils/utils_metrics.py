@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from nets.unet_training import dice_score, resize_to
+from nets.unet_training import dice_score, resize_to, target_size
 from utils.errors import UserError
+from utils.utils import read_label_png
 
 
 def f_score(
@@ -26,8 +26,11 @@ def f_score(
     smooth: float = 1e-5,
     threhold: float = 0.5,
 ) -> torch.Tensor:
-    """The Dice score of ``softmax > threhold`` (sic, the reference's name) vs a one-hot target."""
-    inputs = resize_to(inputs, *target.shape[1:3]).float()
+    """The Dice score of ``softmax > threhold`` (sic, the reference's name) vs the target.
+
+    ``target`` is the reference's one-hot or the class indices, as in ``Dice_loss``.
+    """
+    inputs = resize_to(inputs, *target_size(target)).float()
     hard = torch.gt(torch.softmax(inputs, dim=1), threhold).float()
     return dice_score(hard, target, beta, smooth)
 
@@ -127,24 +130,6 @@ class ConfusionMatrix:
             f"mIoU: {100 * self.miou:.2f}; mPA: {100 * self.mpa:.2f}; "
             f"Accuracy: {100 * self.accuracy:.2f}"
         )
-
-
-def read_label_png(path: Path, role: str = "label") -> np.ndarray:
-    """Read a single-channel class-index PNG, or say exactly why it cannot be used."""
-    if not path.is_file():
-        raise UserError(f"{role} file {path} is missing; create it or remove its id from the list.")
-    try:
-        with Image.open(path) as image:
-            mode = image.mode
-            array = np.array(image)
-    except OSError as error:
-        raise UserError(f"{role} file {path} cannot be read ({error}); re-export it.") from error
-    if array.ndim != 2:
-        raise UserError(
-            f"{role} file {path} is a {mode} colour image; labels must be single-channel PNGs "
-            "whose pixel values are class indices (palette 'P' or grayscale 'L')."
-        )
-    return array
 
 
 def compute_mIoU(

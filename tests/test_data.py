@@ -1,0 +1,234 @@
+"""The data layer: letterbox, augmentation, per-sample randomness, data checks, speed-ups."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from tests.conftest import shared_data, write_voc_pair
+from tests.reference_impl import ref_get_random_data, ref_letterbox
+from utils.dataloader import (
+    UnetDataset,
+    check_split_size,
+    random_transform,
+    read_split,
+    unet_dataset_collate,
+)
+from utils.errors import UserError
+from utils.utils import letterbox
+
+
+def test_letterbox_values_on_a_hand_checkable_image():
+    image = Image.new("RGB", (4, 2), (200, 10, 10))
+    label = Image.fromarray(np.array([[1, 1, 2, 2], [1, 1, 2, 2]], dtype=np.uint8))
+    out, out_label, (nw, nh) = letterbox(image, (8, 8), label)
+    assert (nw, nh) == (8, 4)
+    assert out.shape == (8, 8, 3) and out.dtype == np.uint8
+    assert (out[:2] == 128).all() and (out[6:] == 128).all()  # gray bars above and below
+    assert (out[2:6] == (200, 10, 10)).all()
+    assert (out_label[:2] == 0).all() and (out_label[6:] == 0).all()
+    assert (out_label[2:6, :4] == 1).all() and (out_label[2:6, 4:] == 2).all()
+
+
+def test_letterbox_centres_with_floor_offsets():
+    out, _, (nw, nh) = letterbox(Image.new("RGB", (2, 8), (0, 0, 0)), (4, 8))
+    assert (nw, nh) == (1, 4)  # scale min(8 / 2, 4 / 8) = 0.5
+    assert (out[:, 3] == 0).all()  # x offset (8 - 1) // 2 = 3
+    assert (out[:, :3] == 128).all() and (out[:, 4:] == 128).all()
+
+
+def test_letterbox_is_pixel_identical_to_the_reference(voc_root):
+    for name in ("0000", "0003"):
+        image = Image.open(voc_root / f"VOC2007/JPEGImages/{name}.jpg")
+        label = Image.open(voc_root / f"VOC2007/SegmentationClass/{name}.png")
+        ours, ours_label, _ = letterbox(image, (64, 96), Image.fromarray(np.array(label)))
+        ref, ref_label = ref_letterbox(image, label, (64, 96))
+        assert np.array_equal(ours, np.array(ref))
+        assert np.array_equal(ours_label, np.array(ref_label))
+
+
+def test_training_transform_follows_the_reference_draw_for_draw(voc_root):
+    image = Image.open(voc_root / "VOC2007/JPEGImages/0001.jpg").convert("RGB")
+    label = Image.fromarray(np.array(Image.open(voc_root / "VOC2007/SegmentationClass/0001.png")))
+    for seed in range(20):
+        ours, ours_label = random_transform(image, label, (64, 64), np.random.default_rng(seed))
+        ref, ref_label = ref_get_random_data(image, label, (64, 64), np.random.default_rng(seed))
+        # the box resize may round a label pixel exactly on a boundary the other way
+        assert np.mean(ours_label != np.array(ref_label)) < 0.01
+        assert np.abs(ours.astype(int) - ref.astype(int)).mean() < 1.0
+
+
+def test_image_and_label_stay_aligned_under_augmentation():
+    image = np.zeros((48, 64, 3), np.uint8)
+    label = np.zeros((48, 64), np.uint8)
+    image[10:30, 20:50] = 255
+    label[10:30, 20:50] = 1
+    for seed in range(30):
+        out, out_label = random_transform(
+            Image.fromarray(image), Image.fromarray(label), (64, 64), np.random.default_rng(seed)
+        )
+        bright = out.mean(axis=2) > 170  # white stays >= 255 * 0.7 under the value jitter
+        shape = out_label == 1
+        if shape.sum() < 20:
+            continue  # placed off the canvas
+        iou = (bright & shape).sum() / (bright | shape).sum()
+        assert iou > 0.7, f"seed {seed}: IoU {iou:.2f}"  # resampling blurs the edges
+        offset = np.argwhere(bright).mean(axis=0) - np.argwhere(shape).mean(axis=0)
+        assert np.abs(offset).max() < 1.0, f"seed {seed}: shifted by {offset}"
+
+
+def test_augmentation_differs_across_epochs_and_repeats_with_the_same_seed(voc_root):
+    lines = read_split(voc_root, "train")
+    a = UnetDataset(lines, (64, 64), 4, True, voc_root, seed=3)
+    b = UnetDataset(lines, (64, 64), 4, True, voc_root, seed=3)
+    first = a[0][0]
+    assert torch.equal(first, b[0][0])
+    a.set_epoch(1)
+    assert not torch.equal(first, a[0][0])
+    c = UnetDataset(lines, (64, 64), 4, True, voc_root, seed=4)
+    assert not torch.equal(first, c[0][0])
+
+
+def test_every_worker_draws_different_augmentation_and_workers_do_not_change_it(voc_root):
+    lines = ["0000"] * 4  # the same image four times: only the randomness differs
+    dataset = UnetDataset(lines, (64, 64), 4, True, voc_root, seed=0)
+    batches = {}
+    for workers in (0, 2):
+        loader = DataLoader(dataset, batch_size=1, num_workers=workers)
+        batches[workers] = [images for images, _ in loader]
+    samples = batches[2]
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not torch.equal(samples[i], samples[j])
+    assert all(torch.equal(x, y) for x, y in zip(batches[0], batches[2], strict=True))
+
+
+def test_samples_and_batches_have_the_documented_types(voc_root):
+    dataset = UnetDataset(read_split(voc_root, "val"), (64, 96), 4, False, voc_root)
+    image, label = dataset[0]
+    assert image.shape == (3, 64, 96) and image.dtype == torch.uint8
+    assert label.shape == (64, 96) and label.dtype == torch.int64
+    assert set(label.unique().tolist()) <= {0, 1, 2, 3, 4}  # the 255 border became 4
+    assert (label == 4).any()
+    images, labels = unet_dataset_collate([dataset[0], dataset[1]])
+    assert images.shape == (2, 3, 64, 96) and labels.shape == (2, 64, 96)
+    assert torch.equal(images[0], image)
+
+
+def test_medical_layout_gives_class_1_exactly_where_the_label_is_dark(tmp_path):
+    root = tmp_path / "cells"
+    for folder in ("Images", "Labels"):
+        (root / folder).mkdir(parents=True)
+    raw = np.tile(np.array([0, 100, 127, 128, 200, 255], np.uint8), (32, 6))[:, :32]
+    Image.fromarray(np.full((32, 32), 90, np.uint8)).save(root / "Images/a.png")
+    Image.fromarray(raw).save(root / "Labels/a.png")
+    dataset = UnetDataset(["a"], (32, 32), 2, False, root, dataset_format="medical")
+    image, label = dataset[0]
+    assert torch.equal(label, torch.from_numpy((raw <= 127.5).astype(np.int64)))
+    assert image.shape == (3, 32, 32)  # grayscale converted to RGB
+
+
+def test_isbi_cells_load_in_the_medical_layout():
+    root = shared_data("isbi2012_cells")
+    lines = read_split(root, "train", "medical")
+    assert len(lines) == 30
+    dataset = UnetDataset(lines[:2], (256, 256), 2, False, root, dataset_format="medical")
+    _, label = dataset[0]
+    raw = np.array(Image.open(root / "Labels" / f"{lines[0]}.png").resize((256, 256), 0))
+    assert torch.equal(label, torch.from_numpy((raw <= 127.5).astype(np.int64)))
+
+
+@pytest.fixture
+def tiny_root(tmp_path):
+    root = tmp_path / "VOCdevkit"
+    label = np.zeros((16, 16), np.uint8)
+    label[4:12, 4:12] = 1
+    for name in ("a", "b"):
+        write_voc_pair(root, name, np.full((16, 16, 3), 60, np.uint8), label)
+    return root
+
+
+def test_binary_0_255_labels_are_refused_with_the_fix(tiny_root):
+    label = np.zeros((16, 16), np.uint8)
+    label[4:12, 4:12] = 255
+    for name in ("a", "b"):
+        Image.fromarray(label).save(tiny_root / f"VOC2007/SegmentationClass/{name}.png")
+    with pytest.raises(UserError, match=r"hold only 0 and 255.*--fix-binary"):
+        UnetDataset(["a", "b"], (16, 16), 2, True, tiny_root)
+
+
+def test_rgb_colour_label_is_refused(tiny_root):
+    Image.new("RGB", (16, 16), (128, 0, 0)).save(tiny_root / "VOC2007/SegmentationClass/b.png")
+    with pytest.raises(UserError, match=r"b\.png is a RGB colour image.*class indices"):
+        UnetDataset(["a", "b"], (16, 16), 2, True, tiny_root)
+
+
+def test_label_of_another_size_is_refused(tiny_root):
+    Image.new("L", (15, 16)).save(tiny_root / "VOC2007/SegmentationClass/b.png")
+    with pytest.raises(UserError, match=r"b\.png is 15x16 but image .*b\.jpg is 16x16"):
+        UnetDataset(["a", "b"], (16, 16), 2, True, tiny_root)
+
+
+def test_missing_image_is_refused_with_a_count(tiny_root):
+    with pytest.raises(UserError, match=r"2 image file\(s\) listed .* missing.*c\.jpg"):
+        UnetDataset(["a", "c", "d"], (16, 16), 2, True, tiny_root)
+
+
+def test_missing_label_is_refused(tiny_root):
+    (tiny_root / "VOC2007/SegmentationClass/a.png").unlink()
+    with pytest.raises(UserError, match=r"1 label file\(s\) .* missing.*a\.png"):
+        UnetDataset(["a", "b"], (16, 16), 2, True, tiny_root)
+
+
+def test_jpeg_label_is_refused_with_the_reason(tiny_root):
+    path = tiny_root / "VOC2007/SegmentationClass/a.png"
+    path.rename(path.with_suffix(".jpg"))
+    with pytest.raises(UserError, match=r"found a\.jpg, but labels must be \.png"):
+        UnetDataset(["a", "b"], (16, 16), 2, True, tiny_root)
+
+
+def test_png_images_are_accepted(tiny_root):
+    jpg = tiny_root / "VOC2007/JPEGImages/a.jpg"
+    Image.open(jpg).save(jpg.with_suffix(".png"))
+    jpg.unlink()
+    dataset = UnetDataset(["a", "b"], (16, 16), 2, False, tiny_root)
+    assert dataset.image_paths[0].name == "a.png"
+
+
+def test_truncated_image_is_refused(tiny_root):
+    jpg = tiny_root / "VOC2007/JPEGImages/b.jpg"
+    jpg.write_bytes(jpg.read_bytes()[:200])
+    with pytest.raises(UserError, match=r"b\.jpg cannot be read"):
+        UnetDataset(["a", "b"], (16, 16), 2, True, tiny_root)
+
+
+def test_class_beyond_num_classes_is_refused(tiny_root):
+    label = np.zeros((16, 16), np.uint8)
+    label[0, 0] = 7
+    Image.fromarray(label).save(tiny_root / "VOC2007/SegmentationClass/a.png")
+    with pytest.raises(UserError, match="holds class 7 but num_classes is 2"):
+        UnetDataset(["a", "b"], (16, 16), 2, True, tiny_root)
+
+
+def test_problems_outside_the_checked_sample_surface_when_the_item_loads(tiny_root):
+    dataset = UnetDataset(["a", "b"], (16, 16), 2, True, tiny_root, check_sample=1)
+    Image.new("L", (8, 8)).save(tiny_root / "VOC2007/SegmentationClass/b.png")
+    with pytest.raises(UserError, match=r"b\.png is 8x8"):
+        dataset[1]
+
+
+def test_missing_and_empty_split_files_are_refused(tiny_root):
+    with pytest.raises(UserError, match=r"train\.txt is missing; run voc_annotation\.py"):
+        read_split(tiny_root, "train")
+    splits = tiny_root / "VOC2007/ImageSets/Segmentation"
+    splits.mkdir(parents=True)
+    (splits / "val.txt").write_text("\n")
+    with pytest.raises(UserError, match=r"val\.txt lists no images"):
+        read_split(tiny_root, "val")
+
+
+def test_split_smaller_than_the_batch_names_the_split():
+    check_split_size(4, 4, "train")
+    with pytest.raises(UserError, match="the val split has 3 images, fewer than the batch size 4"):
+        check_split_size(3, 4, "val")

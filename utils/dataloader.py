@@ -1,0 +1,293 @@
+"""VOC and medical segmentation datasets: the reference's transforms on checked data.
+
+One :class:`UnetDataset` serves both layouts. Samples are ``(image, label)``: a (3, H, W)
+uint8 image (the model input is ``image / 255``, taken on the training device) and an (H, W)
+int64 label where values >= ``num_classes`` become the ignore value ``num_classes``. The Dice
+one-hot target is built on the device (``nets.unet_training.one_hot_target``), not here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+
+from utils.errors import UserError
+from utils.utils import PAD_COLOR, letterbox, read_image, read_label_png
+
+DATASET_FORMATS = ("voc", "medical")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+#: How many labels are fully checked before training; the rest are checked as they load.
+CHECK_SAMPLE = 32
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    """Where a data set's images, labels and split files live."""
+
+    root: Path
+    images: Path
+    labels: Path
+    splits: Path
+
+    @classmethod
+    def of(cls, dataset_path: str | Path, dataset_format: str = "voc") -> DatasetLayout:
+        root = Path(dataset_path)
+        if dataset_format == "voc":
+            base = root / "VOC2007"
+            labels, splits = base / "SegmentationClass", base / "ImageSets/Segmentation"
+            return cls(root, base / "JPEGImages", labels, splits)
+        if dataset_format == "medical":
+            return cls(root, root / "Images", root / "Labels", root / "ImageSets/Segmentation")
+        raise UserError(
+            f"unknown dataset format {dataset_format!r}; use one of {', '.join(DATASET_FORMATS)}."
+        )
+
+    def split_file(self, split: str) -> Path:
+        return self.splits / f"{split}.txt"
+
+
+def read_split(dataset_path: str | Path, split: str, dataset_format: str = "voc") -> list[str]:
+    """The ids in ``ImageSets/Segmentation/<split>.txt``; an absent or empty file is an error."""
+    path = DatasetLayout.of(dataset_path, dataset_format).split_file(split)
+    if not path.is_file():
+        raise UserError(
+            f"split file {path} is missing; run voc_annotation.py --dataset-path {dataset_path} "
+            "to write the split files."
+        )
+    names = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise UserError(f"split file {path} lists no images; add ids to it (one per line).")
+    return names
+
+
+def check_split_size(num_images: int, batch_size: int, split: str) -> None:
+    """A split must fill at least one batch: the reference drops the last partial batch."""
+    if num_images < batch_size:
+        raise UserError(
+            f"the {split} split has {num_images} images, fewer than the batch size {batch_size}; "
+            f"lower the batch size to at most {num_images} or add {split} images."
+        )
+
+
+def resolve_files(
+    folder: Path, names: Sequence[str], extensions: Sequence[str], role: str
+) -> list[Path]:
+    """The file of each id in ``folder`` (first matching extension wins), from one listing."""
+    if not folder.is_dir():
+        raise UserError(f"the {role} folder {folder} is missing; check --dataset-path.")
+    by_stem: dict[str, dict[str, str]] = {}
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            stem, ext = os.path.splitext(entry.name)
+            by_stem.setdefault(stem, {})[ext.lower()] = entry.name
+    paths, missing = [], []
+    for name in names:
+        found = by_stem.get(name, {})
+        file_name = next((found[ext] for ext in extensions if ext in found), None)
+        if file_name is None:
+            missing.append(name)
+        else:
+            paths.append(folder / file_name)
+    if missing:
+        name = missing[0]
+        others = sorted(by_stem.get(name, {}).values())
+        hint = (
+            f"found {others[0]}, but {role}s must be {' or '.join(extensions)}"
+            if others
+            else "add the files or remove their ids from the split file"
+        )
+        raise UserError(
+            f"{len(missing)} {role} file(s) listed in the split are missing, e.g. "
+            f"{folder / name}{extensions[0]}; {hint}."
+        )
+    return paths
+
+
+def rand(rng: np.random.Generator, a: float = 0, b: float = 1) -> float:
+    return rng.random() * (b - a) + a
+
+
+def random_transform(
+    image: Image.Image,
+    label: Image.Image,
+    input_shape: Sequence[int],
+    rng: np.random.Generator,
+    jitter: float = 0.3,
+    hue: float = 0.1,
+    sat: float = 0.7,
+    val: float = 0.3,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The reference's training augmentation, drawing from ``rng`` in the reference's order.
+
+    Random aspect (x U(.7,1.3) / U(.7,1.3)) and scale (U(.25, 2)), horizontal flip, random
+    placement on a gray/0 canvas (which may crop), then HSV jitter through lookup tables.
+    """
+    iw, ih = image.size
+    h, w = input_shape
+    new_ar = iw / ih * rand(rng, 1 - jitter, 1 + jitter) / rand(rng, 1 - jitter, 1 + jitter)
+    scale = rand(rng, 0.25, 2)
+    if new_ar < 1:
+        nh = int(scale * h)
+        nw = int(nh * new_ar)
+    else:
+        nw = int(scale * w)
+        nh = int(nw / new_ar)
+    nw, nh = max(nw, 1), max(nh, 1)
+    flip = rand(rng) < 0.5
+    dx = int(rand(rng, 0, w - nw))
+    dy = int(rand(rng, 0, h - nh))
+
+    # The image is resized with torch's antialiased uint8 bicubic, which follows Pillow's
+    # BICUBIC (within 2 levels) at a third of its cost; only the part of the (nw, nh) label
+    # that lands on the canvas is resized (Pillow NEAREST with a box: the same pixels).
+    x0, x1 = max(0, -dx), min(nw, w - dx)
+    y0, y1 = max(0, -dy), min(nh, h - dy)
+    if flip:
+        x0, x1 = nw - x1, nw - x0
+    source = torch.from_numpy(np.array(image)).permute(2, 0, 1).unsqueeze(0)
+    resized = F.interpolate(source, size=(nh, nw), mode="bicubic", antialias=True)
+    part = resized[0, :, y0:y1, x0:x1].permute(1, 2, 0).numpy()
+    sx, sy = iw / nw, ih / nh
+    box = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
+    label_part = np.asarray(label.resize((x1 - x0, y1 - y0), Image.NEAREST, box=box))
+    if flip:
+        part, label_part = part[:, ::-1], label_part[:, ::-1]
+    image_data = np.full((h, w, 3), PAD_COLOR[0], dtype=np.uint8)  # gray: one value
+    new_label = np.zeros((h, w), dtype=np.uint8)
+    top, left = max(dy, 0), max(dx, 0)
+    image_data[top : top + part.shape[0], left : left + part.shape[1]] = part
+    new_label[top : top + part.shape[0], left : left + part.shape[1]] = label_part
+
+    # HSV jitter through one 3-channel lookup table (the padding is jittered too, as before).
+    r = rng.uniform(-1, 1, 3) * [hue, sat, val] + 1
+    x = np.arange(0, 256, dtype=r.dtype)
+    lut = np.stack(
+        [(x * r[0]) % 180, np.clip(x * r[1], 0, 255), np.clip(x * r[2], 0, 255)], axis=-1
+    ).astype(np.uint8)
+    hsv = cv2.LUT(cv2.cvtColor(image_data, cv2.COLOR_RGB2HSV), lut.reshape(256, 1, 3))
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), new_label
+
+
+class UnetDataset(Dataset):
+    """Images and class-index labels of a VOC or medical layout, letterboxed or augmented.
+
+    Construction checks that every listed file exists and fully checks a sample of
+    :data:`CHECK_SAMPLE` pairs; each item is checked again as it loads. Augmentation draws
+    from a generator keyed by ``(seed, epoch, index)``: every sample, worker and epoch differs,
+    and the same seed repeats a run exactly whatever the number of workers. Call
+    :meth:`set_epoch` before each epoch (workers must not be persistent to see it).
+    """
+
+    def __init__(
+        self,
+        annotation_lines: Sequence[str],
+        input_shape: Sequence[int],
+        num_classes: int,
+        train: bool,
+        dataset_path: str | Path,
+        dataset_format: str = "voc",
+        seed: int = 0,
+        check_sample: int = CHECK_SAMPLE,
+    ):
+        super().__init__()
+        self.names = [line.split()[0] for line in annotation_lines if line.strip()]
+        self.input_shape = (int(input_shape[0]), int(input_shape[1]))
+        self.num_classes = num_classes
+        self.train = train
+        self.dataset_format = dataset_format
+        self.layout = DatasetLayout.of(dataset_path, dataset_format)
+        self.seed = seed
+        self.epoch = 0
+        self.label_lut = np.minimum(np.arange(256), num_classes).astype(np.int64)
+        if not self.names:
+            raise UserError(f"no images to load from {self.layout.root}; the split list is empty.")
+        self.image_paths = resolve_files(self.layout.images, self.names, IMAGE_EXTENSIONS, "image")
+        self.label_paths = resolve_files(self.layout.labels, self.names, (".png",), "label")
+        if check_sample:
+            self.check(check_sample)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def read_pair(self, index: int) -> tuple[Image.Image, np.ndarray]:
+        """The RGB image and its checked class-index label (medical: 1 where <= 127.5)."""
+        image = read_image(self.image_paths[index])
+        label_path = self.label_paths[index]
+        if self.dataset_format == "medical":
+            with Image.open(label_path) as raw:
+                label = (np.array(raw.convert("L")) <= 127.5).astype(np.uint8)
+        else:
+            label = read_label_png(label_path)
+            # 255 marks pixels to ignore; any other value past the last class is a mistake.
+            bad = (
+                label[(label >= self.num_classes) & (label != 255)]
+                if label.max() >= self.num_classes
+                else label[:0]
+            )
+            if bad.size:
+                value = int(bad.max())
+                raise UserError(
+                    f"label {label_path} holds class {value} but num_classes is "
+                    f"{self.num_classes}; set --num-classes to at least {value + 1} "
+                    "or fix the label (255 marks pixels to ignore)."
+                )
+            label = label.astype(np.uint8)
+        if label.shape != (image.height, image.width):
+            raise UserError(
+                f"label {label_path} is {label.shape[1]}x{label.shape[0]} but image "
+                f"{self.image_paths[index]} is {image.width}x{image.height}; a label must have "
+                "its image's size (re-export it from that image)."
+            )
+        return image, label
+
+    def check(self, sample: int = CHECK_SAMPLE) -> None:
+        """Fully read an evenly spread sample of pairs and look at their label values together."""
+        indices = np.unique(np.linspace(0, len(self) - 1, min(sample, len(self))).astype(int))
+        seen = np.zeros(256, dtype=bool)
+        for index in indices:
+            _, label = self.read_pair(int(index))
+            seen[np.unique(label)] = True
+        if self.dataset_format == "voc" and seen[255] and seen[0] and not seen[1:255].any():
+            raise UserError(
+                f"the labels in {self.layout.labels} hold only 0 and 255 (checked "
+                f"{len(indices)}); a two-class task needs 0 for background and 1 for the object: "
+                f"run voc_annotation.py --dataset-path {self.layout.root} --fix-binary."
+            )
+
+    def rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, label = self.read_pair(index)
+        if self.train:
+            image, label = random_transform(
+                image, Image.fromarray(label), self.input_shape, self.rng(index)
+            )
+        else:
+            image, label, _ = letterbox(image, self.input_shape, Image.fromarray(label))
+        # values >= num_classes (the 255 border) become the ignore index num_classes
+        label = self.label_lut[label]
+        return torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(label)
+
+
+def unet_dataset_collate(batch):
+    """Stack samples into a (N, 3, H, W) uint8 image batch and a (N, H, W) int64 label batch.
+
+    The images keep their (H, W, 3) memory order, so the batch is channels-last in memory:
+    stacking is a plain copy, and channels-last training needs no conversion.
+    """
+    images, labels = zip(*batch, strict=True)
+    images = torch.stack([image.permute(1, 2, 0) for image in images])
+    return images.permute(0, 3, 1, 2), torch.stack(labels)

@@ -1,0 +1,89 @@
+"""Image helpers shared by training, evaluation and prediction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from utils.errors import UserError
+
+#: The letterbox fill: gray for the image, class 0 for the label (as in the reference).
+PAD_COLOR = (128, 128, 128)
+
+
+def cvtColor(image: Image.Image) -> Image.Image:
+    """Return an RGB image; grayscale, palette and RGBA inputs are converted."""
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def read_image(path: Path) -> Image.Image:
+    """Open and fully decode an image (so truncation shows here), converted to RGB."""
+    try:
+        image = Image.open(path)
+        image.load()  # decodes everything and closes the file
+    except FileNotFoundError:
+        raise UserError(f"image file {path} is missing; add it or remove its id.") from None
+    except OSError as error:
+        raise UserError(
+            f"image file {path} cannot be read ({error}); re-export or remove it."
+        ) from error
+    return cvtColor(image)
+
+
+def read_label_png(path: Path, role: str = "label") -> np.ndarray:
+    """Read a single-channel class-index PNG, or say exactly why it cannot be used."""
+    if not path.is_file():
+        raise UserError(f"{role} file {path} is missing; create it or remove its id from the list.")
+    try:
+        with Image.open(path) as image:
+            mode = image.mode
+            array = np.array(image)
+    except OSError as error:
+        raise UserError(f"{role} file {path} cannot be read ({error}); re-export it.") from error
+    if array.ndim != 2:
+        raise UserError(
+            f"{role} file {path} is a {mode} colour image; labels must be single-channel PNGs "
+            "whose pixel values are class indices (palette 'P' or grayscale 'L')."
+        )
+    return array.astype(np.uint8) if array.dtype == bool else array
+
+
+def letterbox(
+    image: Image.Image, size: tuple[int, int], label: Image.Image | None = None
+) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
+    """Resize keeping the aspect ratio and pad to ``size`` = (height, width), centred.
+
+    The image is resized BICUBIC onto a gray (128) canvas, the label NEAREST onto a 0 canvas,
+    pixel for pixel as the reference's validation transform and predictor. Returns the
+    (H, W, 3) uint8 image, the (H, W) uint8 label (or None) and the resized (nw, nh).
+    """
+    iw, ih = image.size
+    h, w = size
+    scale = min(w / iw, h / ih)
+    nw, nh = int(iw * scale), int(ih * scale)
+    offset = ((w - nw) // 2, (h - nh) // 2)
+    canvas = Image.new("RGB", (w, h), PAD_COLOR)
+    canvas.paste(cvtColor(image).resize((nw, nh), Image.BICUBIC), offset)
+    label_canvas = None
+    if label is not None:
+        label_canvas = Image.new("L", (w, h), 0)
+        label_canvas.paste(label.resize((nw, nh), Image.NEAREST), offset)
+        label_canvas = np.array(label_canvas)
+    return np.array(canvas), label_canvas, (nw, nh)
+
+
+def voc_palette(num_colors: int = 256) -> list[tuple[int, int, int]]:
+    """The PASCAL VOC colour map (labelme's and the reference's palette for <= 21 classes)."""
+    palette = []
+    for index in range(num_colors):
+        r = g = b = 0
+        c = index
+        for shift in range(7, -1, -1):
+            r |= ((c >> 0) & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette.append((r, g, b))
+    return palette
