@@ -1,0 +1,278 @@
+"""train.py: phases, LR, output files, resume, NaN stop, bad flags, torchrun."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import train
+from nets.unet import Unet
+from nets.unet_training import get_lr_scheduler
+from utils.demo_data import make_demo_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    """12 demo images (4 classes): 8 train, 4 val."""
+    root = make_demo_dataset(tmp_path_factory.mktemp("data") / "VOCdevkit", 12, size=(48, 40))
+    splits = root / "VOC2007/ImageSets/Segmentation"
+    ids = [f"{i:04d}" for i in range(12)]
+    (splits / "train.txt").write_text("\n".join(ids[:8]) + "\n")
+    (splits / "val.txt").write_text("\n".join(ids[8:]) + "\n")
+    return root
+
+
+def base_argv(data_root, save_dir, *extra) -> list[str]:
+    return [
+        "--dataset-path", str(data_root), "--num-classes", "4", "--model-path", "",
+        "--input-shape", "32", "32", "--num-workers", "0", "--save-dir", str(save_dir),
+        "--freeze-batch-size", "2", "--unfreeze-batch-size", "2", "--dice-loss", *extra,
+    ]  # fmt: skip
+
+
+def run_train(argv, capsys=None):
+    """train.main in-process; returns (exit code, stderr)."""
+    try:
+        train.main(argv)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err if capsys else ""
+    return code, err
+
+
+def test_freeze_then_unfreeze_switches_batch_lr_and_trainable_backbone(
+    data_root, tmp_path, monkeypatch
+):
+    seen = []
+    real = train.train_one_epoch
+
+    def spy(model, optimizer, scaler, loader, steps, *args, **kwargs):
+        vgg_trainable = any(p.requires_grad for p in model.vgg.parameters())
+        seen.append((loader.batch_size, steps, optimizer.param_groups[0]["lr"], vgg_trainable))
+        return real(model, optimizer, scaler, loader, steps, *args, **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", spy)
+    argv = base_argv(
+        data_root, tmp_path, "--freeze-epoch", "1", "--unfreeze-epoch", "3",
+        "--unfreeze-batch-size", "4", "--optimizer-type", "sgd", "--init-lr", "1e-2",
+        "--min-lr", "1e-4", "--no-eval-flag",
+    )  # fmt: skip
+    assert run_train(argv)[0] == 0
+    frozen_lr = get_lr_scheduler("cos", 2 / 16 * 1e-2, 2 / 16 * 1e-4, 3)
+    unfrozen_lr = get_lr_scheduler("cos", 4 / 16 * 1e-2, 4 / 16 * 1e-4, 3)
+    assert [s[:2] for s in seen] == [(2, 4), (4, 2), (4, 2)]
+    assert [s[3] for s in seen] == [False, True, True]
+    expected = [frozen_lr(0), unfrozen_lr(1), unfrozen_lr(2)]
+    assert [s[2] for s in seen] == pytest.approx(expected)
+    assert expected == pytest.approx([1.25e-4, 2.5e-3, 2.5e-5])
+
+
+def test_adam_lr_clamp_is_announced(data_root, tmp_path, capsys):
+    argv = base_argv(data_root, tmp_path, "--no-freeze-train", "--unfreeze-epoch", "1",
+                     "--no-eval-flag")  # fmt: skip
+    assert run_train(argv)[0] == 0
+    out = capsys.readouterr().out
+    assert "Unfreeze phase: batch 2, LR 0.0001 -> 1e-06" in out
+    assert "2 / 16" not in out and "was clamped to 0.0001" in out
+
+
+def test_writes_the_reference_output_files(data_root, tmp_path):
+    argv = base_argv(data_root, tmp_path, "--freeze-epoch", "1", "--unfreeze-epoch", "2",
+                     "--save-period", "1", "--eval-period", "1")  # fmt: skip
+    assert run_train(argv)[0] == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert len(names) == 6, names
+    assert re.fullmatch(r"ep001-loss\d+\.\d{3}-val_loss\d+\.\d{3}\.pth", names[2])
+    assert re.fullmatch(r"ep002-loss\d+\.\d{3}-val_loss\d+\.\d{3}\.pth", names[3])
+    assert names[:2] == ["best_epoch_weights.pth", "checkpoint_last.pth"]
+    assert names[4] == "last_epoch_weights.pth" and names[5].startswith("loss_20")
+    log_dir = tmp_path / names[5]
+    files = sorted(p.name for p in log_dir.iterdir())
+    assert files[:5] == [
+        "epoch_loss.png", "epoch_loss.txt", "epoch_miou.png", "epoch_miou.txt",
+        "epoch_val_loss.txt",
+    ]  # fmt: skip
+    assert files[5].startswith("events.out.tfevents") and len(files) == 6
+    assert len((log_dir / "epoch_loss.txt").read_text().split()) == 2
+    assert len((log_dir / "epoch_miou.txt").read_text().split()) == 2
+    weights = torch.load(tmp_path / "last_epoch_weights.pth", weights_only=True)
+    Unet(num_classes=4).load_state_dict(weights, strict=True)
+
+
+class SimulatedCrashError(Exception):
+    pass
+
+
+def test_resume_matches_uninterrupted(data_root, tmp_path, monkeypatch):
+    extra = ("--freeze-epoch", "1", "--unfreeze-epoch", "3", "--eval-period", "2",
+             "--save-period", "10")  # fmt: skip
+    assert run_train(base_argv(data_root, tmp_path / "full", *extra))[0] == 0
+
+    real_end = train.end_of_epoch
+
+    def crash_after_second_epoch(args, epoch, *rest):
+        real_end(args, epoch, *rest)
+        if epoch == 1:
+            raise SimulatedCrashError
+
+    monkeypatch.setattr(train, "end_of_epoch", crash_after_second_epoch)
+    with pytest.raises(SimulatedCrashError):
+        train.main(base_argv(data_root, tmp_path / "cut", *extra))
+    monkeypatch.setattr(train, "end_of_epoch", real_end)
+    assert run_train(["--resume", str(tmp_path / "cut" / "checkpoint_last.pth")])[0] == 0
+
+    for name in ("last_epoch_weights.pth", "best_epoch_weights.pth"):
+        full = torch.load(tmp_path / "full" / name, weights_only=True)
+        cut = torch.load(tmp_path / "cut" / name, weights_only=True)
+        assert all(torch.equal(full[k], cut[k]) for k in full), name
+    logs = [next((tmp_path / run).glob("loss_*")) for run in ("full", "cut")]
+    for name in ("epoch_loss.txt", "epoch_val_loss.txt", "epoch_miou.txt"):
+        assert (logs[0] / name).read_text() == (logs[1] / name).read_text()
+
+
+def test_resume_can_extend_training(data_root, tmp_path):
+    argv = base_argv(data_root, tmp_path, "--no-freeze-train", "--unfreeze-epoch", "1",
+                     "--no-eval-flag")  # fmt: skip
+    assert run_train(argv)[0] == 0
+    checkpoint = str(tmp_path / "checkpoint_last.pth")
+    assert run_train(["--resume", checkpoint, "--unfreeze-epoch", "2"])[0] == 0
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["epoch"] == 2 and len(state["history"]["loss"]) == 2
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(
+    data_root, tmp_path, monkeypatch, capsys
+):
+    real_call = train.LossConfig.__call__
+    calls = {"n": 0}
+
+    def poisoned(self, outputs, labels):
+        calls["n"] += 1
+        loss = real_call(self, outputs, labels)
+        # epoch 1 is 4 train + 2 val batches: call 8 is epoch 2, step 2
+        return loss * float("nan") if calls["n"] == 8 else loss
+
+    monkeypatch.setattr(train.LossConfig, "__call__", poisoned)
+    argv = base_argv(data_root, tmp_path, "--no-freeze-train", "--unfreeze-epoch", "3",
+                     "--no-eval-flag")  # fmt: skip
+    code, err = run_train(argv, capsys)
+    assert code == 2
+    assert "the loss became nan at epoch 2, step 2" in err and "Lower --init-lr" in err
+    assert torch.load(tmp_path / "checkpoint_last.pth", weights_only=True)["epoch"] == 1
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "vgg2.pth"
+    torch.save(Unet(num_classes=2).state_dict(), path)
+    return path
+
+
+def test_head_mismatch_is_reported_calmly(data_root, tmp_path, weights_file, capsys):
+    argv = base_argv(data_root, tmp_path, "--no-freeze-train", "--unfreeze-epoch", "1",
+                     "--no-eval-flag")  # fmt: skip
+    argv[argv.index("--model-path") + 1] = str(weights_file)
+    assert run_train(argv)[0] == 0
+    out = capsys.readouterr().out
+    assert "Loaded 42 of 44 model tensors:" in out
+    assert "backbone 26/26" in out and "decoder  16/16" in out and "head     0/2" in out
+    assert "final.weight (2, 64, 1, 1) in the file, (4, 64, 1, 1) in the model" in out
+    assert "that is expected" in out
+
+
+def test_medical_layout_trains_without_a_val_split(tmp_path):
+    root = tmp_path / "cells"
+    for folder in ("Images", "Labels", "ImageSets/Segmentation"):
+        (root / folder).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(
+            root / f"Images/{i}.png"
+        )
+        label = np.where(rng.random((32, 32)) > 0.5, 255, 0).astype(np.uint8)
+        Image.fromarray(label).save(root / f"Labels/{i}.png")
+    (root / "ImageSets/Segmentation/train.txt").write_text("0\n1\n2\n3\n")
+    argv = base_argv(root, tmp_path / "logs", "--dataset-format", "medical", "--no-freeze-train",
+                     "--unfreeze-epoch", "1")  # fmt: skip
+    argv[argv.index("--num-classes") + 1] = "2"
+    assert run_train(argv)[0] == 0
+    names = sorted(p.name for p in (tmp_path / "logs").glob("ep*.pth"))
+    assert len(names) == 1 and re.fullmatch(r"ep001-loss\d+\.\d{3}\.pth", names[0])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--cls-weights", "1", "2"], "--cls-weights has 2 values but --num-classes is 4"),
+        (["--init-epoch", "5", "--unfreeze-epoch", "5"], "leaves nothing to train"),
+        (["--freeze-epoch", "10", "--unfreeze-epoch", "5"], "is past --unfreeze-epoch 5"),
+        (["--input-shape", "40", "40"], "multiples of 16"),
+        (["--precision", "fp16", "--device", "cpu"], "needs a CUDA GPU"),
+        (["--distributed"], "torchrun --nproc_per_node"),
+        (["--sync-bn"], "run under torchrun or drop it"),
+        (["--model-path", "no/such.pth"], "--model-path no/such.pth does not exist"),
+        (["--resume", "no/such.pth"], "--resume no/such.pth does not exist"),
+        (["--min-lr", "1"], "must be above 0 and at most --init-lr"),
+        (["--unfreeze-batch-size", "9", "--no-freeze-train"],
+         "the train split has 8 images, fewer than the batch size 9"),
+        (["--unfreeze-batch-size", "5"], "the val split has 4 images, fewer than the batch size 5"),
+        (["--lr-decay-type", "step", "--unfreeze-epoch", "5", "--no-freeze-train"],
+         "needs at least 10 epochs"),
+        (["--num-classes", "1"], "--num-classes must be at least 2"),
+        (["--dataset-path", "no/such/dir"], "split file no/such/dir/VOC2007"),
+    ],
+)  # fmt: skip
+def test_bad_flags_end_in_one_clear_sentence(data_root, tmp_path, capsys, extra, message):
+    code, err = run_train(base_argv(data_root, tmp_path, *extra), capsys)
+    assert code == 2, err
+    assert message in err and "Traceback" not in err
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(data_root, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    code, err = run_train(base_argv(data_root, tmp_path, "--device", "cuda"), capsys)
+    assert code == 2 and "no CUDA GPU is visible" in err
+
+
+def test_resume_refuses_weights_files_and_shape_changes(data_root, tmp_path, weights_file, capsys):
+    code, err = run_train(["--resume", str(weights_file)], capsys)
+    assert code == 2 and "is a weights file, not a training checkpoint" in err
+    argv = base_argv(data_root, tmp_path, "--no-freeze-train", "--unfreeze-epoch", "1",
+                     "--no-eval-flag")  # fmt: skip
+    assert run_train(argv)[0] == 0
+    resume = ["--resume", str(tmp_path / "checkpoint_last.pth"), "--num-classes", "5"]
+    code, err = run_train(resume, capsys)
+    assert code == 2 and "--num-classes 5 differs from the checkpoint's 4" in err
+
+
+def test_backbone_weights_of_another_backbone_are_refused(data_root, tmp_path, capsys):
+    path = tmp_path / "resnet.pth"
+    torch.save(Unet(num_classes=4, backbone="resnet50").state_dict(), path)
+    code, err = run_train(base_argv(data_root, tmp_path, "--model-path", str(path)), capsys)
+    assert code == 2 and "26 of 26 backbone tensors" in err and "--allow-backbone-mismatch" in err
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_on_cpu(data_root, tmp_path):
+    argv = base_argv(data_root, tmp_path, "--no-freeze-train", "--unfreeze-epoch", "2",
+                     "--eval-period", "1", "--device", "cpu")  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", "2", "train.py", *argv]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("Epoch:2/2") == 1  # only rank 0 reports
+    assert len(list(tmp_path.glob("loss_*"))) == 1
+    log_dir = next(tmp_path.glob("loss_*"))
+    assert len((log_dir / "epoch_miou.txt").read_text().split()) == 2
+    assert (tmp_path / "checkpoint_last.pth").is_file()

@@ -1,0 +1,81 @@
+"""The one place that turns ``--device`` and ``--precision`` into a device, autocast and scaler."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from utils.errors import UserError
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and in which precision the model runs."""
+
+    device: torch.device
+    precision: str = "fp32"
+
+    def autocast(self):
+        """``torch.autocast`` for bf16/fp16, a no-op context for fp32."""
+        dtype = _AUTOCAST_DTYPES.get(self.precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A GradScaler that is active only for fp16 (bf16 has fp32's range and needs none)."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
+
+def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
+    """``auto`` is CUDA when available, else the CPU; under torchrun each rank takes its GPU."""
+    if name not in DEVICES:
+        raise UserError(f"unknown device {name!r}; use one of {', '.join(DEVICES)}.")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(
+                "--device cuda was asked for but no CUDA GPU is visible; use --device cpu."
+            )
+        return torch.device(
+            "cuda", local_rank if local_rank is not None else torch.cuda.current_device()
+        )
+    return torch.device("cpu")
+
+
+def resolve_runtime(
+    device: str = "auto", precision: str = "fp32", local_rank: int | None = None
+) -> Runtime:
+    """Check that the precision suits the device and return the :class:`Runtime`."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
+    resolved = resolve_device(device, local_rank)
+    if precision == "fp16" and resolved.type != "cuda":
+        raise UserError(
+            "--precision fp16 (or --fp16) needs a CUDA GPU; on the CPU use --precision bf16."
+        )
+    if precision == "bf16" and resolved.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("this GPU does not support bf16; use --precision fp16.")
+    if precision == "bf16" and resolved.type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn(
+            "this CPU has no native bf16 (AVX512-BF16 or AMX): bf16 is emulated and much slower "
+            "than fp32 here; use --precision fp32 on this machine.",
+            stacklevel=2,
+        )
+    return Runtime(resolved, precision)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 convolutions in hardware (AVX512-BF16 or AMX) on this CPU."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

@@ -1,0 +1,70 @@
+"""torchrun support: process-group set-up, reductions over ranks, and main-process checks."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place among the training processes (one process: rank 0 of 1)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+SINGLE_PROCESS = DistInfo()
+
+
+def launched_by_torchrun() -> bool:
+    return all(name in os.environ for name in TORCHRUN_VARIABLES)
+
+
+def init_distributed(device_type: str) -> DistInfo:
+    """Join the process group torchrun describes (nccl on CUDA, gloo on CPU), if any."""
+    if not launched_by_torchrun():
+        return DistInfo()
+    info = DistInfo(
+        int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    )
+    if info.enabled and not dist.is_initialized():
+        if device_type == "cuda":
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return info
+
+
+def cleanup_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(values, device: torch.device) -> np.ndarray:
+    """Element-wise sum of ``values`` over all ranks (the values themselves with one process)."""
+    array = np.asarray(values, dtype=np.float64)
+    if not (dist.is_available() and dist.is_initialized()):
+        return array
+    tensor = torch.from_numpy(array).to(device)
+    dist.all_reduce(tensor)
+    return tensor.cpu().numpy()
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
