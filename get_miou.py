@@ -1,0 +1,173 @@
+"""Evaluate a trained model on the val split: predictions, mIoU, charts and a metrics file.
+
+    python get_miou.py --model-path logs/best_epoch_weights.pth --num-classes 21
+
+--miou-mode 0 predicts and evaluates, 1 only predicts, 2 only evaluates existing predictions.
+Writes ``<miou-out-path>/detection-results/<id>.png``, ``mIoU.png``, ``mPA.png``,
+``Recall.png``, ``Precision.png``, ``confusion_matrix.csv`` and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from nets.unet import BACKBONES
+from unet import Unet, default_class_names
+from utils.dataloader import DATASET_FORMATS, UnetDataset, read_split
+from utils.device import DEVICES, PRECISIONS
+from utils.errors import UserError, exit_on_user_error
+from utils.utils_metrics import compute_mIoU, nanmean, per_Accuracy, show_results
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """The predictor's flags, shared by get_miou.py and predict.py."""
+    flag = parser.add_argument_group("model").add_argument
+    flag(
+        "--model-path",
+        default="model_data/unet_vgg_voc.pth",
+        help="trained weights (default: %(default)s)",
+    )
+    flag(
+        "--num-classes",
+        type=int,
+        default=21,
+        help="classes the weights were trained with (default: %(default)s)",
+    )
+    flag("--backbone", choices=BACKBONES, default="vgg", help="encoder (default: %(default)s)")
+    flag(
+        "--input-shape",
+        type=int,
+        nargs=2,
+        default=[512, 512],
+        metavar=("H", "W"),
+        help="network input size (default: 512 512)",
+    )
+    flag(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="auto = CUDA when available (default: %(default)s)",
+    )
+    flag(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="fp32 gives the reference's pixels; bf16/fp16 are faster where the hardware has "
+        "them (default: %(default)s)",
+    )
+    flag(
+        "--tile",
+        type=int,
+        default=None,
+        metavar="PIXELS",
+        help="predict large images in windows of this size, averaging overlaps",
+    )
+    flag(
+        "--stride",
+        type=int,
+        default=None,
+        metavar="PIXELS",
+        help="distance between windows (default: tile / 2)",
+    )
+    flag("--tta", action="store_true", help="average with the mirrored prediction")
+
+
+def predictor_from_args(args: argparse.Namespace, **extra) -> Unet:
+    return Unet(
+        model_path=args.model_path, num_classes=args.num_classes, backbone=args.backbone,
+        input_shape=args.input_shape, device=args.device, precision=args.precision,
+        tile=args.tile, stride=args.stride, tta=args.tta, **extra,
+    )  # fmt: skip
+
+
+def get_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--miou-mode",
+        type=int,
+        choices=(0, 1, 2),
+        default=0,
+        help="0: predict + evaluate, 1: predict only, 2: evaluate only",
+    )
+    parser.add_argument(
+        "--name-classes",
+        nargs="+",
+        default=None,
+        help="class names (default: the 21 VOC names for 21 classes)",
+    )
+    parser.add_argument("--dataset-path", default="VOCdevkit", help="data set root")
+    parser.add_argument(
+        "--dataset-format",
+        choices=DATASET_FORMATS,
+        default="voc",
+        help="voc or medical layout (default: %(default)s)",
+    )
+    parser.add_argument("--split", default="val", help="which split to evaluate")
+    parser.add_argument("--miou-out-path", default="miou_out", help="where results go")
+    add_model_flags(parser)
+    args = parser.parse_args(argv)  # fmt: skip
+    if args.name_classes is None:
+        args.name_classes = default_class_names(args.num_classes)
+    if len(args.name_classes) != args.num_classes:
+        raise UserError(
+            f"--name-classes has {len(args.name_classes)} names but --num-classes is "
+            f"{args.num_classes}; give one name per class."
+        )
+    return args
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    args = get_args(argv)
+    names = read_split(args.dataset_path, args.split, args.dataset_format)
+    dataset = UnetDataset(names, args.input_shape, args.num_classes, False, args.dataset_path,
+                          args.dataset_format, check_sample=0)  # fmt: skip
+    out = Path(args.miou_out_path)
+    pred_dir, gt_dir = out / "detection-results", dataset.layout.labels
+    if args.dataset_format == "medical":
+        gt_dir = out / "ground-truth"  # the labels as class indices (1 where <= 127.5)
+        gt_dir.mkdir(parents=True, exist_ok=True)
+        for index, name in enumerate(names):
+            Image.fromarray(dataset.read_pair(index)[1]).save(gt_dir / f"{name}.png")
+    if args.miou_mode in (0, 1):
+        pred_dir.mkdir(parents=True, exist_ok=True)
+        unet = predictor_from_args(args)
+        print("Get predict result.")
+        for index, name in enumerate(tqdm(names)):
+            image, _ = dataset.read_pair(index)
+            unet.get_miou_png(image).save(pred_dir / f"{name}.png")
+        print("Get predict result done.")
+    if args.miou_mode in (0, 2):
+        print("Get miou.")
+        hist, ious, recall, precision = compute_mIoU(
+            gt_dir, pred_dir, names, args.num_classes, args.name_classes
+        )
+        print("Get miou done.")
+        show_results(out, hist, ious, recall, precision, args.name_classes)
+        metrics = {
+            "mIoU": nanmean(ious), "mPA": nanmean(recall), "accuracy": per_Accuracy(hist),
+            "num_images": len(names),
+            "per_class": {
+                name: {"IoU": _json(i), "recall": _json(r), "precision": _json(p)}
+                for name, i, r, p in zip(args.name_classes, ious, recall, precision, strict=True)
+            },
+            "confusion_matrix": hist.tolist(),
+        }  # fmt: skip
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        print(f"Save metrics out to {out / 'metrics.json'}")
+
+
+def _json(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
+
+
+if __name__ == "__main__":
+    main()

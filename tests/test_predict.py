@@ -1,0 +1,240 @@
+"""Prediction and evaluation: unet.Unet, predict.py modes, get_miou.py, tiling, TTA, ONNX."""
+
+import json
+import re
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import get_miou
+import predict
+import train
+from tests.test_tools import run_cli
+from unet import Unet
+from utils.demo_data import make_demo_dataset
+from utils.device import Runtime
+from utils.inference import predict_probs
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    from nets.unet import Unet as Model
+    from nets.unet_training import weights_init
+
+    torch.manual_seed(0)
+    model = Model(num_classes=3)
+    weights_init(model, "kaiming")
+    path = tmp_path_factory.mktemp("w") / "tiny.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "img"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, size in (("a.jpg", (40, 30)), ("b.png", (32, 48))):
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(
+            folder / name
+        )
+    return folder
+
+
+def predictor(weights, **kwargs):
+    return Unet(model_path=str(weights), num_classes=3, input_shape=[32, 32], cuda=False, **kwargs)
+
+
+class HalfAndHalf(nn.Module):
+    """Class 1 on the left half of the input, class 0 on the right."""
+
+    def forward(self, x):
+        logits = torch.zeros(x.shape[0], 3, *x.shape[2:])
+        half = x.shape[-1] // 2
+        logits[:, 1, :, :half] = 10
+        logits[:, 0, :, half:] = 10
+        return logits
+
+
+@pytest.mark.parametrize("mix_type", [0, 1, 2])
+def test_mix_types_draw_the_reference_pixels(weights, mix_type):
+    unet = predictor(weights, mix_type=mix_type)
+    unet.net = HalfAndHalf()
+    image = Image.new("RGB", (32, 32), (100, 50, 200))
+    out = np.array(unet.detect_image(image))
+    left, right = out[5, 3], out[5, 28]
+    if mix_type == 0:  # Image.blend(image, colours, 0.7)
+        assert tuple(left) == tuple(
+            int(a * 0.3 + b * 0.7) for a, b in zip((100, 50, 200), (128, 0, 0), strict=True)
+        ) or np.allclose(left, [119, 15, 60], atol=1)
+        assert np.allclose(right, [30, 15, 60], atol=1)
+    elif mix_type == 1:
+        assert tuple(left) == (128, 0, 0) and tuple(right) == (0, 0, 0)
+    else:
+        assert tuple(left) == (100, 50, 200) and tuple(right) == (0, 0, 0)
+
+
+def test_count_prints_a_table(weights, capsys):
+    unet = predictor(weights)
+    unet.net = HalfAndHalf()
+    unet.detect_image(Image.new("RGB", (32, 32)), count=True, name_classes=["bg", "cat", "dog"])
+    out = capsys.readouterr().out
+    assert re.search(r"\|\s+bg \|\s+512 \|\s+50.00%\|", out) and "cat" in out and "dog" not in out
+
+
+class Pointwise(nn.Module):
+    """A 1x1 conv: each pixel's prediction depends only on that pixel."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        return self.conv(x) * 5
+
+
+def test_tiling_covers_an_image_not_a_multiple_of_the_tile():
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (70, 100, 3), dtype=np.uint8)
+    model = Pointwise()
+    runtime = Runtime(torch.device("cpu"))
+    tiled = predict_probs(model, Image.fromarray(pixels), (32, 32), runtime, tile=32, stride=20)
+    x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        expected = torch.softmax(model(x)[0], dim=0).permute(1, 2, 0).numpy()
+    assert tiled.shape == (70, 100, 3)
+    np.testing.assert_allclose(tiled, expected, atol=1e-5)
+
+
+def test_tta_averages_with_the_mirrored_prediction():
+    torch.manual_seed(2)
+    model = nn.Conv2d(3, 3, 3, padding=1)  # not mirror-symmetric
+    runtime = Runtime(torch.device("cpu"))
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    plain = predict_probs(model, image, (32, 32), runtime)
+    mirrored = predict_probs(model, image.transpose(Image.FLIP_LEFT_RIGHT), (32, 32), runtime)
+    tta = predict_probs(model, image, (32, 32), runtime, tta=True)
+    np.testing.assert_allclose(tta, (plain + mirrored[:, ::-1]) / 2, atol=1e-6)
+    with torch.no_grad():  # symmetric weights: mirroring changes nothing
+        model.weight.copy_((model.weight + model.weight.flip(-1)) / 2)
+    np.testing.assert_allclose(
+        predict_probs(model, image, (32, 32), runtime, tta=True),
+        predict_probs(model, image, (32, 32), runtime), atol=1e-6,
+    )  # fmt: skip
+
+
+def model_flags(weights):
+    return ["--model-path", str(weights), "--num-classes", "3", "--input-shape", "32", "32",
+            "--device", "cpu"]  # fmt: skip
+
+
+def test_predict_mode_saves_each_image(weights, images, tmp_path, capsys):
+    argv = [str(images / "a.jpg"), str(images / "b.png"), *model_flags(weights),
+            "--dir-save-path", str(tmp_path / "out")]  # fmt: skip
+    assert run_cli(predict.main, argv, capsys)[0] == 0
+    assert Image.open(tmp_path / "out/a.png").size == (40, 30)
+    assert Image.open(tmp_path / "out/b.png").size == (32, 48)
+
+
+def test_dir_predict_mode(weights, images, tmp_path, capsys):
+    argv = ["--mode", "dir_predict", "--dir-origin-path", str(images),
+            "--dir-save-path", str(tmp_path / "out"), *model_flags(weights)]  # fmt: skip
+    assert run_cli(predict.main, argv, capsys)[0] == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png"]
+
+
+def test_fps_mode_uses_its_image_path(weights, images, capsys):
+    argv = ["--mode", "fps", "--fps-image-path", str(images / "a.jpg"), "--test-interval", "2",
+            *model_flags(weights)]  # fmt: skip
+    code, out, _ = run_cli(predict.main, argv, capsys)
+    assert code == 0 and "model only:" in out and "end to end:" in out and "a.jpg, 40x30" in out
+
+
+def test_video_mode_keeps_every_frame(weights, tmp_path, capsys):
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 5, (48, 32))
+    for i in range(4):
+        writer.write(np.full((32, 48, 3), 40 * i, np.uint8))
+    writer.release()
+    out_path = tmp_path / "out.avi"
+    argv = ["--mode", "video", "--video-path", str(clip), "--video-save-path", str(out_path),
+            *model_flags(weights)]  # fmt: skip
+    code, out, _ = run_cli(predict.main, argv, capsys)
+    assert code == 0 and "Saved 4 frames" in out
+    capture = cv2.VideoCapture(str(out_path))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
+
+
+def test_onnx_export_and_predict_match_torch(weights, images, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    onnx_path = tmp_path / "m.onnx"
+    argv = ["--mode", "export_onnx", "--onnx-save-path", str(onnx_path), *model_flags(weights)]
+    code, out, _ = run_cli(predict.main, argv, capsys)
+    assert code == 0 and "max abs difference" in out
+    assert float(out.split("max abs difference ")[1].split()[0]) < 1e-3
+    for mode, folder in (("predict", "torch"), ("predict_onnx", "onnx")):
+        argv = [str(images / "a.jpg"), "--mode", mode, "--onnx-path", str(onnx_path),
+                "--mix-type", "1", "--dir-save-path", str(tmp_path / folder),
+                *model_flags(weights)]  # fmt: skip
+        assert run_cli(predict.main, argv, capsys)[0] == 0
+    ours = np.array(Image.open(tmp_path / "torch/a.png"))
+    theirs = np.array(Image.open(tmp_path / "onnx/a.png"))
+    assert np.mean(ours != theirs) < 0.001
+
+
+def test_clear_errors(weights, images, tmp_path, capsys):
+    code, _, err = run_cli(
+        predict.main, [str(images / "a.jpg"), "--model-path", "nope.pth"], capsys
+    )
+    assert code == 2 and "nope.pth does not exist" in err
+    argv = [str(images / "a.jpg"), *model_flags(weights)]
+    argv[argv.index("--num-classes") + 1] = "21"
+    code, _, err = run_cli(predict.main, argv, capsys)
+    assert code == 2 and "trained with 3 classes but num_classes is 21; set num_classes" in err
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    code, _, err = run_cli(predict.main, [str(broken), *model_flags(weights)], capsys)
+    assert code == 2 and "broken.jpg cannot be read" in err
+    argv = [str(images / "a.jpg"), *model_flags(weights), "--backbone", "resnet50"]
+    code, _, err = run_cli(predict.main, argv, capsys)
+    assert code == 2 and "holds vgg weights but backbone is resnet50" in err
+
+
+def test_get_miou_equals_the_in_training_miou_and_writes_its_files(tmp_path, capsys):
+    root = make_demo_dataset(tmp_path / "VOCdevkit", 12, size=(48, 40))
+    argv = ["--dataset-path", str(root), "--num-classes", "4", "--model-path", "",
+            "--input-shape", "32", "32", "--num-workers", "0", "--save-dir", str(tmp_path / "logs"),
+            "--no-freeze-train", "--unfreeze-epoch", "1", "--eval-period", "1"]  # fmt: skip
+    assert run_cli(train.main, argv, capsys)[0] == 0
+    in_training = float(next((tmp_path / "logs").glob("loss_*/epoch_miou.txt")).read_text())
+    out = tmp_path / "miou_out"
+    argv = ["--dataset-path", str(root), "--miou-out-path", str(out), "--model-path",
+            str(tmp_path / "logs/last_epoch_weights.pth"), "--num-classes", "4",
+            "--input-shape", "32", "32", "--device", "cpu"]  # fmt: skip
+    code, stdout, _ = run_cli(get_miou.main, argv, capsys)
+    assert code == 0 and "===> mIoU:" in stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["mIoU"] * 100 == pytest.approx(in_training, abs=1e-9)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "Precision.png", "Recall.png", "confusion_matrix.csv", "detection-results", "mIoU.png",
+        "mPA.png", "metrics.json",
+    ]  # fmt: skip
+    assert len(list((out / "detection-results").glob("*.png"))) == 3  # 12 images: 9 train, 3 val
+    assert set(metrics["per_class"]) == {"class_0", "class_1", "class_2", "class_3"}
+
+
+def test_summary_reports_the_reference_flops(capsys):
+    import summary
+
+    code, out, _ = run_cli(
+        summary.main, ["--input-shape", "64", "64", "--num-classes", "21"], capsys
+    )
+    assert code == 0 and "Total params: 24,892,437" in out
+    gflops = float(out.split("Total GFLOPS: ")[1].split("G")[0])
+    # 450.97 at 512x512, the reference's ~452: FLOPs scale with the pixel count
+    assert gflops == pytest.approx(450.972 / 64, rel=1e-3)
