@@ -29,8 +29,15 @@ demo: $(STAMP)
 	$(PY) train.py --dataset-path $(DEMO_DATA) --num-classes 4 --model-path '' \
 		--input-shape 64 64 --no-freeze-train --unfreeze-epoch 12 --unfreeze-batch-size 4 \
 		--dice-loss --eval-period 3 --num-workers 1 --save-dir $(DEMO_LOGS)
-	@echo "mIoU every 3 epochs (single-class level is about 21):"
+	@echo "in-training mIoU every 3 epochs (predicting only background scores about 21):"
 	@cat $$(ls -d $(DEMO_LOGS)/loss_* | tail -n 1)/epoch_miou.txt
+	$(PY) get_miou.py --dataset-path $(DEMO_DATA) --num-classes 4 --input-shape 64 64 \
+		--name-classes background square circle triangle --device cpu \
+		--model-path $(DEMO_LOGS)/last_epoch_weights.pth --miou-out-path $(DEMO_LOGS)/miou_out
+	$(PY) predict.py --mode dir_predict --num-classes 4 --input-shape 64 64 --device cpu \
+		--model-path $(DEMO_LOGS)/last_epoch_weights.pth \
+		--dir-origin-path $(DEMO_DATA)/VOC2007/JPEGImages --dir-save-path $(DEMO_LOGS)/img_out
+	@echo "Overlays in $(DEMO_LOGS)/img_out/, mIoU charts and metrics.json in $(DEMO_LOGS)/miou_out/"
 
 clean:
 	rm -rf logs miou_out img_out demo_data .pytest_cache .ruff_cache

@@ -4,7 +4,7 @@ Every flag defaults to the reference's value. Examples::
 
     python train.py --dataset-path VOCdevkit --model-path model_data/unet_vgg_voc.pth
     python train.py --dataset-path demo_data/VOCdevkit --num-classes 4 --model-path '' \\
-        --input-shape 128 128 --precision bf16 --channels-last
+        --input-shape 64 64 --no-freeze-train --unfreeze-epoch 12 --unfreeze-batch-size 4
     python train.py --resume logs/checkpoint_last.pth          # after a crash or Ctrl-C
     torchrun --nproc_per_node 4 train.py ...                   # DDP, one process per GPU
 """

@@ -86,13 +86,7 @@ class Unet:
     }
 
     def __init__(self, **kwargs):
-        unknown = sorted(set(kwargs) - set(self._defaults))
-        if unknown:
-            raise UserError(
-                f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(self._defaults)}."
-            )
-        for name, value in {**self._defaults, **kwargs}.items():
-            setattr(self, name, value)
+        self._apply_settings(kwargs)
         if self.mix_type not in (0, 1, 2):
             raise UserError(f"mix_type must be 0, 1 or 2, not {self.mix_type!r}.")
         check_input_shape(self.input_shape[0], self.input_shape[1], self.backbone)
@@ -105,6 +99,16 @@ class Unet:
         print(f"{self.model_path} model, and classes loaded ({self.num_classes} classes, "
               f"{self.backbone}, {self.input_shape[0]}x{self.input_shape[1]}, "
               f"{self.runtime.device.type} {self.precision}).")  # fmt: skip
+
+    def _apply_settings(self, kwargs: dict) -> None:
+        """Set every default, overridden by ``kwargs``; unknown names are refused."""
+        unknown = sorted(set(kwargs) - set(self._defaults))
+        if unknown:
+            raise UserError(
+                f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(self._defaults)}."
+            )
+        for name, value in {**self._defaults, **kwargs}.items():
+            setattr(self, name, value)
 
     def generate(self) -> None:
         """Build the network and load ``model_path`` strictly."""
@@ -251,13 +255,7 @@ class Unet_ONNX(Unet):  # noqa: N801 - the reference's name
     }
 
     def __init__(self, **kwargs):
-        unknown = sorted(set(kwargs) - set(self._defaults))
-        if unknown:
-            raise UserError(
-                f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(self._defaults)}."
-            )
-        for name, value in {**self._defaults, **kwargs}.items():
-            setattr(self, name, value)
+        self._apply_settings(kwargs)
         try:
             import onnxruntime
         except ImportError as error:
