@@ -20,7 +20,7 @@ from tqdm import tqdm
 from nets.unet import BACKBONES
 from unet import Unet, default_class_names
 from utils.dataloader import DATASET_FORMATS, UnetDataset, read_split
-from utils.device import DEVICES, PRECISIONS
+from utils.device import add_runtime_flags
 from utils.errors import UserError, exit_on_user_error
 from utils.utils_metrics import compute_mIoU, nanmean, per_Accuracy, show_results
 
@@ -48,19 +48,7 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
         metavar=("H", "W"),
         help="network input size (default: 512 512)",
     )
-    flag(
-        "--device",
-        choices=DEVICES,
-        default="auto",
-        help="auto = CUDA when available (default: %(default)s)",
-    )
-    flag(
-        "--precision",
-        choices=PRECISIONS,
-        default="fp32",
-        help="fp32 gives the reference's pixels; bf16/fp16 are faster where the hardware has "
-        "them (default: %(default)s)",
-    )
+    add_runtime_flags(flag)
     flag(
         "--tile",
         type=int,

@@ -38,7 +38,7 @@ from utils.dataloader import (
     read_split,
     unet_dataset_collate,
 )
-from utils.device import DEVICES, PRECISIONS, Runtime, resolve_runtime
+from utils.device import Runtime, add_runtime_flags, resolve_runtime
 from utils.distributed import (
     DistInfo,
     barrier,
@@ -212,19 +212,7 @@ def get_parser() -> argparse.ArgumentParser:
         help="data-loading processes; 0 loads in the main process (default: %(default)s)",
     )
     flag("--seed", type=int, default=11, help="random seed (default: %(default)s)")
-    flag(
-        "--device",
-        choices=DEVICES,
-        default="auto",
-        help="auto = CUDA when available (default: %(default)s)",
-    )
-    flag(
-        "--precision",
-        choices=PRECISIONS,
-        default="fp32",
-        help="bf16: autocast on CPU or CUDA; fp16: CUDA autocast + GradScaler "
-        "(default: %(default)s)",
-    )
+    add_runtime_flags(flag)
     flag(
         "--fp16",
         dest="precision",

@@ -238,3 +238,27 @@ def test_summary_reports_the_reference_flops(capsys):
     gflops = float(out.split("Total GFLOPS: ")[1].split("G")[0])
     # 450.97 at 512x512, the reference's ~452: FLOPs scale with the pixel count
     assert gflops == pytest.approx(450.972 / 64, rel=1e-3)
+
+
+def test_predict_without_paths_asks_for_them(weights, images, tmp_path, capsys, monkeypatch):
+    answers = iter([str(images / "a.jpg"), str(tmp_path / "missing.jpg")])
+
+    def fake_input(prompt):
+        try:
+            return next(answers)
+        except StopIteration:
+            raise EOFError from None
+
+    monkeypatch.setattr("builtins.input", fake_input)
+    argv = [*model_flags(weights), "--dir-save-path", str(tmp_path / "out")]
+    code, out, _ = run_cli(predict.main, argv, capsys)
+    assert code == 0 and (tmp_path / "out/a.png").is_file()
+    assert "Open Error!" in out and "missing.jpg is missing" in out
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA"])
+def test_grayscale_palette_and_alpha_images_are_converted(weights, mode):
+    unet = predictor(weights, mix_type=1)
+    out = unet.detect_image(Image.new(mode, (40, 24)))
+    assert out.mode == "RGB" and out.size == (40, 24)
+    assert unet.get_miou_png(Image.new(mode, (40, 24))).size == (40, 24)

@@ -34,6 +34,20 @@ class Runtime:
         return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
 
+def add_runtime_flags(add_argument) -> None:
+    """``--device`` and ``--precision``, the same for training, evaluation and prediction."""
+    add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="auto = CUDA when available (default: %(default)s)",
+    )
+    add_argument("--precision", choices=PRECISIONS, default="fp32",
+                 help="fp32 gives the reference's numbers; bf16: autocast on CPU or CUDA (fast "
+                      "only with native bf16: AVX512-BF16/AMX or a GPU); fp16: CUDA autocast, "
+                      "with a GradScaler when training (default: %(default)s)")  # fmt: skip
+
+
 def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
     """``auto`` is CUDA when available, else the CPU; under torchrun each rank takes its GPU."""
     if name not in DEVICES:
