@@ -71,9 +71,22 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)  # fmt: skip
 
 
-def show(image: Image.Image, title: str) -> None:
-    cv2.imshow(title, cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR))
-    cv2.waitKey(0)
+def show(image: Image.Image | np.ndarray, title: str, wait: int = 0) -> int:
+    """Show a result in an OpenCV window (BGR arrays as they are); returns the key pressed."""
+    frame = (
+        image
+        if isinstance(image, np.ndarray)
+        else cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR)
+    )
+    try:
+        cv2.imshow(title, frame)
+    except cv2.error as error:
+        raise UserError(
+            "--show needs OpenCV with GUI support, but the installed build is headless; "
+            "pip install opencv-python in place of opencv-python-headless, or drop --show "
+            "(results are saved either way)."
+        ) from error
+    return cv2.waitKey(wait)
 
 
 def predict_images(unet, paths: list[str], args) -> None:
@@ -139,10 +152,8 @@ def video(unet, args) -> None:
         if writer is not None:
             writer.write(result)
         frames += 1
-        if args.show:
-            cv2.imshow("video", result)
-            if cv2.waitKey(1) & 0xFF == 27:  # Esc
-                break
+        if args.show and show(result, "video", wait=1) & 0xFF == 27:  # Esc
+            break
         ok, frame = capture.read()
     capture.release()
     if writer is not None:

@@ -262,3 +262,11 @@ def test_grayscale_palette_and_alpha_images_are_converted(weights, mode):
     out = unet.detect_image(Image.new(mode, (40, 24)))
     assert out.mode == "RGB" and out.size == (40, 24)
     assert unet.get_miou_png(Image.new(mode, (40, 24))).size == (40, 24)
+
+
+def test_show_on_a_headless_opencv_is_a_clear_error(weights, images, capsys):
+    if cv2.getBuildInformation().split("GUI:")[1].split()[0] != "NONE":
+        pytest.skip("this OpenCV can open windows")
+    argv = [str(images / "a.jpg"), *model_flags(weights), "--show"]
+    code, _, err = run_cli(predict.main, argv, capsys)
+    assert code == 2 and "--show needs OpenCV with GUI support" in err
