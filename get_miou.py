@@ -22,6 +22,7 @@ from unet import Unet, default_class_names
 from utils.dataloader import DATASET_FORMATS, UnetDataset, read_split
 from utils.device import add_runtime_flags
 from utils.errors import UserError, exit_on_user_error
+from utils.utils import read_image
 from utils.utils_metrics import compute_mIoU, nanmean, per_Accuracy, show_results
 
 
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         unet = predictor_from_args(args)
         print("Get predict result.")
         for index, name in enumerate(tqdm(names)):
-            image, _ = dataset.read_pair(index)
+            image = read_image(dataset.image_paths[index])
             unet.get_miou_png(image).save(pred_dir / f"{name}.png")
         print("Get predict result done.")
     if args.miou_mode in (0, 2):

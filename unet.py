@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from nets.unet import BACKBONES, check_input_shape
+from nets.unet import BACKBONE_PREFIX, check_input_shape
 from nets.unet import Unet as UnetModel
 from utils.checkpoint import read_state_dict
 from utils.device import resolve_runtime
@@ -53,8 +53,7 @@ def check_weights_fit(state: dict, num_classes: int, backbone: str, path) -> Non
             f"{path} was trained with {head.shape[0]} classes but num_classes is {num_classes}; "
             f"set num_classes (--num-classes) to {head.shape[0]}."
         )
-    for other in BACKBONES:
-        prefix = "vgg." if other == "vgg" else "resnet."
+    for other, prefix in BACKBONE_PREFIX.items():
         if other != backbone and any(k.startswith(prefix) for k in state):
             raise UserError(
                 f"{path} holds {other} weights but backbone is {backbone}; set backbone "

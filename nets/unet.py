@@ -10,6 +10,8 @@ from nets.vgg import VGG16
 from utils.errors import UserError
 
 BACKBONES = ("vgg", "resnet50")
+#: The state-dict prefix of each backbone's encoder (the attribute it lives at).
+BACKBONE_PREFIX = {"vgg": "vgg.", "resnet50": "resnet."}
 #: Height and width must be multiples of the encoder's deepest stride.
 SIZE_MULTIPLE = {"vgg": 16, "resnet50": 32}
 

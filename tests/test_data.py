@@ -232,3 +232,13 @@ def test_split_smaller_than_the_batch_names_the_split():
     check_split_size(4, 4, "train")
     with pytest.raises(UserError, match="the val split has 3 images, fewer than the batch size 4"):
         check_split_size(3, 4, "val")
+
+
+def test_unreadable_medical_label_is_refused(tmp_path):
+    root = tmp_path / "cells"
+    for folder in ("Images", "Labels"):
+        (root / folder).mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "Images/a.png")
+    (root / "Labels/a.png").write_bytes(b"not a png")
+    with pytest.raises(UserError, match=r"label file .*a\.png cannot be read"):
+        UnetDataset(["a"], (8, 8), 2, False, root, dataset_format="medical")

@@ -10,9 +10,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nets.unet import BACKBONE_PREFIX
 from utils.errors import UserError
 
-BACKBONE_PREFIXES = ("vgg.", "resnet.")
+BACKBONE_PREFIXES = tuple(BACKBONE_PREFIX.values())
 
 
 def atomic_save(obj, path: str | Path) -> None:
@@ -28,8 +29,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise UserError(
-            f"--model-path {path} does not exist; put the weights file there, or pass "
-            "--model-path '' to start without one."
+            f"--model-path {path} does not exist; put the weights file there or point "
+            "--model-path at one (train.py also takes '' to start without weights)."
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -226,8 +226,8 @@ class UnetDataset(Dataset):
         image = read_image(self.image_paths[index])
         label_path = self.label_paths[index]
         if self.dataset_format == "medical":
-            with Image.open(label_path) as raw:
-                label = (np.array(raw.convert("L")) <= 127.5).astype(np.uint8)
+            raw = read_label_png(label_path, grayscale=True)
+            label = (raw <= 127.5).astype(np.uint8)
         else:
             label = read_label_png(label_path)
             # 255 marks pixels to ignore; any other value past the last class is a mistake.

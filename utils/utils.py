@@ -32,14 +32,18 @@ def read_image(path: Path) -> Image.Image:
     return cvtColor(image)
 
 
-def read_label_png(path: Path, role: str = "label") -> np.ndarray:
-    """Read a single-channel class-index PNG, or say exactly why it cannot be used."""
+def read_label_png(path: Path, role: str = "label", grayscale: bool = False) -> np.ndarray:
+    """Read a single-channel class-index PNG, or say exactly why it cannot be used.
+
+    ``grayscale`` converts colour masks to grey instead of refusing them (the medical layout
+    thresholds grey levels rather than reading class indices).
+    """
     if not path.is_file():
         raise UserError(f"{role} file {path} is missing; create it or remove its id from the list.")
     try:
         with Image.open(path) as image:
             mode = image.mode
-            array = np.array(image)
+            array = np.array(image.convert("L") if grayscale else image)
     except OSError as error:
         raise UserError(f"{role} file {path} cannot be read ({error}); re-export it.") from error
     if array.ndim != 2:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -76,7 +77,7 @@ def train_one_epoch(
         with torch.no_grad():
             score = f_score(outputs, labels)
         loss_value = loss.item()
-        if not torch.isfinite(torch.tensor(loss_value)):
+        if not math.isfinite(loss_value):
             raise DivergedError(
                 f"the loss became {loss_value} at epoch {epoch + 1}, step {step + 1}; the last "
                 "good weights and checkpoint_last.pth are kept. Lower --init-lr, try "
