@@ -99,7 +99,12 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="voc",
         help="voc or medical layout (default: %(default)s)",
     )
-    parser.add_argument("--split", default="val", help="which split to evaluate")
+    parser.add_argument(
+        "--split",
+        default="val",
+        help="ids to evaluate: a split name under ImageSets/Segmentation, or a path to a file "
+        "of ids (default: %(default)s)",
+    )
     parser.add_argument("--miou-out-path", default="miou_out", help="where results go")
     add_model_flags(parser)
     args = parser.parse_args(argv)  # fmt: skip

@@ -5,6 +5,7 @@ Every flag defaults to the reference's value. Examples::
     python train.py --dataset-path VOCdevkit --model-path model_data/unet_vgg_voc.pth
     python train.py --dataset-path demo_data/VOCdevkit --num-classes 4 --model-path '' \\
         --input-shape 64 64 --no-freeze-train --unfreeze-epoch 12 --unfreeze-batch-size 4
+    make isbi    # the README's ISBI 2012 recipe: from scratch, flips, Adam 1e-3, batch 1
     python train.py --resume logs/checkpoint_last.pth          # after a crash or Ctrl-C
     torchrun --nproc_per_node 4 train.py ...                   # DDP, one process per GPU
 """
@@ -31,11 +32,12 @@ from nets.unet_training import INIT_TYPES, get_lr_scheduler, set_optimizer_lr, w
 from utils.callbacks import TrainingLog
 from utils.checkpoint import atomic_save, load_matching_weights
 from utils.dataloader import (
+    AUGMENTATIONS,
     DATASET_FORMATS,
-    DatasetLayout,
     UnetDataset,
     check_split_size,
     read_split,
+    split_path,
     unet_dataset_collate,
 )
 from utils.device import Runtime, add_runtime_flags, resolve_runtime
@@ -76,6 +78,25 @@ def get_parser() -> argparse.ArgumentParser:
         type=int,
         default=21,
         help="number of classes including background (default: %(default)s)",
+    )
+    flag(
+        "--train-split",
+        default="train",
+        help="ids to train on: a split name under ImageSets/Segmentation, or a path to a file "
+        "of ids, one per line (default: %(default)s)",
+    )
+    flag(
+        "--val-split",
+        default="val",
+        help="ids to validate on, as --train-split; optional for the medical layout "
+        "(default: %(default)s)",
+    )
+    flag(
+        "--augment",
+        choices=AUGMENTATIONS,
+        default="reference",
+        help="training augmentation: reference = random scale, aspect, placement, flip and HSV "
+        "jitter; flip = random left-right and up-down flips only; none (default: %(default)s)",
     )
     flag("--backbone", choices=BACKBONES, default="vgg", help="encoder (default: %(default)s)")
     flag(
@@ -151,6 +172,14 @@ def get_parser() -> argparse.ArgumentParser:
         help="largest LR before adapting to the batch size (default: %(default)s)",
     )
     flag("--min-lr", type=float, default=None, help="smallest LR (default: --init-lr * 0.01)")
+    flag(
+        "--lr-fit",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="scale the LRs by batch/16 and clamp them to the reference's limits (adam: 1e-4 "
+        "exactly; sgd: 5e-4 to 0.1); --no-lr-fit uses --init-lr and --min-lr as given "
+        "(default: on)",
+    )
     flag(
         "--optimizer-type",
         choices=("adam", "sgd"),
@@ -344,6 +373,8 @@ def check_args(args: argparse.Namespace) -> None:
 
 def fit_lr(args: argparse.Namespace, batch_size: int) -> tuple[float, float]:
     """The reference's batch-size-adaptive LR: scale by batch/16, then clamp to the limits."""
+    if not args.lr_fit:
+        return args.init_lr, args.min_lr
     low, high = LR_LIMITS[args.optimizer_type]
     init_lr = min(max(batch_size / NBS * args.init_lr, low), high)
     min_lr = min(max(batch_size / NBS * args.min_lr, low * 1e-2), high * 1e-2)
@@ -354,7 +385,7 @@ def describe_lr(args: argparse.Namespace, batch_size: int, phase: str) -> str:
     init_lr, min_lr = fit_lr(args, batch_size)
     text = f"{phase} phase: batch {batch_size}, LR {init_lr:.3g} -> {min_lr:.3g}"
     asked = batch_size / NBS * args.init_lr
-    if not np.isclose(asked, init_lr):
+    if args.lr_fit and not np.isclose(asked, init_lr):
         low, high = LR_LIMITS[args.optimizer_type]
         text += (
             f"\nwarning: --init-lr {args.init_lr:g} x batch {batch_size}/{NBS} = {asked:.3g} was "
@@ -404,13 +435,16 @@ def build_data(args: argparse.Namespace) -> tuple[UnetDataset, UnetDataset | Non
         seed=args.seed,
     )
     train = UnetDataset(
-        read_split(args.dataset_path, "train", args.dataset_format), train=True, **common
+        read_split(args.dataset_path, args.train_split, args.dataset_format),
+        train=True,
+        augment=args.augment,
+        **common,
     )
-    layout = DatasetLayout.of(args.dataset_path, args.dataset_format)
-    if args.dataset_format == "medical" and not layout.split_file("val").is_file():
+    val_path = split_path(args.dataset_path, args.val_split, args.dataset_format)
+    if args.dataset_format == "medical" and args.val_split == "val" and not val_path.is_file():
         return train, None
     val = UnetDataset(
-        read_split(args.dataset_path, "val", args.dataset_format), train=False, **common
+        read_split(args.dataset_path, args.val_split, args.dataset_format), train=False, **common
     )
     return train, val
 

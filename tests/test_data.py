@@ -78,6 +78,35 @@ def test_image_and_label_stay_aligned_under_augmentation():
         assert np.abs(offset).max() < 1.0, f"seed {seed}: shifted by {offset}"
 
 
+def test_flip_augmentation_flips_image_and_label_together_and_nothing_else(tmp_path):
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[2:6, 3:9] = 200  # an asymmetric bright block, labelled 1
+    label = np.zeros((32, 32), np.uint8)
+    label[2:6, 3:9] = 1
+    write_voc_pair(tmp_path, "a", image, label)
+    plain = UnetDataset(["a"], (32, 32), 2, False, tmp_path)[0][0]
+    seen = set()
+    for epoch in range(12):
+        dataset = UnetDataset(["a"], (32, 32), 2, True, tmp_path, augment="flip", seed=1)
+        dataset.set_epoch(epoch)
+        out, out_label = dataset[0]
+        flips = [dims for dims in ((), (2,), (1,), (1, 2)) if torch.equal(out, plain.flip(dims))]
+        assert len(flips) == 1, f"epoch {epoch}: not a flip of the letterboxed image"
+        expected = torch.from_numpy(label.astype(np.int64)).flip([d - 1 for d in flips[0]])
+        assert torch.equal(out_label, expected)
+        seen.add(flips[0])
+    assert len(seen) == 4  # both flips, alone and together, and none
+
+
+def test_augmentation_none_is_the_letterbox_and_unknown_names_are_refused(voc_root):
+    lines = read_split(voc_root, "train")
+    train_set = UnetDataset(lines, (64, 64), 4, True, voc_root, augment="none")
+    val_set = UnetDataset(lines, (64, 64), 4, False, voc_root)
+    assert all(torch.equal(a, b) for a, b in zip(train_set[0], val_set[0], strict=True))
+    with pytest.raises(UserError, match="unknown augmentation 'rotate'; use one of reference"):
+        UnetDataset(lines, (64, 64), 4, True, voc_root, augment="rotate")
+
+
 def test_augmentation_differs_across_epochs_and_repeats_with_the_same_seed(voc_root):
     lines = read_split(voc_root, "train")
     a = UnetDataset(lines, (64, 64), 4, True, voc_root, seed=3)
@@ -226,6 +255,14 @@ def test_missing_and_empty_split_files_are_refused(tiny_root):
     (splits / "val.txt").write_text("\n")
     with pytest.raises(UserError, match=r"val\.txt lists no images"):
         read_split(tiny_root, "val")
+
+
+def test_a_split_can_be_a_file_outside_the_data_set(tiny_root, tmp_path):
+    ids = tmp_path / "holdout.txt"
+    ids.write_text("b\n\na extra columns are ignored\n")
+    assert read_split(tiny_root, str(ids)) == ["b", "a"]
+    with pytest.raises(UserError, match=r"split file no/such\.txt is missing; check the path"):
+        read_split(tiny_root, "no/such.txt")
 
 
 def test_split_smaller_than_the_batch_names_the_split():

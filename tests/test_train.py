@@ -85,6 +85,33 @@ def test_adam_lr_clamp_is_announced(data_root, tmp_path, capsys):
     assert "2 / 16" not in out and "was clamped to 0.0001" in out
 
 
+def test_recipe_flags_split_files_flips_and_unfitted_lr(data_root, tmp_path, monkeypatch, capsys):
+    seen = []
+    real = train.train_one_epoch
+
+    def spy(model, optimizer, scaler, loader, steps, *args, **kwargs):
+        seen.append((steps, optimizer.param_groups[0]["lr"], loader.dataset.augment))
+        return real(model, optimizer, scaler, loader, steps, *args, **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", spy)
+    (tmp_path / "a.txt").write_text("0000\n0001\n0002\n0003\n")
+    (tmp_path / "b.txt").write_text("0004\n0005\n")
+    argv = base_argv(
+        data_root, tmp_path / "logs", "--no-freeze-train", "--unfreeze-epoch", "2",
+        "--init-lr", "1e-3", "--no-lr-fit", "--augment", "flip", "--eval-period", "1",
+        "--train-split", str(tmp_path / "a.txt"), "--val-split", str(tmp_path / "b.txt"),
+    )  # fmt: skip
+    assert run_train(argv)[0] == 0
+    out = capsys.readouterr().out
+    assert "4 train / 2 val images" in out and "LR 0.001 -> 1e-05" in out
+    assert "clamped" not in out
+    schedule = get_lr_scheduler("cos", 1e-3, 1e-5, 2)
+    assert seen == [
+        (2, pytest.approx(schedule(0)), "flip"),
+        (2, pytest.approx(schedule(1)), "flip"),
+    ]
+
+
 def test_writes_the_reference_output_files(data_root, tmp_path):
     argv = base_argv(data_root, tmp_path, "--freeze-epoch", "1", "--unfreeze-epoch", "2",
                      "--save-period", "1", "--eval-period", "1")  # fmt: skip
@@ -229,6 +256,7 @@ def test_medical_layout_trains_without_a_val_split(tmp_path):
          "needs at least 10 epochs"),
         (["--num-classes", "1"], "--num-classes must be at least 2"),
         (["--dataset-path", "no/such/dir"], "split file no/such/dir/VOC2007"),
+        (["--val-split", "no/val.txt"], "split file no/val.txt is missing; check the path"),
     ],
 )  # fmt: skip
 def test_bad_flags_end_in_one_clear_sentence(data_root, tmp_path, capsys, extra, message):

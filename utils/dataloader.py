@@ -24,6 +24,9 @@ from utils.errors import UserError
 from utils.utils import PAD_COLOR, letterbox, read_image, read_label_png
 
 DATASET_FORMATS = ("voc", "medical")
+#: Training augmentations: the reference's (scale, aspect, placement, flip, HSV); letterbox plus
+#: random horizontal and vertical flips (for data with no "up", such as cells); letterbox only.
+AUGMENTATIONS = ("reference", "flip", "none")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 #: How many labels are fully checked before training; the rest are checked as they load.
 CHECK_SAMPLE = 32
@@ -55,14 +58,31 @@ class DatasetLayout:
         return self.splits / f"{split}.txt"
 
 
+def is_split_path(split: str) -> bool:
+    """Whether ``split`` names a file (has a ``/`` or ends in ``.txt``) rather than a split."""
+    return split.endswith(".txt") or "/" in split or os.sep in split
+
+
+def split_path(dataset_path: str | Path, split: str, dataset_format: str = "voc") -> Path:
+    """A split name (``train``, ``val``, ...) under ImageSets/Segmentation, or a file's path.
+
+    A path lets a split live outside the data set, e.g. a fixed hold-out for read-only data.
+    """
+    if is_split_path(split):
+        return Path(split)
+    return DatasetLayout.of(dataset_path, dataset_format).split_file(split)
+
+
 def read_split(dataset_path: str | Path, split: str, dataset_format: str = "voc") -> list[str]:
-    """The ids in ``ImageSets/Segmentation/<split>.txt``; an absent or empty file is an error."""
-    path = DatasetLayout.of(dataset_path, dataset_format).split_file(split)
+    """The ids in a split file (see :func:`split_path`); an absent or empty file is an error."""
+    path = split_path(dataset_path, split, dataset_format)
     if not path.is_file():
-        raise UserError(
-            f"split file {path} is missing; run voc_annotation.py --dataset-path {dataset_path} "
-            "to write the split files."
+        fix = (
+            "check the path"
+            if is_split_path(split)
+            else f"run voc_annotation.py --dataset-path {dataset_path} to write the split files"
         )
+        raise UserError(f"split file {path} is missing; {fix}.")
     names = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
     if not names:
         raise UserError(f"split file {path} lists no images; add ids to it (one per line).")
@@ -177,11 +197,24 @@ def random_transform(
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), new_label
 
 
+def random_flips(
+    image: np.ndarray, label: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flip an (H, W, 3) image and its (H, W) label left-right, then up-down, each half the time."""
+    horizontal, vertical = rng.random(2) < 0.5
+    if horizontal:
+        image, label = image[:, ::-1], label[:, ::-1]
+    if vertical:
+        image, label = image[::-1], label[::-1]
+    return np.ascontiguousarray(image), np.ascontiguousarray(label)
+
+
 class UnetDataset(Dataset):
     """Images and class-index labels of a VOC or medical layout, letterboxed or augmented.
 
     Construction checks that every listed file exists and fully checks a sample of
-    :data:`CHECK_SAMPLE` pairs; each item is checked again as it loads. Augmentation draws
+    :data:`CHECK_SAMPLE` pairs; each item is checked again as it loads. Training samples get
+    the ``augment`` augmentation (one of :data:`AUGMENTATIONS`). Augmentation draws
     from a generator keyed by ``(seed, epoch, index)``: every sample, worker and epoch differs,
     and the same seed repeats a run exactly whatever the number of workers. Call
     :meth:`set_epoch` before each epoch (workers must not be persistent to see it).
@@ -197,6 +230,7 @@ class UnetDataset(Dataset):
         dataset_format: str = "voc",
         seed: int = 0,
         check_sample: int = CHECK_SAMPLE,
+        augment: str = "reference",
     ):
         super().__init__()
         self.names = [line.split()[0] for line in annotation_lines if line.strip()]
@@ -207,6 +241,11 @@ class UnetDataset(Dataset):
         self.layout = DatasetLayout.of(dataset_path, dataset_format)
         self.seed = seed
         self.epoch = 0
+        if augment not in AUGMENTATIONS:
+            raise UserError(
+                f"unknown augmentation {augment!r}; use one of {', '.join(AUGMENTATIONS)}."
+            )
+        self.augment = augment
         self.label_lut = np.minimum(np.arange(256), num_classes).astype(np.int64)
         if not self.names:
             raise UserError(f"no images to load from {self.layout.root}; the split list is empty.")
@@ -271,12 +310,14 @@ class UnetDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, label = self.read_pair(index)
-        if self.train:
+        if self.train and self.augment == "reference":
             image, label = random_transform(
                 image, Image.fromarray(label), self.input_shape, self.rng(index)
             )
         else:
             image, label, _ = letterbox(image, self.input_shape, Image.fromarray(label))
+            if self.train and self.augment == "flip":
+                image, label = random_flips(image, label, self.rng(index))
         # values >= num_classes (the 255 border) become the ignore index num_classes
         label = self.label_lut[label]
         return torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(label)
