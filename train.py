@@ -304,9 +304,18 @@ def read_checkpoint(path: str | Path) -> dict:
     return state
 
 
-def get_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict | None]:
-    """Parse and check the flags; with --resume, the checkpoint's settings under the given ones."""
+def get_args(
+    argv: list[str] | None = None, defaults: dict | None = None, description: str | None = None
+) -> tuple[argparse.Namespace, dict | None]:
+    """Parse and check the flags; with --resume, the checkpoint's settings under the given ones.
+
+    ``defaults`` replaces some flags' defaults and ``description`` the --help text (for
+    ``train_medical.py``); such defaults still lose to the command line, and on resume to the
+    checkpoint.
+    """
     parser = get_parser()
+    parser.set_defaults(**(defaults or {}))
+    parser.description = description or parser.description
     args = parser.parse_args(argv)
     checkpoint = None
     if args.resume:
@@ -690,8 +699,10 @@ def end_of_epoch(args, epoch, model, optimizer, scaler, log, loss, val_loss, mio
 
 
 @exit_on_user_error
-def main(argv: list[str] | None = None) -> None:
-    args, checkpoint = get_args(argv)
+def main(
+    argv: list[str] | None = None, defaults: dict | None = None, description: str | None = None
+) -> None:
+    args, checkpoint = get_args(argv, defaults, description)
     try:
         train(args, checkpoint)
     finally:

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import train
+import train_medical
 from nets.unet import Unet
 from nets.unet_training import get_lr_scheduler
 from utils.demo_data import make_demo_dataset
@@ -228,10 +229,14 @@ def test_medical_layout_trains_without_a_val_split(tmp_path):
         label = np.where(rng.random((32, 32)) > 0.5, 255, 0).astype(np.uint8)
         Image.fromarray(label).save(root / f"Labels/{i}.png")
     (root / "ImageSets/Segmentation/train.txt").write_text("0\n1\n2\n3\n")
-    argv = base_argv(root, tmp_path / "logs", "--dataset-format", "medical", "--no-freeze-train",
-                     "--unfreeze-epoch", "1")  # fmt: skip
-    argv[argv.index("--num-classes") + 1] = "2"
-    assert run_train(argv)[0] == 0
+    # train_medical.py: train.py with the medical layout and 2 classes as defaults
+    argv = base_argv(root, tmp_path / "logs", "--no-freeze-train", "--unfreeze-epoch", "1")
+    at = argv.index("--num-classes")
+    del argv[at : at + 2]
+    train_medical.main(argv)
+    checkpoint = torch.load(tmp_path / "logs/checkpoint_last.pth", weights_only=False)
+    assert checkpoint["args"]["dataset_format"] == "medical"
+    assert checkpoint["args"]["num_classes"] == 2
     names = sorted(p.name for p in (tmp_path / "logs").glob("ep*.pth"))
     assert len(names) == 1 and re.fullmatch(r"ep001-loss\d+\.\d{3}\.pth", names[0])
 
