@@ -9,7 +9,8 @@ DEMO_LOGS := logs/demo
 
 # The README's ISBI 2012 recipe: 10 minutes on 2 CPU cores; ISBI= the medical-layout folder.
 ISBI ?= ../shared/data/isbi2012_cells
-ISBI_EPOCHS ?= 6
+ISBI_SIZE ?= 160
+ISBI_EPOCHS ?= 14
 ISBI_LOGS ?= logs/isbi
 ISBI_SPLIT := recipes/isbi2012
 
@@ -48,11 +49,11 @@ demo: $(STAMP)
 isbi: $(STAMP)
 	$(PY) train.py --dataset-path $(ISBI) --dataset-format medical --num-classes 2 --model-path '' \
 		--train-split $(ISBI_SPLIT)/train.txt --val-split $(ISBI_SPLIT)/val.txt \
-		--input-shape 256 256 --no-freeze-train --unfreeze-epoch $(ISBI_EPOCHS) \
+		--input-shape $(ISBI_SIZE) $(ISBI_SIZE) --no-freeze-train --unfreeze-epoch $(ISBI_EPOCHS) \
 		--unfreeze-batch-size 1 --init-lr 1e-3 --no-lr-fit --augment flip --dice-loss \
-		--eval-period 2 --num-workers 1 --save-dir $(ISBI_LOGS)
+		--eval-period 7 --num-workers 1 --save-dir $(ISBI_LOGS)
 	$(PY) get_miou.py --dataset-path $(ISBI) --dataset-format medical --num-classes 2 \
-		--split $(ISBI_SPLIT)/val.txt --input-shape 256 256 --name-classes cell membrane \
+		--split $(ISBI_SPLIT)/val.txt --input-shape $(ISBI_SIZE) $(ISBI_SIZE) --name-classes cell membrane \
 		--model-path $(ISBI_LOGS)/last_epoch_weights.pth --miou-out-path $(ISBI_LOGS)/miou_out
 	@echo "Held-out mIoU above; charts and metrics.json in $(ISBI_LOGS)/miou_out/"
 
