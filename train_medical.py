@@ -7,8 +7,8 @@ README's ISBI 2012 recipe::
 
     python train_medical.py --dataset-path ../shared/data/isbi2012_cells --model-path '' \\
         --train-split recipes/isbi2012/train.txt --val-split recipes/isbi2012/val.txt \\
-        --input-shape 256 256 --no-freeze-train --unfreeze-epoch 6 --unfreeze-batch-size 1 \\
-        --init-lr 1e-3 --no-lr-fit --augment flip --dice-loss --eval-period 2
+        --input-shape 160 160 --no-freeze-train --unfreeze-epoch 14 --unfreeze-batch-size 1 \\
+        --init-lr 1e-3 --no-lr-fit --augment flip --dice-loss --eval-period 7
 """
 
 from __future__ import annotations
