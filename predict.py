@@ -12,7 +12,10 @@ Results are saved (headless machines work); ``--show`` also opens a window.
 from __future__ import annotations
 
 import argparse
+import queue
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -20,10 +23,16 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from get_miou import add_model_flags, predictor_from_args
-from unet import default_class_names
+from unet import add_batch_flags, add_model_flags, default_class_names, predictor_from_args
 from utils.dataloader import IMAGE_EXTENSIONS
 from utils.errors import UserError, exit_on_user_error
+from utils.inference import (
+    Sample,
+    check_batching,
+    collate_predictions,
+    default_batching,
+    letterbox_input,
+)
 from utils.utils import read_image
 
 MODES = ("predict", "video", "fps", "dir_predict", "export_onnx", "predict_onnx")
@@ -36,6 +45,7 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("images", nargs="*", help="predict mode: image files (none: ask for them)")
     parser.add_argument("--mode", choices=MODES, default="predict", help="what to do")
     add_model_flags(parser)
+    add_batch_flags(parser, batch_size=1)
     flag = parser.add_argument_group("output").add_argument
     flag(
         "--mix-type",
@@ -55,6 +65,12 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     flag = parser.add_argument_group("timing").add_argument
     flag("--test-interval", type=int, default=100, help="fps mode: runs to average")
     flag("--fps-image-path", default="img/street.jpg", help="fps mode: the image to time")
+    flag(
+        "--fps-batch-size",
+        type=int,
+        default=8,
+        help="fps mode: the batch size of the batched-throughput figure (default: %(default)s)",
+    )
     flag = parser.add_argument_group("folders").add_argument
     flag("--dir-origin-path", default="img/", help="dir_predict: input folder")
     flag("--dir-save-path", default="img_out/", help="where results are saved")
@@ -68,7 +84,10 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     flag("--onnx-save-path", default="model_data/models.onnx", help="export_onnx: output")
     flag("--onnx-path", default="model_data/models.onnx", help="predict_onnx: model to run")
     flag("--dynamic", action="store_true", help="export_onnx: dynamic height and width")
-    return parser.parse_args(argv)  # fmt: skip
+    args = parser.parse_args(argv)  # fmt: skip
+    check_batching(args.batch_size, args.num_workers)
+    check_batching(args.fps_batch_size, args.num_workers, "--fps-batch-size")
+    return args
 
 
 def show(image: Image.Image | np.ndarray, title: str, wait: int = 0) -> int:
@@ -124,38 +143,86 @@ def dir_predict(unet, args) -> None:
         raise UserError(f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
     out = Path(args.dir_save_path)
     out.mkdir(parents=True, exist_ok=True)
-    for path in tqdm(paths):
-        unet.detect_image(read_image(path)).save(out / f"{path.stem}.png")
+    predictions = unet.predict_files(paths, args.batch_size, args.num_workers, keep_image=True)
+    for path, labels, image in tqdm(predictions, total=len(paths)):
+        unet.draw(image, labels).save(out / f"{path.stem}.png")
+
+
+def read_frames(capture, input_shape, batch_size: int) -> Iterator[tuple]:
+    """Batches of letterboxed video frames, decoded by a background thread while the network
+    runs on the previous batch (OpenCV and Pillow release the GIL while they work)."""
+    batches: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                batches.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def decode() -> None:
+        batch, index = [], 0
+        while not stop.is_set():
+            ok, frame = capture.read()
+            if not ok:
+                break
+            rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            data, placement = letterbox_input(Image.fromarray(rgb), input_shape)
+            batch.append((data, Sample(index, placement, image=rgb)))
+            index += 1
+            if len(batch) == batch_size and not put(collate_predictions(batch)):
+                return
+            batch = [] if len(batch) == batch_size else batch
+        if batch:
+            put(collate_predictions(batch))
+        put(None)
+
+    thread = threading.Thread(target=decode, daemon=True)
+    thread.start()
+    try:
+        while (item := batches.get()) is not None:
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def video(unet, args) -> None:
+    """Segment every frame, the first included; decoding overlaps the network."""
     source = int(args.video_path) if args.video_path.isdigit() else args.video_path
     capture = cv2.VideoCapture(source)
-    ok, frame = capture.read()
-    if not ok:
+    if not capture.isOpened():
         raise UserError(
             f"cannot read from --video-path {args.video_path}; check the file or camera."
         )
     writer = None
-    if args.video_save_path:
-        height, width = frame.shape[:2]
-        fourcc = cv2.VideoWriter_fourcc(*"XVID")
-        writer = cv2.VideoWriter(args.video_save_path, fourcc, args.video_fps, (width, height))
     fps, frames = 0.0, 0
-    while ok:  # the first frame is kept, unlike the reference
-        start = time.perf_counter()
-        image = Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-        result = cv2.cvtColor(np.asarray(unet.detect_image(image)), cv2.COLOR_RGB2BGR)
-        fps = (fps + 1.0 / (time.perf_counter() - start)) / 2
+    last = time.perf_counter()
+    batches = read_frames(capture, unet.input_shape, args.batch_size)
+    for sample, labels in unet.pipeline.predict_batches(batches):
+        result = cv2.cvtColor(np.asarray(unet.draw(sample.image, labels)), cv2.COLOR_RGB2BGR)
+        now = time.perf_counter()
+        fps, last = (fps + 1.0 / max(now - last, 1e-9)) / 2, now
         result = cv2.putText(result, f"fps= {fps:.2f}", (0, 40), cv2.FONT_HERSHEY_SIMPLEX, 1,
                              (0, 255, 0), 2)  # fmt: skip
+        if args.video_save_path and writer is None:
+            height, width = result.shape[:2]
+            fourcc = cv2.VideoWriter_fourcc(*"XVID")
+            writer = cv2.VideoWriter(args.video_save_path, fourcc, args.video_fps, (width, height))
         if writer is not None:
             writer.write(result)
         frames += 1
         if args.show and show(result, "video", wait=1) & 0xFF == 27:  # Esc
             break
-        ok, frame = capture.read()
+    batches.close()
     capture.release()
+    if frames == 0:
+        raise UserError(
+            f"cannot read from --video-path {args.video_path}; check the file or camera."
+        )
     if writer is not None:
         writer.release()
         print(f"Saved {frames} frames to {args.video_save_path}")
@@ -163,12 +230,25 @@ def video(unet, args) -> None:
 
 
 def fps(unet, args) -> None:
+    """Three figures: the network + argmax (what the original's get_FPS times), the whole
+    get_miou_png pipeline for one image, and the batched pipeline's throughput."""
     image = read_image(Path(args.fps_image_path))
+    height, width = unet.input_shape
+    network = unet.network_seconds(image, args.test_interval)
     end_to_end = unet.get_FPS(image, args.test_interval)
-    model_only = unet.model_seconds(args.test_interval)
-    print(f"model only: {model_only:.4f} seconds, {1 / model_only:.2f} FPS @batch_size 1")
-    print(f"end to end: {end_to_end:.4f} seconds, {1 / end_to_end:.2f} FPS @batch_size 1 "
-          f"({args.fps_image_path}, {image.width}x{image.height})")  # fmt: skip
+    batches = max(1, args.test_interval // args.fps_batch_size)
+    workers = default_batching(unet.runtime.device, num_workers=args.num_workers)[1]
+    throughput = unet.throughput(image, args.fps_batch_size, batches, workers)
+    print(
+        f"network + argmax at {height}x{width} (what the original's get_FPS times): "
+        f"{network:.4f} seconds, {1 / network:.2f} FPS @batch_size 1"
+    )
+    print(
+        f"get_miou_png, whole pipeline ({args.fps_image_path}, {image.width}x{image.height}): "
+        f"{end_to_end:.4f} seconds, {1 / end_to_end:.2f} FPS @batch_size 1"
+    )
+    print(f"batched get_miou_png: {throughput:.2f} images/s @batch_size {args.fps_batch_size}, "
+          f"{workers} workers")  # fmt: skip
 
 
 @exit_on_user_error

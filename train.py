@@ -417,10 +417,7 @@ def build_model(args: argparse.Namespace, runtime: Runtime, dist_info: DistInfo)
                 print("  (the head follows --num-classes, so it starts fresh: that is expected)")
     if args.sync_bn and dist_info.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = model.to(runtime.device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    return runtime.prepare(model)
 
 
 def build_optimizer(args: argparse.Namespace, model: nn.Module, lr: float):
@@ -540,10 +537,7 @@ def benchmark(args, model, optimizer, scaler, loaders, criterion, runtime) -> No
     batches = iter(loaders.train)
     for steps in (2, args.benchmark):  # warm-up, then the timed steps
         start = time.perf_counter()
-        train_one_epoch(
-            model, optimizer, scaler, batches, steps, criterion, runtime, 0, 1,
-            channels_last=args.channels_last,
-        )  # fmt: skip
+        train_one_epoch(model, optimizer, scaler, batches, steps, criterion, runtime, 0, 1)
         if runtime.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = (time.perf_counter() - start) / steps
@@ -558,7 +552,7 @@ def benchmark(args, model, optimizer, scaler, loaders, criterion, runtime) -> No
 
 def train(args: argparse.Namespace, checkpoint: dict | None) -> None:
     local_rank = int(os.environ["LOCAL_RANK"]) if launched_by_torchrun() else None
-    runtime = resolve_runtime(args.device, args.precision, local_rank)
+    runtime = resolve_runtime(args.device, args.precision, local_rank, args.channels_last)
     dist_info = init_distributed(runtime.device.type)
     seed_everything(args.seed)
     say = print if dist_info.is_main else (lambda *a, **k: None)
@@ -634,19 +628,16 @@ def train(args: argparse.Namespace, checkpoint: dict | None) -> None:
             loaders.set_epoch(epoch, args.seed)
             loss, _ = train_one_epoch(
                 model_train, optimizer, scaler, loaders.train, loaders.train_steps, criterion,
-                runtime, epoch, args.unfreeze_epoch, dist_info, args.channels_last,
+                runtime, epoch, args.unfreeze_epoch, dist_info,
             )  # fmt: skip
             val_loss = None
             if loaders.val is not None:
                 val_loss, _ = evaluate_loss(
-                    model, loaders.val, loaders.val_steps, criterion, runtime, dist_info,
-                    args.channels_last,
-                )  # fmt: skip
+                    model, loaders.val, loaders.val_steps, criterion, runtime, dist_info
+                )
             miou = None
             if args.eval_flag and val_set is not None and (epoch + 1) % args.eval_period == 0:
-                miou = (
-                    evaluate_miou(model, val_set, runtime, dist_info, args.channels_last).miou * 100
-                )
+                miou = evaluate_miou(model, val_set, runtime, dist_info).miou * 100
             if dist_info.is_main:
                 end_of_epoch(
                     args, epoch, model, optimizer, scaler, log, loss, val_loss, miou, phase

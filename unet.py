@@ -1,28 +1,36 @@
-"""The predictor class of the reference, ``unet.Unet``: load weights once, predict images.
+"""The predictor classes of the reference, ``unet.Unet`` and ``unet.Unet_ONNX``, and the
+command-line flags that build them (shared by predict.py and get_miou.py).
 
 from unet import Unet
 unet = Unet(model_path="logs/best_epoch_weights.pth", num_classes=4)
-unet.detect_image(Image.open("img/street.jpg")).save("img_out/street.png")
+unet.detect_image(Image.open("street.jpg")).save("img_out/street.png")
 """
 
 from __future__ import annotations
 
+import argparse
 import colorsys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from nets.unet import BACKBONE_PREFIX, check_input_shape
+from nets.unet import BACKBONE_PREFIX, BACKBONES, check_input_shape
 from nets.unet import Unet as UnetModel
 from utils.checkpoint import read_state_dict
-from utils.device import resolve_runtime
+from utils.device import Runtime, add_runtime_flags, resolve_runtime
 from utils.errors import UserError
-from utils.inference import predict_probs
+from utils.inference import (
+    InferencePipeline,
+    class_map,
+    default_batching,
+    letterbox_input,
+    read_file,
+)
 from utils.utils import cvtColor, voc_palette
 
 VOC_CLASSES = [
@@ -61,12 +69,108 @@ def check_weights_fit(state: dict, num_classes: int, backbone: str, path) -> Non
             )
 
 
-class Unet:
+class SegmentationPredictor:
+    """What both predictors share: their settings, one :class:`InferencePipeline` around their
+    forward function, and the original's drawing and counting.
+
+    Subclasses set ``_defaults`` and call :meth:`_set_up` with their runtime and forward.
+    """
+
+    _defaults: dict = {}
+
+    def _apply_settings(self, kwargs: dict) -> None:
+        """Set every default, overridden by ``kwargs``; unknown names are refused."""
+        unknown = sorted(set(kwargs) - set(self._defaults))
+        if unknown:
+            raise UserError(
+                f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(self._defaults)}."
+            )
+        for name, value in {**self._defaults, **kwargs}.items():
+            setattr(self, name, value)
+        if self.mix_type not in (0, 1, 2):
+            raise UserError(f"mix_type must be 0, 1 or 2, not {self.mix_type!r}.")
+
+    def _set_up(self, runtime: Runtime, forward) -> None:
+        self.runtime = runtime
+        self.colors = class_colors(self.num_classes)
+        self.pipeline = InferencePipeline(
+            forward, self.input_shape, runtime, tile=self.tile, stride=self.stride, tta=self.tta
+        )
+
+    def probabilities(self, image: Image.Image) -> np.ndarray:
+        """(H, W, num_classes) class probabilities at the image's own size, on the host."""
+        return self.pipeline.probabilities(image).permute(1, 2, 0).cpu().numpy()
+
+    def labels(self, image: Image.Image) -> np.ndarray:
+        """The (H, W) uint8 class map of an image at its own size."""
+        return self.pipeline.labels(image).cpu().numpy()
+
+    def get_miou_png(self, image: Image.Image) -> Image.Image:
+        """The class-index map at the image's size, as an 8-bit image (what get_miou saves)."""
+        return Image.fromarray(self.labels(image))
+
+    def detect_image(
+        self, image: Image.Image, count: bool = False, name_classes: Sequence[str] | None = None
+    ) -> Image.Image:
+        """The segmentation drawn as ``mix_type`` asks: 0 blend, 1 colours only, 2 cut-out."""
+        image = cvtColor(image)
+        labels = self.labels(image)
+        if count:
+            self.print_counts(labels, name_classes or default_class_names(self.num_classes))
+        return self.draw(image, labels)
+
+    def draw(self, image: Image.Image | np.ndarray, labels: np.ndarray) -> Image.Image:
+        """Draw a class map over its RGB image as ``mix_type`` asks (the original's pixels)."""
+        if self.mix_type == 2:
+            return Image.fromarray(np.asarray(image) * (labels != 0)[..., None])
+        colours = Image.fromarray(labels)
+        colours.putpalette([c for colour in self.colors for c in colour])
+        colours = colours.convert("RGB")
+        if self.mix_type == 1:
+            return colours
+        image = image if isinstance(image, Image.Image) else Image.fromarray(image)
+        return Image.blend(image, colours, 0.7)
+
+    def predict_files(
+        self,
+        paths: Sequence,
+        batch_size: int | None = None,
+        num_workers: int | None = None,
+        keep_image: bool = False,
+    ) -> Iterator[tuple[object, np.ndarray, np.ndarray | None]]:
+        """Yield ``(path, class map, RGB image or None)`` per file, ``batch_size`` per pass.
+
+        DataLoader workers (``num_workers``) read and letterbox the files; ``keep_image``
+        passes each decoded image along, for drawing. None: the device's defaults
+        (:func:`~utils.inference.default_batching`).
+        """
+        batch_size, num_workers = default_batching(self.runtime.device, batch_size, num_workers)
+        for sample, labels in self.pipeline.predict(
+            paths, read_file, batch_size=batch_size, num_workers=num_workers,
+            keep_image=keep_image,
+        ):  # fmt: skip
+            yield paths[sample.index], labels, sample.image
+
+    def print_counts(self, pr: np.ndarray, name_classes: Sequence[str]) -> None:
+        counts = np.bincount(pr.ravel(), minlength=self.num_classes)
+        total = pr.size
+        print("-" * 63)
+        print(f"|{'Key':>25} | {'Value':>15} | {'Ratio':>15}|")
+        print("-" * 63)
+        for i, n in enumerate(counts):
+            if n > 0:
+                name = name_classes[i] if i < len(name_classes) else str(i)
+                print(f"|{name:>25} | {n:>15} | {100 * n / total:>14.2f}%|")
+                print("-" * 63)
+
+
+class Unet(SegmentationPredictor):
     """Load a trained UNet and segment images with the reference's pipeline.
 
     kwargs and defaults are the reference's, plus ``device`` (auto/cpu/cuda; by default taken
-    from ``cuda``), ``precision`` (fp32/bf16/fp16), ``channels_last``, ``tile``/``stride``
-    (sliding windows for large images) and ``tta`` (horizontal-flip averaging).
+    from ``cuda``), ``precision`` (fp32/bf16/fp16), ``channels_last`` (None: the faster layout
+    for the device), ``tile``/``stride`` (sliding windows for large images) and ``tta``
+    (horizontal-flip averaging).
     """
 
     _defaults = {
@@ -78,7 +182,7 @@ class Unet:
         "cuda": True,
         "device": None,
         "precision": "fp32",
-        "channels_last": False,
+        "channels_last": None,
         "tile": None,
         "stride": None,
         "tta": False,
@@ -86,28 +190,18 @@ class Unet:
 
     def __init__(self, **kwargs):
         self._apply_settings(kwargs)
-        if self.mix_type not in (0, 1, 2):
-            raise UserError(f"mix_type must be 0, 1 or 2, not {self.mix_type!r}.")
         check_input_shape(self.input_shape[0], self.input_shape[1], self.backbone)
         device = self.device or ("auto" if self.cuda else "cpu")
         if self.cuda and self.device is None and not torch.cuda.is_available():
             print("cuda=True but no CUDA GPU is visible: running on the CPU.")
-        self.runtime = resolve_runtime(device, self.precision)
-        self.colors = class_colors(self.num_classes)
+        runtime = resolve_runtime(device, self.precision, channels_last=self.channels_last)
+        self.channels_last = runtime.channels_last
+        self._set_up(runtime, self._forward)
         self.generate()
+        layout = "channels-last" if self.channels_last else "NCHW"
         print(f"{self.model_path} model, and classes loaded ({self.num_classes} classes, "
               f"{self.backbone}, {self.input_shape[0]}x{self.input_shape[1]}, "
-              f"{self.runtime.device.type} {self.precision}).")  # fmt: skip
-
-    def _apply_settings(self, kwargs: dict) -> None:
-        """Set every default, overridden by ``kwargs``; unknown names are refused."""
-        unknown = sorted(set(kwargs) - set(self._defaults))
-        if unknown:
-            raise UserError(
-                f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(self._defaults)}."
-            )
-        for name, value in {**self._defaults, **kwargs}.items():
-            setattr(self, name, value)
+              f"{self.runtime.device.type} {self.precision}, {layout}).")  # fmt: skip
 
     def generate(self) -> None:
         """Build the network and load ``model_path`` strictly."""
@@ -122,75 +216,46 @@ class Unet:
                 f"classes ({str(error).splitlines()[0]}); check model_path, backbone and "
                 "num_classes."
             ) from error
-        self.net = self.net.eval().to(self.runtime.device)
-        if self.channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
+        self.net = self.runtime.prepare(self.net.eval())
 
-    def probabilities(self, image: Image.Image) -> np.ndarray:
-        """(H, W, num_classes) class probabilities at the image's own size."""
-        return predict_probs(
-            self.net, image, self.input_shape, self.runtime, self.channels_last,
-            tile=self.tile, stride=self.stride, tta=self.tta,
-        )  # fmt: skip
-
-    def detect_image(
-        self, image: Image.Image, count: bool = False, name_classes: Sequence[str] | None = None
-    ) -> Image.Image:
-        """The segmentation drawn as ``mix_type`` asks: 0 blend, 1 colours only, 2 cut-out."""
-        image = cvtColor(image)
-        pr = self.probabilities(image).argmax(axis=-1)
-        if count:
-            self.print_counts(pr, name_classes or default_class_names(self.num_classes))
-        palette = np.array(self.colors, dtype=np.uint8)
-        if self.mix_type == 0:
-            return Image.blend(image, Image.fromarray(palette[pr]), 0.7)
-        if self.mix_type == 1:
-            return Image.fromarray(palette[pr])
-        return Image.fromarray((np.array(image) * (pr != 0)[..., None]).astype(np.uint8))
-
-    def print_counts(self, pr: np.ndarray, name_classes: Sequence[str]) -> None:
-        counts = np.bincount(pr.ravel(), minlength=self.num_classes)
-        total = pr.size
-        print("-" * 63)
-        print(f"|{'Key':>25} | {'Value':>15} | {'Ratio':>15}|")
-        print("-" * 63)
-        for i, n in enumerate(counts):
-            if n > 0:
-                name = name_classes[i] if i < len(name_classes) else str(i)
-                print(f"|{name:>25} | {n:>15} | {100 * n / total:>14.2f}%|")
-                print("-" * 63)
-
-    def get_miou_png(self, image: Image.Image) -> Image.Image:
-        """The class-index map at the image's size, as an 8-bit image (what get_miou saves)."""
-        return Image.fromarray(self.probabilities(image).argmax(axis=-1).astype(np.uint8))
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
 
     def get_FPS(self, image: Image.Image, test_interval: int) -> float:
         """Seconds per image of the whole ``get_miou_png`` pipeline, after a warm-up run."""
         self.get_miou_png(image)
-        self._sync()
         start = time.perf_counter()
         for _ in range(test_interval):
             self.get_miou_png(image)
-        self._sync()
         return (time.perf_counter() - start) / test_interval
 
-    def model_seconds(self, test_interval: int) -> float:
-        """Seconds per forward pass of the network alone at ``input_shape``."""
-        x = torch.rand(1, 3, *self.input_shape, device=self.runtime.device)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad(), self.runtime.autocast():
-            self.net(x)
-            self._sync()
+    def network_seconds(self, image: Image.Image, test_interval: int) -> float:
+        """Seconds per image of the network, softmax and argmax at ``input_shape``, class map to
+        the host, on ``image`` letterboxed once: what the original's ``get_FPS`` times."""
+        inputs = letterbox_input(cvtColor(image), self.input_shape)[0][None]
+        for repeat in (1, test_interval):  # warm-up, then timed
             start = time.perf_counter()
-            for _ in range(test_interval):
-                self.net(x)
-            self._sync()
+            for _ in range(repeat):
+                class_map(self.pipeline.input_probabilities(inputs)[0]).cpu()
         return (time.perf_counter() - start) / test_interval
 
-    def _sync(self) -> None:
-        if self.runtime.device.type == "cuda":
-            torch.cuda.synchronize()
+    def throughput(
+        self,
+        image: Image.Image,
+        batch_size: int = 8,
+        num_batches: int = 2,
+        num_workers: int | None = None,
+    ) -> float:
+        """Images per second of batched ``get_miou_png`` (read, letterbox, network, class map at
+        the image's size, to the host) over copies of ``image``, after a warm-up batch."""
+        num_workers = default_batching(self.runtime.device, batch_size, num_workers)[1]
+        for count in (batch_size, batch_size * num_batches):
+            start = time.perf_counter()
+            for _ in self.pipeline.predict(
+                [image] * count, _as_is, batch_size=batch_size, num_workers=num_workers
+            ):
+                pass
+        return count / (time.perf_counter() - start)
 
     def convert_to_onnx(self, simplify: bool, model_path: str, dynamic: bool = False) -> None:
         """Export to ONNX (opset 12, input "images", output "output"), check it with onnx and
@@ -226,7 +291,7 @@ class Unet:
                     )
                 onnx.save(model, str(path))
         print(f"Onnx model save as {path}")
-        self.net.to(self.runtime.device)
+        self.net = self.runtime.prepare(self.net)
         try:
             import onnxruntime
         except ImportError:
@@ -240,12 +305,18 @@ class Unet:
         print(f"onnxruntime vs torch on a random input: max abs difference {difference:.2e}")
 
 
-class Unet_ONNX(Unet):  # noqa: N801 - the reference's name
+def _as_is(image: Image.Image) -> tuple[Image.Image, None]:
+    """A reader for images already in memory (a module-level function, so workers can pickle it)."""
+    return image, None
+
+
+class Unet_ONNX(SegmentationPredictor):  # noqa: N801 - the reference's name
     """The same pipeline on an exported model through onnxruntime (CPU)."""
 
     _defaults = {
         "onnx_path": "model_data/models.onnx",
         "num_classes": 21,
+        "backbone": "vgg",
         "input_shape": [512, 512],
         "mix_type": 0,
         "tile": None,
@@ -263,20 +334,95 @@ class Unet_ONNX(Unet):  # noqa: N801 - the reference's name
             raise UserError(
                 f"--onnx-path {self.onnx_path} does not exist; export it with --mode export_onnx."
             )
-        self.runtime = resolve_runtime("cpu", "fp32")
-        self.channels_last = False
-        self.colors = class_colors(self.num_classes)
         self.session = onnxruntime.InferenceSession(
             self.onnx_path, providers=["CPUExecutionProvider"]
         )
-        self.net = self._run
+        self._set_up(resolve_runtime("cpu", "fp32"), self._forward)
         print(f"{self.onnx_path} onnx model loaded ({self.num_classes} classes).")
 
-    def _run(self, images: torch.Tensor) -> torch.Tensor:
-        output = self.session.run(None, {"images": images.numpy()})[0]
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+        output = self.session.run(None, {"images": images.contiguous().numpy()})[0]
         if output.shape[1] != self.num_classes:
             raise UserError(
                 f"{self.onnx_path} predicts {output.shape[1]} classes but num_classes is "
                 f"{self.num_classes}; set --num-classes to {output.shape[1]}."
             )
         return torch.from_numpy(output)
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """The predictor's flags, shared by get_miou.py and predict.py."""
+    flag = parser.add_argument_group("model").add_argument
+    flag(
+        "--model-path",
+        default="model_data/unet_vgg_voc.pth",
+        help="trained weights (default: %(default)s)",
+    )
+    flag(
+        "--num-classes",
+        type=int,
+        default=21,
+        help="classes the weights were trained with (default: %(default)s)",
+    )
+    flag("--backbone", choices=BACKBONES, default="vgg", help="encoder (default: %(default)s)")
+    flag(
+        "--input-shape",
+        type=int,
+        nargs=2,
+        default=[512, 512],
+        metavar=("H", "W"),
+        help="network input size (default: 512 512)",
+    )
+    add_runtime_flags(flag)
+    flag(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="channels-last memory layout for the network (default: on with CUDA or an "
+        "AVX-512 CPU, where it is faster; off otherwise)",
+    )
+    flag(
+        "--tile",
+        type=int,
+        default=None,
+        metavar="PIXELS",
+        help="predict large images in windows of this size, averaging overlaps (default: off)",
+    )
+    flag(
+        "--stride",
+        type=int,
+        default=None,
+        metavar="PIXELS",
+        help="distance between windows (default: tile / 2)",
+    )
+    flag("--tta", action="store_true", help="average with the mirrored prediction")
+
+
+def add_batch_flags(parser: argparse.ArgumentParser, batch_size: int | None = None) -> None:
+    """``--batch-size`` and ``--num-workers`` for predicting many images (None: by device, see
+    :func:`utils.inference.default_batching`)."""
+    flag = parser.add_argument_group("batching").add_argument
+    flag(
+        "--batch-size",
+        type=int,
+        default=batch_size,
+        help="images per forward pass; each is still post-processed at its own size "
+        + ("(default: %(default)s)" if batch_size else "(default: 8 on CUDA, 1 on the CPU)"),
+    )
+    flag(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="processes that read and letterbox images ahead of the network; 0 reads in the "
+        "main process (default: up to 4 on CUDA, 0 on the CPU, where the network already "
+        "uses every core)",
+    )
+
+
+def predictor_from_args(args: argparse.Namespace, **extra) -> Unet:
+    return Unet(
+        model_path=args.model_path, num_classes=args.num_classes, backbone=args.backbone,
+        input_shape=args.input_shape, device=args.device, precision=args.precision,
+        channels_last=args.channels_last, tile=args.tile, stride=args.stride, tta=args.tta,
+        **extra,
+    )  # fmt: skip

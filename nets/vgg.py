@@ -1,14 +1,30 @@
-"""VGG16 (configuration D, no batch norm) as the UNet encoder, built from torchvision's layers."""
+"""VGG16 (configuration D, no batch norm) as the UNet encoder, laid out as torchvision's."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models.vgg import cfgs, make_layers
 
 from nets.pretrained import load_pretrained
 
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
+#: VGG configuration D: conv3x3 output channels, "M" for a 2x2 max pool.
+VGG16_CONFIG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+                512, 512, 512, "M"]  # fmt: skip
+
+
+def make_layers(config: list, in_channels: int = 3) -> nn.Sequential:
+    """Conv3x3 (padding 1) + ReLU per number and a 2x2 max pool per "M", at torchvision's
+    indices (this module does not import torchvision, which costs a second at start-up)."""
+    layers: list[nn.Module] = []
+    for value in config:
+        if value == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [nn.Conv2d(in_channels, value, kernel_size=3, padding=1),
+                       nn.ReLU(inplace=True)]  # fmt: skip
+            in_channels = value
+    return nn.Sequential(*layers)
 
 
 class VGG(nn.Module):
@@ -21,7 +37,7 @@ class VGG(nn.Module):
 
     def __init__(self, in_channels: int = 3):
         super().__init__()
-        self.features = make_layers(cfgs["D"], batch_norm=False)
+        self.features = make_layers(VGG16_CONFIG)
         if in_channels != 3:
             self.features[0] = nn.Conv2d(in_channels, 64, kernel_size=3, padding=1)
         self._initialize_weights()

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from utils.demo_data import make_demo_dataset
@@ -32,3 +33,15 @@ def write_voc_pair(root: Path, name: str, image: np.ndarray, label: np.ndarray) 
     (voc / "SegmentationClass").mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(voc / "JPEGImages" / f"{name}.jpg", quality=95)
     Image.fromarray(label).save(voc / "SegmentationClass" / f"{name}.png")
+
+
+def save_random_weights(path: Path, num_classes: int, backbone: str = "vgg") -> Path:
+    """Write the state dict of a seeded, kaiming-initialised UNet (busy, non-trivial maps)."""
+    from nets.unet import Unet
+    from nets.unet_training import weights_init
+
+    torch.manual_seed(0)
+    model = Unet(num_classes=num_classes, backbone=backbone)
+    weights_init(model, "kaiming")
+    torch.save(model.state_dict(), path)
+    return path

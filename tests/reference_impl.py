@@ -201,3 +201,87 @@ def ref_collate(batch):
         torch.from_numpy(np.array(pngs)).long(),
         torch.from_numpy(np.array(seg_labels)).type(torch.FloatTensor),
     )
+
+
+class RefPredictor:
+    """The original's ``unet.Unet`` prediction around a given network: its ``get_miou_png``,
+    ``detect_image`` and ``get_FPS``, step by step (letterbox, numpy softmax probabilities on
+    the host, ``cv2.resize`` INTER_LINEAR, numpy argmax, Pillow drawing)."""
+
+    COLORS = [
+        (0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128),
+        (0, 128, 128), (128, 128, 128), (64, 0, 0), (192, 0, 0), (64, 128, 0), (192, 128, 0),
+        (64, 0, 128), (192, 0, 128), (64, 128, 128), (192, 128, 128), (0, 64, 0), (128, 64, 0),
+        (0, 192, 0), (128, 192, 0), (0, 64, 128), (128, 64, 12),
+    ]  # fmt: skip
+
+    def __init__(self, net, input_shape=(512, 512), device="cpu", mix_type=0):
+        self.net = net.eval().to(device)
+        self.input_shape = input_shape
+        self.device = device
+        self.mix_type = mix_type
+
+    def _input(self, image):
+        from PIL import Image
+
+        image = image.convert("RGB")
+        iw, ih = image.size
+        h, w = self.input_shape
+        scale = min(w / iw, h / ih)
+        nw, nh = int(iw * scale), int(ih * scale)
+        resized = image.resize((nw, nh), Image.BICUBIC)
+        canvas = Image.new("RGB", (w, h), (128, 128, 128))
+        canvas.paste(resized, ((w - nw) // 2, (h - nh) // 2))
+        data = np.transpose(np.array(canvas, np.float32) / 255.0, (2, 0, 1))[None]
+        return torch.from_numpy(data).to(self.device), nw, nh
+
+    def _crop(self, pr, nw, nh):
+        h, w = self.input_shape
+        return pr[(h - nh) // 2 : (h - nh) // 2 + nh, (w - nw) // 2 : (w - nw) // 2 + nw]
+
+    def labels(self, image):
+        import cv2
+
+        orig_w, orig_h = image.size
+        images, nw, nh = self._input(image)
+        with torch.no_grad():
+            pr = self.net(images)[0]
+            pr = F.softmax(pr.permute(1, 2, 0), dim=-1).cpu().numpy()
+        pr = self._crop(pr, nw, nh)
+        pr = cv2.resize(pr, (orig_w, orig_h), interpolation=cv2.INTER_LINEAR)
+        return pr.argmax(axis=-1)
+
+    def get_miou_png(self, image):
+        from PIL import Image
+
+        return Image.fromarray(np.uint8(self.labels(image)))
+
+    def detect_image(self, image):
+        from PIL import Image
+
+        image = image.convert("RGB")
+        pr = self.labels(image)
+        if self.mix_type == 2:
+            return Image.fromarray((np.expand_dims(pr != 0, -1) * np.array(image, np.float32))
+                                   .astype("uint8"))  # fmt: skip
+        seg = np.reshape(np.array(self.COLORS, np.uint8)[np.reshape(pr, [-1])], [*pr.shape, -1])
+        seg = Image.fromarray(np.uint8(seg))
+        return seg if self.mix_type == 1 else Image.blend(image, seg, 0.7)
+
+    def get_FPS(self, image, test_interval):
+        """Seconds per image of the network, softmax, copy to the host, argmax and crop."""
+        import time
+
+        images, nw, nh = self._input(image)
+
+        def once():
+            with torch.no_grad():
+                pr = self.net(images)[0]
+                pr = F.softmax(pr.permute(1, 2, 0), dim=-1).cpu().numpy().argmax(axis=-1)
+                return self._crop(pr, nw, nh)
+
+        once()
+        start = time.time()
+        for _ in range(test_interval):
+            once()
+        return (time.time() - start) / test_interval

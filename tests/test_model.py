@@ -5,10 +5,10 @@ from urllib.error import URLError
 import pytest
 import torch
 import torchvision
-from torchvision.models.vgg import cfgs, make_layers
 
 from nets import pretrained as pretrained_module
 from nets.unet import Unet, check_input_shape
+from nets.vgg import VGG16_CONFIG, make_layers
 from tests.reference_impl import RefVggUnet
 from utils.errors import UserError
 
@@ -84,11 +84,16 @@ def test_vgg_matches_reference_implementation_with_same_weights(vgg_unet):
         torch.testing.assert_close(vgg_unet(x), reference(x), rtol=0, atol=0)
 
 
-def test_reference_weights_file_loads_strictly(tmp_path, vgg_unet):
+def test_reference_weights_file_loads_strictly(tmp_path):
+    reference = RefVggUnet(num_classes=21).eval()
     path = tmp_path / "unet_vgg_voc.pth"
-    torch.save(RefVggUnet(num_classes=21).state_dict(), path)
-    model = Unet(num_classes=21, backbone="vgg")
-    model.load_state_dict(torch.load(path, weights_only=True), strict=True)
+    torch.save(reference.state_dict(), path)
+    model = Unet(num_classes=21, backbone="vgg").eval()
+    result = model.load_state_dict(torch.load(path, weights_only=True), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    x = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("backbone", ["vgg", "resnet50"])
@@ -130,7 +135,7 @@ def test_input_check_accepts_valid_sizes_and_rejects_tiny_ones():
 
 def torchvision_vgg16_state_dict() -> dict:
     """A vgg16 file in torchvision's format, cheap to make: random features, empty classifier."""
-    state = {f"features.{k}": v for k, v in make_layers(cfgs["D"]).state_dict().items()}
+    state = {f"features.{k}": v for k, v in make_layers(VGG16_CONFIG).state_dict().items()}
     for i, (out_f, in_f) in zip(
         (0, 3, 6), ((4096, 25088), (4096, 4096), (1000, 4096)), strict=True
     ):
@@ -184,3 +189,26 @@ def test_pretrained_file_with_wrong_contents_is_a_clear_error(tmp_path, monkeypa
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "model_data" / "vgg16-397923af.pth")
     with pytest.raises(UserError, match="does not hold the expected backbone weights"):
         Unet(num_classes=2, pretrained=True, backbone="vgg")
+
+
+def test_our_encoders_compute_what_torchvisions_do_with_its_weights():
+    """nets/ builds VGG16 and ResNet50 without importing torchvision (a second of start-up);
+    with torchvision's weights they give its features."""
+    from nets.resnet import ResNet50
+    from nets.vgg import VGG
+
+    torch.manual_seed(0)
+    theirs = torchvision.models.resnet50().eval()
+    theirs.maxpool = torch.nn.MaxPool2d(3, 2, padding=0, ceil_mode=True)  # the reference's
+    ours = ResNet50().eval()
+    ours.load_state_dict({k: v for k, v in theirs.state_dict().items() if not k.startswith("fc.")})
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = theirs.layer4(theirs.layer3(theirs.layer2(theirs.layer1(
+            theirs.maxpool(theirs.relu(theirs.bn1(theirs.conv1(x))))))))  # fmt: skip
+        torch.testing.assert_close(ours(x)[-1], expected, rtol=0, atol=0)
+    vgg = torchvision.models.vgg16().features.eval()
+    ours_vgg = VGG().eval()
+    ours_vgg.features.load_state_dict(vgg.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(ours_vgg(x)[-1], vgg[:-1](x), rtol=0, atol=0)

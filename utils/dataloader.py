@@ -21,7 +21,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from utils.errors import UserError
-from utils.utils import PAD_COLOR, letterbox, read_image, read_label_png
+from utils.utils import PAD_COLOR, letterbox, read_image, read_label_png, stack_images
 
 DATASET_FORMATS = ("voc", "medical")
 #: Training augmentations: the reference's (scale, aspect, placement, flip, HSV); letterbox plus
@@ -324,11 +324,7 @@ class UnetDataset(Dataset):
 
 
 def unet_dataset_collate(batch):
-    """Stack samples into a (N, 3, H, W) uint8 image batch and a (N, H, W) int64 label batch.
-
-    The images keep their (H, W, 3) memory order, so the batch is channels-last in memory:
-    stacking is a plain copy, and channels-last training needs no conversion.
-    """
+    """Stack samples into a channels-last (N, 3, H, W) uint8 image batch (see
+    :func:`~utils.utils.stack_images`) and a (N, H, W) int64 label batch."""
     images, labels = zip(*batch, strict=True)
-    images = torch.stack([image.permute(1, 2, 0) for image in images])
-    return images.permute(0, 3, 1, 2), torch.stack(labels)
+    return stack_images(images), torch.stack(labels)

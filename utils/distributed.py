@@ -65,6 +65,13 @@ def all_reduce_sum(values, device: torch.device) -> np.ndarray:
     return tensor.cpu().numpy()
 
 
+def all_reduce_(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all ranks in place, on its device (nothing with one process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

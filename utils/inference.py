@@ -1,33 +1,121 @@
-"""The reference's prediction pipeline, shared by training-time evaluation and the predictor.
+"""One inference pipeline for predict.py, get_miou.py and the in-training mIoU.
 
-letterbox -> /255 -> forward -> softmax -> crop the padding -> ``cv2.resize`` of the
-probabilities to the original size (INTER_LINEAR) -> argmax.
+The original's steps, in order: letterbox (Pillow bicubic onto gray) -> ``/ 255`` -> forward ->
+softmax -> crop the letterbox padding -> bilinear resize to the original size -> argmax. The
+letterbox runs on the host (in DataLoader workers when predicting many images); everything
+after it runs on the model's device, in torch, and only the uint8 class map comes back.
+``F.interpolate(mode="bilinear", align_corners=False)`` uses the pixel-centre convention of
+``cv2.resize(..., INTER_LINEAR)``, which the original calls, so the labels match the original's
+on all but a few pixels where float rounding tips an argmax.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
-from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from utils.device import Runtime
-from utils.utils import cvtColor, letterbox
+from utils.errors import UserError
+from utils.utils import cvtColor, letterbox, read_image, stack_images
+
+#: A function from a float model input on the runtime's device to (N, classes, H, W) logits.
+Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
-def to_model_input(
-    images: torch.Tensor, device: torch.device, channels_last: bool = False
-) -> torch.Tensor:
-    """uint8 (N, 3, H, W) images -> float ``/ 255`` on ``device``, in the wanted memory format."""
-    images = images.to(device, non_blocking=True).float().div_(255)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    return images.contiguous(memory_format=memory_format)
+@dataclass(frozen=True)
+class Placement:
+    """Where an image of ``width`` x ``height`` sits in its letterboxed network input."""
+
+    width: int
+    height: int
+    top: int
+    left: int
+    inner_height: int
+    inner_width: int
 
 
-def _window_starts(size: int, tile: int, stride: int) -> list[int]:
+@dataclass
+class Sample:
+    """One image on its way through :meth:`InferencePipeline.predict`.
+
+    ``extra`` is what the reader returned beside the image (a label, say); ``image`` is the RGB
+    original as an (H, W, 3) uint8 array when the caller asked to keep it (or tiles need it).
+    """
+
+    index: int
+    placement: Placement | None
+    extra: Any = None
+    image: np.ndarray | None = None
+
+
+def check_batching(
+    batch_size: int | None, num_workers: int | None, flag: str = "--batch-size"
+) -> None:
+    """``--batch-size`` (or ``flag``) and ``--num-workers`` must make sense before any work;
+    None stands for "the default" (:func:`default_batching`)."""
+    if batch_size is not None and batch_size < 1:
+        raise UserError(f"{flag} must be at least 1, not {batch_size}.")
+    if num_workers is not None and num_workers < 0:
+        raise UserError(f"--num-workers cannot be negative ({num_workers}); 0 reads in-process.")
+
+
+def default_batching(
+    device: torch.device, batch_size: int | None = None, num_workers: int | None = None
+) -> tuple[int, int]:
+    """The batch size and reader processes to use where the user gave none.
+
+    On CUDA: 8 images per forward pass and up to 4 workers, so the GPU never waits for the
+    JPEG decoder. On the CPU: one image at a time, read in-process: the network already uses
+    every core, and on a 2-core AMD Zen 4 batches of 8 took 10% longer per image and 2 workers
+    25% longer (ISBI images at 160x160).
+    """
+    if device.type == "cuda":
+        defaults = (8, min(4, os.cpu_count() or 1))
+    else:
+        defaults = (1, 0)
+    return (
+        defaults[0] if batch_size is None else batch_size,
+        defaults[1] if num_workers is None else num_workers,
+    )
+
+
+def letterbox_input(
+    image: Image.Image, input_shape: Sequence[int]
+) -> tuple[torch.Tensor, Placement]:
+    """The (3, H, W) uint8 letterboxed network input of an RGB image, and where it sits."""
+    h, w = int(input_shape[0]), int(input_shape[1])
+    data, _, (nw, nh) = letterbox(image, (h, w))
+    placement = Placement(image.width, image.height, (h - nh) // 2, (w - nw) // 2, nh, nw)
+    return torch.from_numpy(data).permute(2, 0, 1), placement
+
+
+def resize_to_original(probs: torch.Tensor, placement: Placement) -> torch.Tensor:
+    """(C, H, W) probabilities at input size -> (C, height, width) at the image's own size.
+
+    The padding is cropped first. The result is channels-last in memory, where the argmax over
+    classes reads contiguous values (four times faster on a CPU than over NCHW).
+    """
+    p = placement
+    crop = probs[:, p.top : p.top + p.inner_height, p.left : p.left + p.inner_width]
+    crop = crop.unsqueeze(0).contiguous(memory_format=torch.channels_last)
+    resized = F.interpolate(crop, size=(p.height, p.width), mode="bilinear", align_corners=False)
+    return resized[0]
+
+
+def class_map(probs: torch.Tensor) -> torch.Tensor:
+    """The (H, W) uint8 argmax over the classes of (C, H, W) probabilities."""
+    return probs.argmax(dim=0).to(torch.uint8)
+
+
+def window_starts(size: int, tile: int, stride: int) -> list[int]:
     """Window offsets covering ``size``; the last window is aligned to the end."""
     if size <= tile:
         return [0]
@@ -37,70 +125,213 @@ def _window_starts(size: int, tile: int, stride: int) -> list[int]:
     return starts
 
 
-@torch.no_grad()
-def _letterboxed_probs(model, image, input_shape, runtime, channels_last, tta) -> np.ndarray:
-    orig_w, orig_h = image.size
-    h, w = int(input_shape[0]), int(input_shape[1])
-    data, _, (nw, nh) = letterbox(image, (h, w))
-    x = to_model_input(
-        torch.from_numpy(data).permute(2, 0, 1).unsqueeze(0), runtime.device, channels_last
-    )
-    with runtime.autocast():
-        logits = model(x)[0]
-    probs = torch.softmax(logits.float(), dim=0)
-    if tta:
-        with runtime.autocast():
-            flipped = model(x.flip(-1))[0]
-        probs = (probs + torch.softmax(flipped.float(), dim=0).flip(-1)) / 2
-    probs = probs.permute(1, 2, 0).cpu().numpy()
-    top, left = (h - nh) // 2, (w - nw) // 2
-    probs = probs[top : top + nh, left : left + nw]
-    resized = cv2.resize(probs, (orig_w, orig_h), interpolation=cv2.INTER_LINEAR)
-    return resized.reshape(orig_h, orig_w, -1)
+def read_file(path) -> tuple[Image.Image, None]:
+    """A :class:`PredictionSet` reader for image files."""
+    return read_image(path), None
 
 
-def predict_probs(
-    model: nn.Module,
-    image: Image.Image,
-    input_shape: Sequence[int],
-    runtime: Runtime,
-    channels_last: bool = False,
-    tile: int | None = None,
-    stride: int | None = None,
-    tta: bool = False,
-) -> np.ndarray:
-    """Class probabilities (orig_h, orig_w, num_classes), float32, for one image.
+class PredictionSet(Dataset):
+    """Images read and letterboxed in DataLoader workers, for batched prediction.
 
-    ``tile``: predict ``tile`` x ``tile`` windows of the original image ``stride`` apart
-    (default ``tile // 2``) and average the overlapping probabilities, for images much larger
-    than the input size. ``tta``: average with the prediction of the mirrored image.
+    ``read(item)`` returns an image and anything to pass along with it (a label, say). With
+    ``letterboxed=False`` (tiling) the sample carries the original image and no network input.
     """
-    image = cvtColor(image)
-    if not tile:
-        return _letterboxed_probs(model, image, input_shape, runtime, channels_last, tta)
-    stride = stride or max(tile // 2, 1)
-    width, height = image.size
-    total = counts = None
-    for top in _window_starts(height, tile, stride):
-        for left in _window_starts(width, tile, stride):
-            window = image.crop((left, top, min(left + tile, width), min(top + tile, height)))
-            probs = _letterboxed_probs(model, window, input_shape, runtime, channels_last, tta)
-            if total is None:
-                total = np.zeros((height, width, probs.shape[-1]), np.float32)
-                counts = np.zeros((height, width, 1), np.float32)
-            total[top : top + probs.shape[0], left : left + probs.shape[1]] += probs
-            counts[top : top + probs.shape[0], left : left + probs.shape[1]] += 1
-    return total / counts
+
+    def __init__(
+        self,
+        items: Sequence,
+        read: Callable[[Any], tuple[Image.Image, Any]],
+        input_shape: Sequence[int],
+        keep_image: bool = False,
+        letterboxed: bool = True,
+    ):
+        self.items = items
+        self.read = read
+        self.input_shape = input_shape
+        self.keep_image = keep_image or not letterboxed
+        self.letterboxed = letterboxed
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, Sample]:
+        image, extra = self.read(self.items[index])
+        image = cvtColor(image)
+        data = placement = None
+        if self.letterboxed:
+            data, placement = letterbox_input(image, self.input_shape)
+        kept = np.asarray(image) if self.keep_image else None
+        return data, Sample(index, placement, extra, kept)
 
 
-def predict_label(
-    model: nn.Module,
-    image: Image.Image,
-    input_shape: Sequence[int],
-    runtime: Runtime,
-    channels_last: bool = False,
-    **options,
-) -> np.ndarray:
-    """The (orig_h, orig_w) uint8 class map of one image: what get_miou.py saves as PNG."""
-    probs = predict_probs(model, image, input_shape, runtime, channels_last, **options)
-    return probs.argmax(axis=-1).astype(np.uint8)
+def collate_predictions(batch) -> tuple[torch.Tensor | None, list[Sample]]:
+    """A channels-last (N, 3, H, W) uint8 batch of network inputs, and the samples."""
+    inputs, samples = zip(*batch, strict=True)
+    return (None if inputs[0] is None else stack_images(inputs)), list(samples)
+
+
+class InferencePipeline:
+    """Class maps and probabilities of images through one forward function, on its device.
+
+    ``forward`` takes a float model input on ``runtime.device`` and returns logits: a torch
+    model (run under the runtime's autocast) or an onnxruntime session. ``tile``/``stride``:
+    predict ``tile`` x ``tile`` windows of the original image, ``stride`` apart (default
+    ``tile // 2``), and average the overlapping probabilities. ``tta``: average with the
+    prediction of the mirrored image.
+    """
+
+    def __init__(
+        self,
+        forward: Forward,
+        input_shape: Sequence[int],
+        runtime: Runtime,
+        tile: int | None = None,
+        stride: int | None = None,
+        tta: bool = False,
+    ):
+        self.forward = forward
+        self.input_shape = (int(input_shape[0]), int(input_shape[1]))
+        self.runtime = runtime
+        self.tile = tile
+        self.stride = stride or (max(tile // 2, 1) if tile else None)
+        self.tta = tta
+
+    @torch.inference_mode()
+    def input_probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Softmax (N, C, H, W) float32 probabilities of uint8 (N, 3, H, W) network inputs."""
+        x = self.runtime.model_input(inputs)
+        with self.runtime.autocast():
+            logits = self.forward(x)
+        probs = torch.softmax(logits.float(), dim=1)
+        if self.tta:
+            with self.runtime.autocast():
+                mirrored = self.forward(x.flip(-1))
+            probs = (probs + torch.softmax(mirrored.float(), dim=1).flip(-1)) / 2
+        return probs
+
+    @torch.inference_mode()
+    def probabilities(self, image: Image.Image) -> torch.Tensor:
+        """(C, H, W) class probabilities of one image at its own size, on the device."""
+        image = cvtColor(image)
+        if self.tile:
+            return self._tiled(np.asarray(image))
+        data, placement = letterbox_input(image, self.input_shape)
+        return resize_to_original(self.input_probabilities(data[None])[0], placement)
+
+    def labels(self, image: Image.Image) -> torch.Tensor:
+        """The (H, W) uint8 class map of one image, on the device."""
+        return class_map(self.probabilities(image))
+
+    def _tiled(self, image: np.ndarray, batch_size: int = 1) -> torch.Tensor:
+        """Average the probabilities of overlapping windows, ``batch_size`` windows a pass."""
+        height, width = image.shape[:2]
+        boxes = [
+            (top, left)
+            for top in window_starts(height, self.tile, self.stride)
+            for left in window_starts(width, self.tile, self.stride)
+        ]
+        total = counts = None
+        for first in range(0, len(boxes), batch_size):
+            chunk = boxes[first : first + batch_size]
+            windows = [
+                letterbox_input(Image.fromarray(image[t : t + self.tile, x : x + self.tile]),
+                                self.input_shape)
+                for t, x in chunk
+            ]  # fmt: skip
+            probs = self.input_probabilities(stack_images([data for data, _ in windows]))
+            for p, (_, placement), (top, left) in zip(probs, windows, chunk, strict=True):
+                if total is None:
+                    total = probs.new_zeros((probs.shape[1], height, width))
+                    counts = probs.new_zeros((1, height, width))
+                rows = slice(top, top + placement.height)
+                cols = slice(left, left + placement.width)
+                total[:, rows, cols] += resize_to_original(p, placement)
+                counts[:, rows, cols] += 1
+        return total / counts
+
+    def predict(
+        self,
+        items: Sequence,
+        read: Callable[[Any], tuple[Image.Image, Any]] = read_file,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        keep_image: bool = False,
+        to_host: bool = True,
+    ) -> Iterator[tuple[Sample, np.ndarray | torch.Tensor]]:
+        """Yield ``(sample, class map)`` for each item, in order, ``batch_size`` per forward pass.
+
+        DataLoader workers (``num_workers``) read and letterbox the images; ``read(item)``
+        returns the image and anything to pass along in ``sample.extra``. ``keep_image`` puts
+        the decoded RGB image in ``sample.image``. See :meth:`predict_batches`.
+        """
+        check_batching(batch_size, num_workers)
+        dataset = PredictionSet(items, read, self.input_shape, keep_image, not self.tile)
+        loader = DataLoader(
+            dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False,
+            collate_fn=collate_predictions, pin_memory=self.runtime.device.type == "cuda",
+        )  # fmt: skip
+        return self.predict_batches(loader, to_host=to_host, tile_batch_size=batch_size)
+
+    @torch.inference_mode()
+    def predict_batches(
+        self,
+        batches: Iterable[tuple[torch.Tensor | None, list[Sample]]],
+        to_host: bool = True,
+        tile_batch_size: int = 1,
+    ) -> Iterator[tuple[Sample, np.ndarray | torch.Tensor]]:
+        """Yield ``(sample, class map)`` for the batches of :func:`collate_predictions`.
+
+        Each image is post-processed at its own size, so mixed sizes share a batch and at most
+        one full-size probability map exists at a time. The class maps come back as uint8
+        arrays, or stay on the device with ``to_host=False``. On CUDA a batch's maps are copied
+        back without waiting, and the previous batch goes to the caller only once the next one
+        is queued, so the GPU keeps working while the caller saves results.
+        """
+        pending = None
+        for inputs, samples in batches:
+            if self.tile:
+                maps = [class_map(self._tiled(s.image, tile_batch_size)) for s in samples]
+            else:
+                probs = self.input_probabilities(inputs)
+                maps = [
+                    class_map(resize_to_original(p, s.placement))
+                    for p, s in zip(probs, samples, strict=True)
+                ]
+                del probs
+            current = (samples, _HostCopy(maps) if to_host else maps)
+            if pending is not None:
+                yield from _pairs(*pending)
+            pending = current
+        if pending is not None:
+            yield from _pairs(*pending)
+
+
+class _HostCopy:
+    """Class maps on their way to the host in one transfer. On CUDA the copy is queued into
+    pinned memory without waiting, so the next batch can be queued behind it."""
+
+    def __init__(self, maps: list[torch.Tensor]):
+        self.shapes = [m.shape for m in maps]
+        flat = torch.cat([m.reshape(-1) for m in maps])
+        self.event = None
+        if flat.is_cuda:
+            self.host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+            self.host.copy_(flat, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host = flat
+
+    def arrays(self) -> list[np.ndarray]:
+        if self.event is not None:
+            self.event.synchronize()
+        flat = self.host.numpy()
+        ends = np.cumsum([int(np.prod(shape)) for shape in self.shapes])
+        starts = np.concatenate([[0], ends[:-1]])
+        return [
+            flat[a:b].reshape(shape) for a, b, shape in zip(starts, ends, self.shapes, strict=True)
+        ]
+
+
+def _pairs(samples: list[Sample], maps):
+    return zip(samples, maps.arrays() if isinstance(maps, _HostCopy) else maps, strict=True)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from utils.errors import UserError
@@ -76,6 +78,15 @@ def letterbox(
         label_canvas.paste(label.resize((nw, nh), Image.NEAREST), offset)
         label_canvas = np.array(label_canvas)
     return np.array(canvas), label_canvas, (nw, nh)
+
+
+def stack_images(images: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack (3, H, W) views of (H, W, 3) arrays into a channels-last (N, 3, H, W) batch.
+
+    The images keep their (H, W, 3) memory order, so stacking is a plain copy and a
+    channels-last model needs no conversion.
+    """
+    return torch.stack([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
 
 
 def voc_palette(num_colors: int = 256) -> list[tuple[int, int, int]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -12,10 +13,10 @@ from tqdm import tqdm
 
 from nets.unet_training import CE_Loss, Dice_loss, Focal_Loss
 from utils.dataloader import UnetDataset
-from utils.device import Runtime
-from utils.distributed import SINGLE_PROCESS, DistInfo, all_reduce_sum
+from utils.device import Runtime, prefers_channels_last
+from utils.distributed import SINGLE_PROCESS, DistInfo, all_reduce_, all_reduce_sum
 from utils.errors import UserError
-from utils.inference import predict_label, to_model_input
+from utils.inference import InferencePipeline, default_batching
 from utils.utils_metrics import ConfusionMatrix, f_score
 
 
@@ -55,7 +56,6 @@ def train_one_epoch(
     epoch: int,
     total_epochs: int,
     dist_info: DistInfo = SINGLE_PROCESS,
-    channels_last: bool = False,
 ) -> tuple[float, float]:
     """Train ``steps`` batches; return the mean loss and f-score over all ranks."""
     model.train()
@@ -68,7 +68,7 @@ def train_one_epoch(
     )
     # zip stops before fetching a batch too many
     for step, (images, labels) in zip(range(steps), loader, strict=False):
-        images = to_model_input(images, runtime.device, channels_last)
+        images = runtime.model_input(images)
         labels = labels.to(runtime.device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with runtime.autocast():
@@ -107,14 +107,13 @@ def evaluate_loss(
     criterion: LossConfig,
     runtime: Runtime,
     dist_info: DistInfo = SINGLE_PROCESS,
-    channels_last: bool = False,
 ) -> tuple[float, float]:
     """Mean validation loss and f-score over ``steps`` batches on every rank."""
     model.eval()
     total_loss = total_f_score = 0.0
     bar = tqdm(total=steps, desc="Validation", mininterval=0.3, disable=not dist_info.is_main)
     for step, (images, labels) in zip(range(steps), loader, strict=False):
-        images = to_model_input(images, runtime.device, channels_last)
+        images = runtime.model_input(images)
         labels = labels.to(runtime.device, non_blocking=True)
         with runtime.autocast():
             outputs = model(images)
@@ -133,18 +132,29 @@ def evaluate_miou(
     dataset: UnetDataset,
     runtime: Runtime,
     dist_info: DistInfo = SINGLE_PROCESS,
-    channels_last: bool = False,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
 ) -> ConfusionMatrix:
     """The get_miou.py evaluation of ``dataset`` (at original size), summed over all ranks.
 
-    Each rank predicts every ``world_size``-th image; the confusion matrices are added up.
+    The images go through get_miou.py's pipeline with its defaults for the device (memory
+    layout, batch size, workers), so the figure is the one get_miou.py reports for the same
+    weights. Each rank predicts every ``world_size``-th image; the confusion matrix stays on
+    the device until the end.
     """
+    batch_size, num_workers = default_batching(runtime.device, batch_size, num_workers)
     model.eval()
-    matrix = ConfusionMatrix(dataset.num_classes)
+    channels_last = prefers_channels_last(runtime.device)
+    pipeline = InferencePipeline(
+        model, dataset.input_shape, dataclasses.replace(runtime, channels_last=channels_last)
+    )
+    matrix = ConfusionMatrix(dataset.num_classes, runtime.device)
     indices = range(dist_info.rank, len(dataset), dist_info.world_size)
-    for index in tqdm(indices, desc="Get miou", mininterval=0.3, disable=not dist_info.is_main):
-        image, label = dataset.read_pair(index)
-        pred = predict_label(model, image, dataset.input_shape, runtime, channels_last)
-        matrix.update(label, pred)
-    matrix.hist = all_reduce_sum(matrix.hist, runtime.device).astype(matrix.hist.dtype)
+    predictions = pipeline.predict(
+        indices, dataset.read_pair, batch_size=batch_size, num_workers=num_workers, to_host=False
+    )
+    for sample, pred in tqdm(predictions, total=len(indices), desc="Get miou", mininterval=0.3,
+                             disable=not dist_info.is_main):  # fmt: skip
+        matrix.update(torch.from_numpy(sample.extra).to(runtime.device, non_blocking=True), pred)
+    all_reduce_(matrix.counts)
     return matrix

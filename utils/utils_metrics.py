@@ -39,13 +39,15 @@ def fast_hist(a, b, n: int):
     """Confusion counts of labels ``a`` vs predictions ``b`` (rows = label, cols = prediction).
 
     Pixels whose label is outside ``[0, n)`` (the ignore value 255, or ``n``) are left out.
-    Works on NumPy arrays and on torch tensors (counted on their device).
+    Works on NumPy arrays and on torch tensors, counted on their device without waiting for
+    it (no boolean indexing or ``bincount``, which read sizes back to the host).
     """
     if isinstance(a, torch.Tensor):
-        a, b = a.reshape(-1), b.reshape(-1)
-        k = (a >= 0) & (a < n)
-        counts = torch.bincount(n * a[k].long() + b[k].long(), minlength=n**2)
-        return counts.reshape(n, n)
+        a, b = a.reshape(-1).long(), b.reshape(-1).long()
+        index = torch.where((a >= 0) & (a < n), n * a + b, n * n)  # ignored: one extra bin
+        counts = torch.zeros(n * n + 1, dtype=torch.int64, device=a.device)
+        counts.scatter_add_(0, index, torch.ones_like(index))
+        return counts[:-1].reshape(n, n)
     a, b = np.asarray(a).reshape(-1), np.asarray(b).reshape(-1)
     k = (a >= 0) & (a < n)
     counts = np.bincount(n * a[k].astype(np.int64) + b[k].astype(np.int64), minlength=n**2)
@@ -89,17 +91,26 @@ def nanmean(values: np.ndarray) -> float:
 
 
 class ConfusionMatrix:
-    """Accumulates :func:`fast_hist` counts; the one confusion matrix of training and get_miou."""
+    """Accumulates :func:`fast_hist` counts; the one confusion matrix of training and get_miou.
 
-    def __init__(self, num_classes: int):
+    The counts live on ``device`` (a tensor), so evaluating on a GPU never waits on it until
+    :attr:`hist` is read.
+    """
+
+    def __init__(self, num_classes: int, device: torch.device | str = "cpu"):
         self.num_classes = num_classes
-        self.hist = np.zeros((num_classes, num_classes), dtype=np.int64)
+        self.counts = torch.zeros((num_classes, num_classes), dtype=torch.int64, device=device)
 
     def update(self, label, pred) -> None:
-        counts = fast_hist(label, pred, self.num_classes)
-        if isinstance(counts, torch.Tensor):
-            counts = counts.cpu().numpy()
-        self.hist += counts
+        """Add a label and its prediction: NumPy arrays, or tensors on the counts' device."""
+        label, pred = torch.as_tensor(label), torch.as_tensor(pred)
+        self.counts += fast_hist(label.to(self.counts.device), pred.to(self.counts.device),
+                                 self.num_classes)  # fmt: skip
+
+    @property
+    def hist(self) -> np.ndarray:
+        """The (num_classes, num_classes) counts on the host (rows = label, cols = prediction)."""
+        return self.counts.cpu().numpy().copy()
 
     @property
     def iou(self) -> np.ndarray:

@@ -1,0 +1,217 @@
+"""The device-resident, batched inference pipeline against the original's host pipeline."""
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import get_miou
+import predict
+from nets.unet import Unet as Model
+from tests.conftest import save_random_weights, shared_data
+from tests.reference_impl import RefPredictor
+from tests.test_tools import run_cli
+from unet import Unet
+from utils.utils import read_image
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """A VGG UNet with 5 classes and kaiming weights: busy class maps, many class borders."""
+    return save_random_weights(tmp_path_factory.mktemp("weights") / "vgg5.pth", num_classes=5)
+
+
+def ours_and_reference(model_file, input_shape, mix_type=0):
+    ours = Unet(model_path=str(model_file), num_classes=5, input_shape=list(input_shape),
+                device="cpu", mix_type=mix_type)  # fmt: skip
+    net = Model(num_classes=5)
+    net.load_state_dict(torch.load(model_file, weights_only=True))
+    return ours, RefPredictor(net, input_shape, "cpu", mix_type=mix_type)
+
+
+SHARED_IMAGES = [
+    ("samples", "street.jpg"),
+    ("samples", "cell.png"),
+    ("isbi2012_cells", "Images", "0.png"),
+    ("isbi2012_cells", "Images", "27.png"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parts", SHARED_IMAGES, ids=lambda parts: parts[-1])
+def test_labels_match_the_originals_cv2_pipeline_on_real_images(model_file, parts):
+    image = read_image(shared_data(*parts))
+    ours, reference = ours_and_reference(model_file, (128, 96))  # letterbox padding included
+    labels = ours.labels(image)
+    expected = reference.labels(image)
+    assert labels.shape == expected.shape == (image.height, image.width)
+    assert len(np.unique(expected)) > 1, "a class map with one class tests nothing"
+    assert np.mean(labels == expected) >= 0.999
+    assert np.array_equal(np.array(ours.get_miou_png(image)), labels)
+
+
+@pytest.mark.parametrize("mix_type", [0, 1, 2])
+def test_drawings_differ_from_the_originals_only_where_the_labels_do(model_file, mix_type):
+    rng = np.random.default_rng(3)
+    image = Image.fromarray(cv2.resize(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8),
+                                       (200, 150), interpolation=cv2.INTER_CUBIC))  # fmt: skip
+    ours, reference = ours_and_reference(model_file, (64, 64), mix_type)
+    same = ours.labels(image) == reference.labels(image)
+    assert same.mean() >= 0.999
+    drawn = np.array(ours.detect_image(image))
+    expected = np.array(reference.detect_image(image))
+    assert drawn.shape == expected.shape == (150, 200, 3)
+    assert np.array_equal(drawn[same], expected[same])
+
+
+@pytest.fixture
+def mixed_images(tmp_path):
+    """Images of mixed sizes and modes: RGB JPEG and PNG, grayscale, palette and RGBA."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    sizes = [(200, 150), (120, 180), (256, 64), (90, 90), (150, 210), (64, 128), (300, 100)]
+    for i, (w, h) in enumerate(sizes):
+        coarse = rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)
+        image = Image.fromarray(cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC))
+        mode = ["RGB", "L", "P", "RGBA", "RGB", "L", "RGB"][i]
+        image = image.convert(mode) if mode != "P" else image.quantize(16)
+        image.save(folder / f"{i}.{'jpg' if mode == 'RGB' and i % 2 == 0 else 'png'}")
+    return sorted(folder.iterdir())
+
+
+@pytest.mark.parametrize(("batch_size", "num_workers"), [(3, 0), (4, 2)])
+def test_batches_of_mixed_sizes_equal_one_image_at_a_time(
+    model_file, mixed_images, batch_size, num_workers
+):
+    unet = Unet(model_path=str(model_file), num_classes=5, input_shape=[64, 64], device="cpu")
+    results = list(unet.predict_files(mixed_images, batch_size, num_workers, keep_image=True))
+    assert [path for path, _, _ in results] == mixed_images
+    differing = total = 0
+    for path, labels, image in results:
+        single = unet.labels(read_image(path))
+        assert labels.dtype == np.uint8 and labels.shape == single.shape
+        assert image.shape == (*single.shape, 3)  # converted to RGB, decoded once
+        differing += int((labels != single).sum())
+        total += labels.size
+    assert differing <= 1e-4 * total
+
+
+def test_tiles_in_batches_equal_tiles_one_at_a_time(model_file, mixed_images):
+    unet = Unet(model_path=str(model_file), num_classes=5, input_shape=[32, 32], device="cpu",
+                tile=64, stride=40)  # fmt: skip
+    for path, labels, _ in unet.predict_files(mixed_images[:3], batch_size=4):
+        single = unet.labels(read_image(path))
+        assert np.mean(labels != single) <= 1e-4
+
+
+def test_get_miou_batches_give_the_figures_of_one_image_at_a_time(tmp_path, model_file, capsys):
+    from utils.demo_data import make_demo_dataset
+
+    root = make_demo_dataset(tmp_path / "VOCdevkit", 16, size=(72, 56))
+    figures = []
+    for batch_size, workers in (("1", "0"), ("5", "2")):
+        out = tmp_path / f"miou_{batch_size}"
+        argv = ["--dataset-path", str(root), "--split", "trainval", "--num-classes", "5",
+                "--model-path", str(model_file), "--input-shape", "64", "64", "--device", "cpu",
+                "--batch-size", batch_size, "--num-workers", workers,
+                "--miou-out-path", str(out)]  # fmt: skip
+        assert run_cli(get_miou.main, argv, capsys)[0] == 0
+        figures.append((out / "metrics.json").read_text())
+        assert len(list((out / "detection-results").glob("*.png"))) == 16
+    assert figures[0] == figures[1]
+
+
+def test_an_unreadable_image_in_a_batch_is_named(model_file, mixed_images, tmp_path, capsys):
+    broken = mixed_images[0].parent / "2b.jpg"
+    broken.write_bytes(b"not a jpeg")
+    argv = ["--mode", "dir_predict", "--dir-origin-path", str(broken.parent),
+            "--dir-save-path", str(tmp_path / "out"), "--batch-size", "3", "--num-workers", "2",
+            "--model-path", str(model_file), "--num-classes", "5", "--input-shape", "64", "64",
+            "--device", "cpu"]  # fmt: skip
+    code, _, err = run_cli(predict.main, argv, capsys)
+    assert code == 2 and "2b.jpg cannot be read" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("main", "flag"),
+    [(get_miou.main, "--batch-size"), (predict.main, "--batch-size"),
+     (predict.main, "--fps-batch-size")],
+)  # fmt: skip
+def test_a_batch_size_of_zero_is_refused_before_any_work(main, flag, capsys):
+    code, _, err = run_cli(main, [flag, "0", "--model-path", "missing.pth"], capsys)
+    assert code == 2 and f"{flag} must be at least 1, not 0" in err
+
+
+def test_dir_predict_in_batches_draws_what_detect_image_draws(model_file, mixed_images, tmp_path,
+                                                              capsys):  # fmt: skip
+    out = tmp_path / "out"
+    argv = ["--mode", "dir_predict", "--dir-origin-path", str(mixed_images[0].parent),
+            "--dir-save-path", str(out), "--batch-size", "3", "--model-path", str(model_file),
+            "--num-classes", "5", "--input-shape", "64", "64", "--device", "cpu"]  # fmt: skip
+    assert run_cli(predict.main, argv, capsys)[0] == 0
+    unet = Unet(model_path=str(model_file), num_classes=5, input_shape=[64, 64], device="cpu")
+    for path in mixed_images:
+        saved = np.array(Image.open(out / f"{path.stem}.png"))
+        single = np.array(unet.detect_image(Image.open(path)))
+        assert saved.shape == single.shape
+        assert np.mean(np.any(saved != single, axis=-1)) <= 1e-4
+
+
+@pytest.mark.parametrize("batch_size", ["1", "3"])
+def test_video_keeps_every_frame_in_batches(model_file, tmp_path, capsys, batch_size):
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 5, (48, 32))
+    for i in range(7):
+        writer.write(np.full((32, 48, 3), 30 * i, np.uint8))
+    writer.release()
+    out_path = tmp_path / "out.avi"
+    argv = ["--mode", "video", "--video-path", str(clip), "--video-save-path", str(out_path),
+            "--batch-size", batch_size, "--mix-type", "2", "--model-path", str(model_file),
+            "--num-classes", "5", "--input-shape", "32", "32", "--device", "cpu"]  # fmt: skip
+    code, out, _ = run_cli(predict.main, argv, capsys)
+    assert code == 0 and "Saved 7 frames" in out
+    capture = cv2.VideoCapture(str(out_path))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 7
+
+
+def test_a_video_that_cannot_be_read_is_a_clear_error(model_file, tmp_path, capsys):
+    argv = ["--mode", "video", "--video-path", str(tmp_path / "none.avi"),
+            "--model-path", str(model_file), "--num-classes", "5", "--device", "cpu"]  # fmt: skip
+    code, _, err = run_cli(predict.main, argv, capsys)
+    assert code == 2 and "cannot read from --video-path" in err
+
+
+def test_confusion_matrix_counts_on_the_device_as_numpy_does():
+    from utils.utils_metrics import ConfusionMatrix, fast_hist
+
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 6, (40, 30)).astype(np.uint8)
+    label[0, :5] = 255  # ignored
+    pred = rng.integers(0, 5, (40, 30)).astype(np.uint8)
+    matrix = ConfusionMatrix(5, CPU)
+    matrix.update(torch.from_numpy(label), torch.from_numpy(pred))
+    matrix.update(label, pred)
+    assert np.array_equal(matrix.hist, 2 * fast_hist(label, pred, 5))
+    assert matrix.hist.sum() == 2 * int((label < 5).sum())
+
+
+@pytest.mark.slow
+def test_the_predict_benchmark_prints_every_row(tmp_path, monkeypatch, capsys):
+    import json
+
+    from benchmarks import predict_speed
+
+    monkeypatch.setenv("PREDICT_SPEED_JSON", str(tmp_path / "speed.json"))
+    predict_speed.main(["--device", "cpu", "--input-shape", "32", "32", "--num-classes", "3",
+                        "--repeats", "1", "--eval-images", "3", "--batch-size", "2"])  # fmt: skip
+    out = capsys.readouterr().out
+    rows = ["network + argmax, fp32 + channels_last", "get_miou_png street.jpg, ours fp32",
+            "detect_image street.jpg, ours fp32", "evaluation, 3 500x375, batch 2"]  # fmt: skip
+    assert all(row in out for row in rows), out
+    summary = json.loads((tmp_path / "speed.json").read_text())
+    assert all(ours > 0 and original > 0 for _, ours, original in summary["rows"])
+    assert 0 < summary["postprocess_peak_bytes"] < 2**30
