@@ -14,7 +14,7 @@ ISBI_EPOCHS ?= 14
 ISBI_LOGS ?= logs/isbi
 ISBI_SPLIT := recipes/isbi2012
 
-.PHONY: venv test lint demo isbi clean
+.PHONY: venv test test-gpu gpu-check lint demo isbi clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,17 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest
+
+# On a GPU machine: only the tests marked cuda. Uses .venv when it exists, else $(PYTHON) as it
+# is (a GPU machine's python3 already has torch; nothing is installed).
+GPU_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+test-gpu:
+	$(GPU_PY) -m pytest -m cuda
+
+# The whole GPU check (tests, both benchmarks, ISBI at 512x512), about 5 minutes; DATA= a copy
+# of ../shared/data.
+gpu-check:
+	PYTHON=$(GPU_PY) bash benchmarks/gpu_check.sh
 
 # Train from scratch on a generated 4-class data set (60 images), on the CPU, in a few minutes.
 demo: $(STAMP)

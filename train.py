@@ -16,31 +16,42 @@ import argparse
 import copy
 import datetime
 import os
-import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
-from torch.utils.data.distributed import DistributedSampler
 
 from nets.unet import BACKBONES, Unet, check_input_shape
-from nets.unet_training import INIT_TYPES, get_lr_scheduler, set_optimizer_lr, weights_init
+from nets.unet_training import (
+    INIT_TYPES,
+    SegmentationLoss,
+    describe_lr,
+    fit_lr,
+    get_lr_scheduler,
+    set_optimizer_lr,
+    weights_init,
+)
 from utils.callbacks import TrainingLog
-from utils.checkpoint import atomic_save, load_matching_weights
+from utils.checkpoint import (
+    atomic_save,
+    load_matching_weights,
+    load_training_checkpoint,
+    read_training_checkpoint,
+    save_training_checkpoint,
+)
 from utils.dataloader import (
     AUGMENTATIONS,
     DATASET_FORMATS,
+    Loaders,
     UnetDataset,
     check_split_size,
     read_split,
     split_path,
-    unet_dataset_collate,
 )
-from utils.device import Runtime, add_runtime_flags, resolve_runtime
+from utils.device import Runtime, add_runtime_flags, determinism, resolve_runtime
 from utils.distributed import (
     DistInfo,
     barrier,
@@ -49,12 +60,9 @@ from utils.distributed import (
     launched_by_torchrun,
 )
 from utils.errors import UserError, exit_on_user_error
-from utils.utils_fit import LossConfig, evaluate_loss, evaluate_miou, train_one_epoch
+from utils.seeding import seed_everything
+from utils.utils_fit import evaluate_loss, evaluate_miou, train_one_epoch
 
-#: The reference's nominal batch size for the batch-size-adaptive learning rate.
-NBS = 16
-#: (lowest, highest) initial LR after adapting to the batch size, per optimizer.
-LR_LIMITS = {"adam": (1e-4, 1e-4), "sgd": (5e-4, 1e-1)}
 #: Settings that shape the model; a resumed run cannot change them.
 FIXED_ON_RESUME = ("num_classes", "backbone", "input_shape", "dataset_format")
 
@@ -254,6 +262,13 @@ def get_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="channels-last memory format for the model and batches (faster with bf16)",
     )
+    flag(
+        "--deterministic",
+        action="store_true",
+        help="deterministic algorithms only, cuDNN without autotuning: a resumed run then "
+        "reproduces an uninterrupted one bit for bit on CUDA too, at some speed (see README); "
+        "off: cuDNN autotunes for the fixed input shape",
+    )
     flag("--sync-bn", action="store_true", help="SyncBatchNorm across torchrun processes")
     flag(
         "--distributed",
@@ -286,24 +301,6 @@ def given_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict
     return vars(probe.parse_args(argv))
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(
-            f"--resume {path} does not exist; point it at <save-dir>/checkpoint_last.pth."
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise UserError(f"--resume {path} cannot be read ({error}).") from error
-    if not isinstance(state, dict) or "optimizer" not in state or "args" not in state:
-        raise UserError(
-            f"--resume {path} is a weights file, not a training checkpoint; resume from "
-            "checkpoint_last.pth, or start a new run with --model-path."
-        )
-    return state
-
-
 def get_args(
     argv: list[str] | None = None, defaults: dict | None = None, description: str | None = None
 ) -> tuple[argparse.Namespace, dict | None]:
@@ -319,7 +316,7 @@ def get_args(
     args = parser.parse_args(argv)
     checkpoint = None
     if args.resume:
-        checkpoint = read_checkpoint(args.resume)
+        checkpoint = read_training_checkpoint(args.resume)
         given = given_flags(parser, argv)
         for key in FIXED_ON_RESUME:
             if key in given and given[key] != checkpoint["args"][key]:
@@ -380,30 +377,6 @@ def check_args(args: argparse.Namespace) -> None:
     get_lr_scheduler(args.lr_decay_type, args.init_lr, args.min_lr, args.unfreeze_epoch)
 
 
-def fit_lr(args: argparse.Namespace, batch_size: int) -> tuple[float, float]:
-    """The reference's batch-size-adaptive LR: scale by batch/16, then clamp to the limits."""
-    if not args.lr_fit:
-        return args.init_lr, args.min_lr
-    low, high = LR_LIMITS[args.optimizer_type]
-    init_lr = min(max(batch_size / NBS * args.init_lr, low), high)
-    min_lr = min(max(batch_size / NBS * args.min_lr, low * 1e-2), high * 1e-2)
-    return init_lr, min_lr
-
-
-def describe_lr(args: argparse.Namespace, batch_size: int, phase: str) -> str:
-    init_lr, min_lr = fit_lr(args, batch_size)
-    text = f"{phase} phase: batch {batch_size}, LR {init_lr:.3g} -> {min_lr:.3g}"
-    asked = batch_size / NBS * args.init_lr
-    if args.lr_fit and not np.isclose(asked, init_lr):
-        low, high = LR_LIMITS[args.optimizer_type]
-        text += (
-            f"\nwarning: --init-lr {args.init_lr:g} x batch {batch_size}/{NBS} = {asked:.3g} was "
-            f"clamped to {init_lr:.3g}: {args.optimizer_type} keeps the LR in [{low:g}, {high:g}] "
-            "as the reference does"
-        )
-    return text
-
-
 def build_model(args: argparse.Namespace, runtime: Runtime, dist_info: DistInfo) -> Unet:
     model = Unet(num_classes=args.num_classes, pretrained=args.pretrained, backbone=args.backbone)
     if not args.pretrained:
@@ -420,14 +393,23 @@ def build_model(args: argparse.Namespace, runtime: Runtime, dist_info: DistInfo)
     return runtime.prepare(model)
 
 
-def build_optimizer(args: argparse.Namespace, model: nn.Module, lr: float):
+def build_optimizer(
+    args: argparse.Namespace, model: nn.Module, lr: float, runtime: Runtime
+) -> torch.optim.Optimizer:
+    """Adam with betas (momentum, 0.999), or SGD with Nesterov momentum, as the reference.
+
+    On CUDA the fused implementations: one kernel per step, and with fp16 the GradScaler's
+    inf check stays on the GPU instead of waiting for it every step.
+    """
+    fused = runtime.device.type == "cuda" or None
     if args.optimizer_type == "adam":
         return torch.optim.Adam(
-            model.parameters(), lr, betas=(args.momentum, 0.999), weight_decay=args.weight_decay
-        )
+            model.parameters(), lr, betas=(args.momentum, 0.999), weight_decay=args.weight_decay,
+            fused=fused,
+        )  # fmt: skip
     return torch.optim.SGD(
         model.parameters(), lr, momentum=args.momentum, nesterov=True,
-        weight_decay=args.weight_decay,
+        weight_decay=args.weight_decay, fused=fused,
     )  # fmt: skip
 
 
@@ -468,96 +450,80 @@ def check_batch_sizes(train_set, val_set, batch_sizes: set[int], dist_info: Dist
             )
 
 
-class Loaders:
-    """The DataLoaders of one phase (batch size), rebuilt when the phase changes."""
+@dataclass(frozen=True)
+class Phase:
+    """The reference's two phases: a frozen backbone at one batch size, then unfrozen."""
 
-    def __init__(self, args, train_set, val_set, batch_size: int, dist_info: DistInfo, runtime):
-        self.train_steps = len(train_set) // batch_size
-        self.val_steps = len(val_set) // batch_size if val_set is not None else 0
-        per_rank = batch_size // dist_info.world_size
-        self.generator = torch.Generator()
-        self.train_sampler = None
-        options = dict(
-            batch_size=per_rank,
-            num_workers=args.num_workers,
-            pin_memory=runtime.device.type == "cuda",
-            drop_last=True,
-            collate_fn=unet_dataset_collate,
-        )
-        if dist_info.enabled:
-            self.train_sampler = DistributedSampler(train_set, shuffle=True, seed=args.seed)
-            self.train = DataLoader(train_set, sampler=self.train_sampler, **options)
-        else:
-            self.train = DataLoader(train_set, shuffle=True, generator=self.generator, **options)
-        self.val = None
-        if val_set is not None:
-            sampler = DistributedSampler(val_set, shuffle=False) if dist_info.enabled else None
-            self.val = DataLoader(val_set, shuffle=False, sampler=sampler, **options)
+    frozen: bool
+    batch_size: int
 
-    def set_epoch(self, epoch: int, seed: int) -> None:
-        """Shuffle order and augmentation depend on (seed, epoch) only: resumable, repeatable."""
-        self.train.dataset.set_epoch(epoch)
-        self.generator.manual_seed(seed + epoch)
-        if self.train_sampler is not None:
-            self.train_sampler.set_epoch(epoch)
+    @classmethod
+    def of(cls, args: argparse.Namespace, epoch: int) -> Phase:
+        frozen = args.freeze_train and epoch < args.freeze_epoch
+        return cls(frozen, args.freeze_batch_size if frozen else args.unfreeze_batch_size)
+
+    @property
+    def name(self) -> str:
+        return "Freeze" if self.frozen else "Unfreeze"
 
 
-def capture_rng() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    numpy_state = np.random.get_state()
-    state["numpy"] = (numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:])
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def phase_lrs(args: argparse.Namespace, phase: Phase) -> tuple[float, float]:
+    return fit_lr(args.init_lr, args.min_lr, phase.batch_size, args.optimizer_type, args.lr_fit)
 
 
-def restore_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def start_phase(args, phase: Phase, *, model, train_set, val_set, dist_info, runtime, say):
+    """Freeze or unfreeze the backbone; the phase's loaders and LR schedule."""
+    (model.freeze_backbone if phase.frozen else model.unfreeze_backbone)()
+    loaders = Loaders(
+        train_set, val_set, batch_size=phase.batch_size, num_workers=args.num_workers,
+        seed=args.seed, dist_info=dist_info, pin_memory=runtime.device.type == "cuda",
+    )  # fmt: skip
+    init_lr, min_lr = phase_lrs(args, phase)
+    say(describe_lr(args.init_lr, args.min_lr, phase.batch_size, args.optimizer_type,
+                    args.lr_fit, phase.name))  # fmt: skip
+    return loaders, get_lr_scheduler(args.lr_decay_type, init_lr, min_lr, args.unfreeze_epoch)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def benchmark(args, model, optimizer, scaler, loaders, criterion, runtime) -> None:
-    """Time ``args.benchmark`` steps of the training engine, data loading included."""
-    loaders.set_epoch(0, args.seed)
+def benchmark(args: argparse.Namespace, runtime: Runtime) -> None:
+    """Time ``args.benchmark`` steps of the training engine at the first epoch's phase, data
+    loading included, after 2 warm-up steps; print s/step and img/s."""
+    train_set, val_set = build_data(args)
+    model = build_model(args, runtime, DistInfo())
+    phase = Phase.of(args, args.init_epoch)
+    optimizer = build_optimizer(args, model, phase_lrs(args, phase)[0], runtime)
+    loaders, scheduler = start_phase(args, phase, model=model, train_set=train_set,
+                                     val_set=val_set, dist_info=DistInfo(), runtime=runtime,
+                                     say=print)  # fmt: skip
     if loaders.train_steps < args.benchmark + 2:
         raise UserError(
             f"--benchmark {args.benchmark} needs {args.benchmark + 2} batches of train data; "
             f"there are {loaders.train_steps}."
         )
+    set_optimizer_lr(optimizer, scheduler, args.init_epoch)
+    loaders.set_epoch(args.init_epoch)
+    step = dict(optimizer=optimizer, scaler=runtime.grad_scaler(), runtime=runtime,
+                criterion=SegmentationLoss(args.num_classes, args.cls_weights, args.dice_loss,
+                                           args.focal_loss).to(runtime.device))  # fmt: skip
     batches = iter(loaders.train)
     for steps in (2, args.benchmark):  # warm-up, then the timed steps
         start = time.perf_counter()
-        train_one_epoch(model, optimizer, scaler, batches, steps, criterion, runtime, 0, 1)
-        if runtime.device.type == "cuda":
-            torch.cuda.synchronize()
+        train_one_epoch(model, batches, steps=steps, **step)  # reads the loss back: synced
         seconds = (time.perf_counter() - start) / steps
-    batch = loaders.train.batch_size
     print(
-        f"benchmark: {args.backbone} {args.input_shape[0]}x{args.input_shape[1]}, batch {batch}, "
-        f"{args.precision}{' + channels_last' if args.channels_last else ''} on "
-        f"{runtime.device.type}: {seconds:.3f} s/step, {batch / seconds:.2f} img/s "
+        f"benchmark: {args.backbone} {args.input_shape[0]}x{args.input_shape[1]}, batch "
+        f"{phase.batch_size}, {args.precision}{' + channels_last' if args.channels_last else ''} "
+        f"on {runtime.device.type}: {seconds:.3f} s/step, {phase.batch_size / seconds:.2f} img/s "
         f"({args.benchmark} steps)"
     )
 
 
-def train(args: argparse.Namespace, checkpoint: dict | None) -> None:
-    local_rank = int(os.environ["LOCAL_RANK"]) if launched_by_torchrun() else None
-    runtime = resolve_runtime(args.device, args.precision, local_rank, args.channels_last)
-    dist_info = init_distributed(runtime.device.type)
-    seed_everything(args.seed)
+def train(
+    args: argparse.Namespace, checkpoint: dict | None, runtime: Runtime, dist_info: DistInfo
+) -> None:
     say = print if dist_info.is_main else (lambda *a, **k: None)
-
+    # data
     train_set, val_set = build_data(args)
+    # model and loss
     model = build_model(args, runtime, dist_info)
     model_train = model
     if dist_info.enabled:
@@ -565,40 +531,29 @@ def train(args: argparse.Namespace, checkpoint: dict | None) -> None:
         model_train = nn.parallel.DistributedDataParallel(
             model, device_ids=device_ids, find_unused_parameters=True
         )
-    criterion = LossConfig(
-        args.num_classes,
-        torch.tensor(args.cls_weights, dtype=torch.float32, device=runtime.device),
-        args.dice_loss,
-        args.focal_loss,
+    criterion = SegmentationLoss(
+        args.num_classes, args.cls_weights, args.dice_loss, args.focal_loss
+    ).to(runtime.device)
+    # optimizer
+    optimizer = build_optimizer(
+        args, model, phase_lrs(args, Phase.of(args, args.init_epoch))[0], runtime
     )
-
-    def frozen(epoch: int) -> bool:
-        return args.freeze_train and epoch < args.freeze_epoch
-
-    def batch_of(epoch: int) -> int:
-        return args.freeze_batch_size if frozen(epoch) else args.unfreeze_batch_size
-
-    start_epoch = args.init_epoch
-    optimizer = build_optimizer(args, model, fit_lr(args, batch_of(start_epoch))[0])
     scaler = runtime.grad_scaler()
-    save_dir = Path(args.save_dir)
-    log_dir = save_dir / f"loss_{datetime.datetime.now().strftime('%Y_%m_%d_%H_%M_%S')}"
-    history = None
+    # resume
+    start_epoch, history = args.init_epoch, None
+    log_dir = Path(args.save_dir) / f"loss_{datetime.datetime.now():%Y_%m_%d_%H_%M_%S}"
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        start_epoch = checkpoint["epoch"]
-        history = checkpoint["history"]
-        log_dir = Path(checkpoint["log_dir"])
-        restore_rng(checkpoint["rng"])
+        resumed = load_training_checkpoint(
+            checkpoint, model=model, optimizer=optimizer, scaler=scaler
+        )
+        start_epoch, history, log_dir = resumed.epoch, resumed.history, resumed.log_dir
         say(f"Resuming from {args.resume} at epoch {start_epoch + 1}/{args.unfreeze_epoch}")
     if start_epoch >= args.unfreeze_epoch:
         raise UserError(
             f"the checkpoint already finished {start_epoch} epochs; raise --unfreeze-epoch to "
             "train longer."
         )
-
+    # loop
     height, width = args.input_shape
     say(
         f"Training {args.backbone} UNet, {args.num_classes} classes, {len(train_set)} train / "
@@ -606,49 +561,57 @@ def train(args: argparse.Namespace, checkpoint: dict | None) -> None:
         f"{runtime.device.type} {args.precision}, {dist_info.world_size} process(es)"
     )
     epochs = range(start_epoch, args.unfreeze_epoch)
-    check_batch_sizes(train_set, val_set, {batch_of(e) for e in epochs}, dist_info)
+    batch_sizes = {Phase.of(args, epoch).batch_size for epoch in epochs}
+    check_batch_sizes(train_set, val_set, batch_sizes, dist_info)
     log = TrainingLog(log_dir, history) if dist_info.is_main else None
     phase = loaders = scheduler = None
     try:
         for epoch in epochs:
-            if phase != frozen(epoch):
-                phase = frozen(epoch)
-                (model.freeze_backbone if phase else model.unfreeze_backbone)()
-                loaders = Loaders(args, train_set, val_set, batch_of(epoch), dist_info, runtime)
-                init_lr, min_lr = fit_lr(args, batch_of(epoch))
-                scheduler = get_lr_scheduler(
-                    args.lr_decay_type, init_lr, min_lr, args.unfreeze_epoch
-                )
-                say(describe_lr(args, batch_of(epoch), "Freeze" if phase else "Unfreeze"))
-                if args.benchmark:
-                    set_optimizer_lr(optimizer, scheduler, epoch)
-                    benchmark(args, model, optimizer, scaler, loaders, criterion, runtime)
-                    return
+            if phase != Phase.of(args, epoch):
+                phase = Phase.of(args, epoch)
+                loaders, scheduler = start_phase(
+                    args, phase, model=model, train_set=train_set, val_set=val_set,
+                    dist_info=dist_info, runtime=runtime, say=say,
+                )  # fmt: skip
             set_optimizer_lr(optimizer, scheduler, epoch)
-            loaders.set_epoch(epoch, args.seed)
+            loaders.set_epoch(epoch)
             loss, _ = train_one_epoch(
-                model_train, optimizer, scaler, loaders.train, loaders.train_steps, criterion,
-                runtime, epoch, args.unfreeze_epoch, dist_info,
+                model_train, loaders.train, optimizer=optimizer, scaler=scaler,
+                criterion=criterion, runtime=runtime, steps=loaders.train_steps, epoch=epoch,
+                total_epochs=args.unfreeze_epoch, dist_info=dist_info,
             )  # fmt: skip
             val_loss = None
             if loaders.val is not None:
                 val_loss, _ = evaluate_loss(
-                    model, loaders.val, loaders.val_steps, criterion, runtime, dist_info
-                )
+                    model, loaders.val, criterion=criterion, runtime=runtime,
+                    steps=loaders.val_steps, dist_info=dist_info,
+                )  # fmt: skip
             miou = None
             if args.eval_flag and val_set is not None and (epoch + 1) % args.eval_period == 0:
                 miou = evaluate_miou(model, val_set, runtime, dist_info).miou * 100
             if dist_info.is_main:
                 end_of_epoch(
-                    args, epoch, model, optimizer, scaler, log, loss, val_loss, miou, phase
-                )
+                    args, epoch=epoch, model=model, optimizer=optimizer, scaler=scaler, log=log,
+                    loss=loss, val_loss=val_loss, miou=miou,
+                )  # fmt: skip
             barrier()
     finally:
         if log is not None:
             log.close()
 
 
-def end_of_epoch(args, epoch, model, optimizer, scaler, log, loss, val_loss, miou, phase) -> None:
+def end_of_epoch(
+    args: argparse.Namespace,
+    *,
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    log: TrainingLog,
+    loss: float,
+    val_loss: float | None = None,
+    miou: float | None = None,
+) -> None:
     """Log, save the reference's weights files, then the resumable checkpoint (rank 0)."""
     save_dir = Path(args.save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
@@ -672,21 +635,11 @@ def end_of_epoch(args, epoch, model, optimizer, scaler, log, loss, val_loss, mio
         print("Save best model to best_epoch_weights.pth")
         atomic_save(weights, save_dir / "best_epoch_weights.pth")
     atomic_save(weights, save_dir / "last_epoch_weights.pth")
-    atomic_save(
-        {
-            "model": weights,
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(),
-            "epoch": epoch + 1,
-            "frozen": phase,
-            "best": min(previous + [current]),
-            "history": log.history,
-            "log_dir": str(log.log_dir),
-            "rng": capture_rng(),
-            "args": {k: v for k, v in vars(args).items() if k not in ("resume", "benchmark")},
-        },
-        save_dir / "checkpoint_last.pth",
-    )
+    save_training_checkpoint(
+        save_dir / "checkpoint_last.pth", model=model, optimizer=optimizer, scaler=scaler,
+        epoch=epoch + 1, history=log.history, log_dir=log.log_dir,
+        args={k: v for k, v in vars(args).items() if k not in ("resume", "benchmark")},
+    )  # fmt: skip
 
 
 @exit_on_user_error
@@ -694,10 +647,18 @@ def main(
     argv: list[str] | None = None, defaults: dict | None = None, description: str | None = None
 ) -> None:
     args, checkpoint = get_args(argv, defaults, description)
-    try:
-        train(args, checkpoint)
-    finally:
-        cleanup_distributed()
+    with determinism(args.deterministic):  # before anything starts CUDA
+        local_rank = int(os.environ["LOCAL_RANK"]) if launched_by_torchrun() else None
+        runtime = resolve_runtime(args.device, args.precision, local_rank, args.channels_last)
+        dist_info = init_distributed(runtime.device.type)
+        seed_everything(args.seed)
+        try:
+            if args.benchmark:
+                benchmark(args, runtime)
+            else:
+                train(args, checkpoint, runtime, dist_info)
+        finally:
+            cleanup_distributed()
 
 
 if __name__ == "__main__":

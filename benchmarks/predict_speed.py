@@ -11,7 +11,7 @@ Rows, in ms per image (best of ``--repeats``; the evaluations are timed once): t
 argmax at the input size in each precision and layout, beside the original's ``get_FPS``
 (its fp32 -> bf16 + channels-last ratio is the "ceiling" of what bf16 can give);
 ``get_miou_png`` and ``detect_image`` on ``street.jpg`` (1330x1330); a ``get_miou.py``-style
-evaluation of generated 500x375 images (read, predict, save the PNG) at ``--batch-size`` and at
+evaluation of generated images (500x375; read, predict, save the PNG) at ``--batch-size`` and at
 the device's defaults; the ISBI 2012 held-out ids 24-29 at 160x160 when ``../shared/data`` is
 there; and the memory that post-processing a batch of 8 full-size 1330x1330 images with 21
 classes takes at most.
@@ -43,7 +43,9 @@ from utils.device import cpu_has_native_bf16, prefers_channels_last
 from utils.inference import default_batching
 from utils.utils import read_image
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(
+    os.environ.get("UNET_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
 
 
 def interleaved_best(steps: list[Callable[[], object]], repeats: int) -> list[float]:
@@ -164,7 +166,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--input-shape", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
     parser.add_argument("--num-classes", type=int, default=21)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per row; best kept")
-    parser.add_argument("--eval-images", type=int, default=48, help="generated 500x375 images")
+    parser.add_argument("--eval-images", type=int, default=48, help="generated images to evaluate")
+    parser.add_argument("--eval-size", type=int, nargs=2, default=[500, 375], metavar=("W", "H"),
+                        help="their size (default: 500 375)")  # fmt: skip
+    parser.add_argument("--data", type=Path, default=SHARED,
+                        help="the shared data folder, for street.jpg and the ISBI images "
+                        "(default: $UNET_SHARED_DATA or ../shared/data); absent: generated "
+                        "or skipped")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=8, help="our evaluation's batch size")
     parser.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument(
@@ -189,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
         weights_init(net, "kaiming")
         weights = tmp / "weights.pth"
         torch.save(net.state_dict(), weights)
-        street_path = SHARED / "samples" / "street.jpg"
+        street_path = args.data / "samples" / "street.jpg"
         if not street_path.is_file():
             street_path = write_images(tmp / "street", 1, (1330, 1330))[0]
         street = read_image(street_path)
@@ -228,14 +236,15 @@ def main(argv: list[str] | None = None) -> None:
                 layout = " + channels_last" if unet.channels_last else ""
                 add(f"{method} street.jpg, ours {precision}{layout}", seconds[0], ms)
 
-        paths = write_images(tmp / "eval", args.eval_images, (500, 375))
+        paths = write_images(tmp / "eval", args.eval_images, tuple(args.eval_size))
+        size = f"{args.eval_size[0]}x{args.eval_size[1]}"
         batchings = [(args.batch_size, args.num_workers), default_batching(device)]
         for batch, workers in dict.fromkeys(batchings):  # the defaults, when they differ
             original, seconds = evaluation_seconds(fp32, reference, paths, tmp / "pred",
                                                    batch, workers)  # fmt: skip
-            add(f"evaluation, {len(paths)} 500x375, batch {batch}, {workers} workers, fp32",
+            add(f"evaluation, {len(paths)} {size}, batch {batch}, {workers} workers, fp32",
                 original, seconds)  # fmt: skip
-        isbi = SHARED / "isbi2012_cells" / "Images"
+        isbi = args.data / "isbi2012_cells" / "Images"
         if isbi.is_dir():
             torch.manual_seed(0)
             small = Model(num_classes=2)

@@ -1,14 +1,18 @@
-"""Seconds per training step: the original's fp32 loop against train.py's engine.
+"""Seconds per training step: the original's loop against train.py's engine, on CPU or CUDA.
 
-The workload is the issue's: VGG UNet, 256x256, batch 2, CE + Dice, Adam, data loaded in the
-main process (``--num-workers 0``), on generated 320x240 images::
+VGG UNet, CE + Dice, Adam, on generated images. The defaults follow the device: on the CPU
+256x256, batch 2, 4 classes, data loaded in the main process (the README's CPU table); on CUDA
+512x512, batch 8, 21 classes, 4 workers (the GPU table)::
 
-    python -m benchmarks.train_speed --steps 5
+    python -m benchmarks.train_speed --steps 5               # CPU
+    python -m benchmarks.train_speed --device cuda --steps 20
 
 "original" replays the reference's loop: its data pipeline (float64 one-hot built per sample,
-see ``tests/reference_impl.py``), its losses on the one-hot target, fp32. "ours" runs
-``train.py --benchmark`` with each precision setting. bf16 is skipped on CPUs without native
-bf16 (no AVX512-BF16/AMX), where it is emulated and far slower than fp32.
+see ``tests/reference_impl.py``), its losses on the one-hot target, ``loss.item()`` and
+``f_score.item()`` every step, in fp32 and (CUDA) with its fp16 switch (autocast + GradScaler).
+"ours" runs ``train.py --benchmark`` in each precision and memory layout. "resident" is the
+same model, loss and optimizer stepping on one batch already on the device, with nothing read
+back: the floor the engine is measured against. bf16 is skipped on CPUs without native bf16.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -25,11 +31,11 @@ from torch.utils.data import DataLoader, Dataset
 
 import train
 from nets.unet import Unet
-from nets.unet_training import weights_init
+from nets.unet_training import SegmentationLoss, weights_init
 from tests.reference_impl import ref_ce_loss, ref_collate, ref_dice_loss, ref_getitem
 from utils.dataloader import UnetDataset, read_split
 from utils.demo_data import make_demo_dataset
-from utils.device import cpu_has_native_bf16
+from utils.device import cpu_has_native_bf16, resolve_runtime
 
 
 class ReferenceData(Dataset):
@@ -48,35 +54,53 @@ class ReferenceData(Dataset):
         )
 
 
-def original_seconds_per_step(root: Path, size: int, batch: int, steps: int) -> float:
-    dataset = UnetDataset(read_split(root, "train"), (size, size), 4, True, root)
-    loader = DataLoader(ReferenceData(dataset), batch_size=batch, collate_fn=ref_collate)
-    model = Unet(num_classes=4)
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def original_seconds_per_step(root: Path, args, device: torch.device, fp16: bool) -> float:
+    """The reference's fit_one_epoch, step for step, on ``device``."""
+    size, classes = args.size, args.num_classes
+    dataset = UnetDataset(read_split(root, "train"), (size, size), classes, True, root)
+    loader = DataLoader(ReferenceData(dataset), batch_size=args.batch_size,
+                        num_workers=args.num_workers, collate_fn=ref_collate,
+                        pin_memory=device.type == "cuda")  # fmt: skip
+    torch.manual_seed(0)
+    model = Unet(num_classes=classes)
     weights_init(model)
-    model.train()
+    model = model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), 1e-4, betas=(0.9, 0.999))
-    weights = torch.ones(4)
+    scaler = torch.amp.GradScaler(device.type, enabled=fp16)
+    weights = torch.ones(classes, device=device)
     batches = iter(loader)
-    for count in (2, steps):  # warm-up, then timed
+    for count in (2, args.steps):  # warm-up, then timed
+        synchronize(device)
         start = time.perf_counter()
         for _ in range(count):
-            images, labels, one_hot = next(batches)
+            images, labels, one_hot = (t.to(device) for t in next(batches))
             optimizer.zero_grad()
-            outputs = model(images)
-            loss = ref_ce_loss(outputs, labels, weights, 4) + ref_dice_loss(outputs, one_hot)
-            with torch.no_grad():
-                ref_dice_loss(outputs, one_hot, hard_threshold=0.5)  # the f_score it logs
-            loss.backward()
-            optimizer.step()
+            with torch.autocast(device.type, dtype=torch.float16, enabled=fp16):
+                outputs = model(images)
+                loss = ref_ce_loss(outputs, labels, weights, classes)
+                loss = loss + ref_dice_loss(outputs, one_hot)
+                with torch.no_grad():
+                    score = ref_dice_loss(outputs, one_hot, hard_threshold=0.5)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss.item(), score.item()  # the original logs both every step
+        synchronize(device)
         seconds = (time.perf_counter() - start) / count
     return seconds
 
 
-def ours_seconds_per_step(root: Path, size: int, batch: int, steps: int, extra: list[str]):
+def ours_seconds_per_step(root: Path, args, device: torch.device, extra: list[str]) -> float:
     argv = [
-        "--dataset-path", str(root), "--num-classes", "4", "--model-path", "",
-        "--input-shape", str(size), str(size), "--no-freeze-train", "--dice-loss",
-        "--unfreeze-batch-size", str(batch), "--num-workers", "0", "--benchmark", str(steps),
+        "--dataset-path", str(root), "--num-classes", str(args.num_classes), "--model-path", "",
+        "--input-shape", str(args.size), str(args.size), "--no-freeze-train", "--dice-loss",
+        "--unfreeze-batch-size", str(args.batch_size), "--num-workers", str(args.num_workers),
+        "--benchmark", str(args.steps), "--device", device.type,
         "--save-dir", str(root / "logs"), *extra,
     ]  # fmt: skip
     out = io.StringIO()
@@ -86,43 +110,89 @@ def ours_seconds_per_step(root: Path, size: int, batch: int, steps: int, extra: 
     return float(line.split(": ")[-1].split(" s/step")[0])
 
 
+def resident_seconds_per_step(args, device: torch.device, precision: str, channels_last: bool):
+    """The same model, loss and optimizer on one batch already on the device; no reads back."""
+    runtime = resolve_runtime(device.type, precision, channels_last=channels_last)
+    torch.manual_seed(0)
+    model = Unet(num_classes=args.num_classes)
+    weights_init(model, "kaiming")
+    model = runtime.prepare(model).train()
+    fused = device.type == "cuda" or None
+    optimizer = torch.optim.Adam(model.parameters(), 1e-4, fused=fused)
+    scaler = runtime.grad_scaler()
+    criterion = SegmentationLoss(args.num_classes, dice=True).to(device)
+    shape = (args.batch_size, 3, args.size, args.size)
+    images = runtime.model_input(torch.randint(0, 256, shape, dtype=torch.uint8))
+    labels = torch.randint(0, args.num_classes, (shape[0], *shape[2:]), device=device)
+    for count in (2, args.steps):
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(count):
+            optimizer.zero_grad(set_to_none=True)
+            with runtime.autocast():
+                outputs = model(images)
+            loss = criterion(outputs, labels)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        synchronize(device)
+        seconds = (time.perf_counter() - start) / count
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per row")
-    parser.add_argument("--size", type=int, default=256, help="input height and width")
-    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per row (default: 5)")
+    parser.add_argument("--size", type=int, help="input height and width (256 CPU, 512 CUDA)")
+    parser.add_argument("--batch-size", type=int, help="images per step (2 CPU, 8 CUDA)")
+    parser.add_argument("--num-classes", type=int, help="classes, at least 4 (4 CPU, 21 CUDA)")
+    parser.add_argument("--num-workers", type=int, help="loader processes (0 CPU, 4 CUDA)")
     args = parser.parse_args(argv)
+    device = resolve_runtime(args.device).device
+    cuda = device.type == "cuda"
+    for name, on_cpu, on_cuda in (("size", 256, 512), ("batch_size", 2, 8),
+                                  ("num_classes", 4, 21), ("num_workers", 0, 4)):  # fmt: skip
+        if getattr(args, name) is None:
+            setattr(args, name, on_cuda if cuda else on_cpu)
+    halves = (["bf16"] if not cuda or torch.cuda.is_bf16_supported() else []) + ["fp16"] * cuda
+    if not cuda and not cpu_has_native_bf16():
+        halves = []
+    settings = [(p, cl) for p in ["fp32", *halves] for cl in (False, True)]
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        root = make_demo_dataset(Path(tmp) / "VOCdevkit", 2 * (args.steps + 3) * args.batch_size,
-                                 size=(320, 240))  # fmt: skip
+        image_size = (500, 375) if args.size > 256 else (320, 240)
+        count = 2 * (args.steps + 3) * args.batch_size
+        root = make_demo_dataset(Path(tmp) / "VOCdevkit", count, size=image_size)
         # every image in train: the split must hold warm-up + timed steps
         splits = root / "VOC2007/ImageSets/Segmentation"
         (splits / "train.txt").write_text((splits / "trainval.txt").read_text())
-        rows = [
-            (
-                "original fp32",
-                original_seconds_per_step(root, args.size, args.batch_size, args.steps),
-            )
-        ]
-        settings = [("ours fp32", []), ("ours fp32 + channels_last", ["--channels-last"])]
-        if cpu_has_native_bf16() or torch.cuda.is_available():
-            settings.append(
-                ("ours bf16 + channels_last", ["--precision", "bf16", "--channels-last"])
-            )
-        for name, extra in settings:
-            rows.append(
-                (name, ours_seconds_per_step(root, args.size, args.batch_size, args.steps, extra))
-            )
+        for fp16 in (False, True) if cuda else (False,):
+            name = f"original {'fp16 (its --fp16)' if fp16 else 'fp32'}"
+            rows.append((name, original_seconds_per_step(root, args, device, fp16), None))
+        for precision, channels_last in settings:
+            extra = ["--precision", precision] + ["--channels-last"] * channels_last
+            label = f"{precision}{' + channels_last' if channels_last else ''}"
+            ours = ours_seconds_per_step(root, args, device, extra)
+            resident = None
+            if cuda or (precision, channels_last) == ("fp32", False):
+                resident = resident_seconds_per_step(args, device, precision, channels_last)
+            rows.append((f"ours {label}", ours, resident))
     base = rows[0][1]
-    print(f"VGG UNet {args.size}x{args.size}, batch {args.batch_size}, CE + Dice, Adam, "
-          f"num_workers 0, {args.steps} timed steps:")  # fmt: skip
-    print(f"{'setting':<28} {'s/step':>7} {'img/s':>6} {'speed-up':>9}")
-    for name, seconds in rows:
-        print(
-            f"{name:<28} {seconds:>7.2f} {args.batch_size / seconds:>6.2f} {base / seconds:>8.2f}x"
-        )
-    if not (cpu_has_native_bf16() or torch.cuda.is_available()):
+    print(f"VGG UNet {args.size}x{args.size}, batch {args.batch_size}, {args.num_classes} "
+          f"classes, CE + Dice, Adam, {args.num_workers} workers, {args.steps} timed steps, "
+          f"on {torch.cuda.get_device_name(device) if cuda else 'the CPU'}:")  # fmt: skip
+    print(f"{'setting':<30} {'s/step':>7} {'img/s':>7} {'vs original':>11} "
+          f"{'resident s/step':>15} {'engine/resident':>15}")  # fmt: skip
+    for name, seconds, resident in rows:
+        extra = f"{resident:>15.3f} {seconds / resident:>14.2f}x" if resident else ""
+        print(f"{name:<30} {seconds:>7.3f} {args.batch_size / seconds:>7.2f} "
+              f"{base / seconds:>10.2f}x {extra}")  # fmt: skip
+    if not halves and not cuda:
         print("bf16 skipped: this CPU has no native bf16 (AVX512-BF16/AMX), it would be emulated")
+    if os.environ.get("TRAIN_SPEED_JSON"):
+        Path(os.environ["TRAIN_SPEED_JSON"]).write_text(json.dumps(
+            {"args": vars(args), "rows": rows}, indent=2))  # fmt: skip
 
 
 if __name__ == "__main__":

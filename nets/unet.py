@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nets.interpolate import UpsamplingBilinear2d
 from nets.resnet import resnet50
 from nets.vgg import VGG16
 from utils.errors import UserError
@@ -39,7 +40,7 @@ class unetUp(nn.Module):  # noqa: N801 - the reference's name, kept for its user
 
     def __init__(self, in_size: int, out_size: int):
         super().__init__()
-        self.up = nn.UpsamplingBilinear2d(scale_factor=2)  # align_corners=True, as trained
+        self.up = UpsamplingBilinear2d(scale_factor=2)  # align_corners=True, as trained
         self.conv1 = nn.Conv2d(in_size, out_size, kernel_size=3, padding=1)
         self.conv2 = nn.Conv2d(out_size, out_size, kernel_size=3, padding=1)
         self.relu = nn.ReLU(inplace=True)
@@ -73,7 +74,7 @@ class Unet(nn.Module):
         if backbone == "resnet50":
             # ResNet's first feature map is at stride 2: one more upsampling restores full size.
             self.up_conv = nn.Sequential(
-                nn.UpsamplingBilinear2d(scale_factor=2),
+                UpsamplingBilinear2d(scale_factor=2),
                 nn.Conv2d(out_filters[0], out_filters[0], kernel_size=3, padding=1),
                 nn.ReLU(),
                 nn.Conv2d(out_filters[0], out_filters[0], kernel_size=3, padding=1),

@@ -1,23 +1,31 @@
-"""Losses, weight init and learning-rate schedules, numerically as in the reference.
+"""Losses, weight init and learning-rate rules, numerically as in the reference.
 
 The public names and signatures (``CE_Loss``, ``Focal_Loss``, ``Dice_loss``, ``weights_init``,
 ``get_lr_scheduler``, ``set_optimizer_lr``) are the reference's, kept for its users' scripts.
+:class:`SegmentationLoss` is the module that training uses: Focal or CE, plus Dice.
+
+Nothing here reads a value back to the host, so a training step never waits on the GPU.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nets.interpolate import resize_bilinear
 from utils.errors import UserError
 
 INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
 LR_DECAY_TYPES = ("cos", "step")
+#: The reference's nominal batch size for the batch-size-adaptive learning rate.
+NBS = 16
+#: (lowest, highest) initial LR after adapting to the batch size, per optimizer.
+LR_LIMITS = {"adam": (1e-4, 1e-4), "sgd": (5e-4, 1e-1)}
 
 
 def resize_to(inputs: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -26,7 +34,7 @@ def resize_to(inputs: torch.Tensor, height: int, width: int) -> torch.Tensor:
     The reference resized only when both sides differed, and crashed otherwise.
     """
     if tuple(inputs.shape[-2:]) != (height, width):
-        inputs = F.interpolate(inputs, size=(height, width), mode="bilinear", align_corners=True)
+        inputs = resize_bilinear(inputs, (height, width), align_corners=True)
     return inputs
 
 
@@ -36,12 +44,44 @@ def _as_weight(cls_weights, like: torch.Tensor) -> torch.Tensor | None:
     return torch.as_tensor(cls_weights, dtype=torch.float32, device=like.device)
 
 
+def cross_entropy(
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """``F.cross_entropy``, or under deterministic algorithms on CUDA, where its NLL kernel is
+    refused, :func:`gathered_cross_entropy`."""
+    if inputs.is_cuda and torch.are_deterministic_algorithms_enabled():
+        return gathered_cross_entropy(inputs, target, weight, ignore_index, reduction)
+    return F.cross_entropy(
+        inputs, target, weight=weight, ignore_index=ignore_index, reduction=reduction
+    )
+
+
+def gathered_cross_entropy(
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Weighted cross entropy as log-softmax, gather and a weighted mean: ops with
+    deterministic CUDA kernels, the same value as ``F.cross_entropy`` up to rounding."""
+    valid = target != ignore_index
+    safe = torch.where(valid, target, 0)
+    nll = -F.log_softmax(inputs, dim=1).gather(1, safe.unsqueeze(1)).squeeze(1)
+    w = valid.to(nll.dtype) if weight is None else weight[safe] * valid
+    if reduction == "none":
+        return nll * w
+    return (nll * w).sum() / w.sum()
+
+
 def CE_Loss(inputs: torch.Tensor, target: torch.Tensor, cls_weights, num_classes: int = 21):
     """Class-weighted cross entropy over pixels; label ``num_classes`` is ignored."""
     inputs = resize_to(inputs, *target.shape[-2:]).float()
-    return F.cross_entropy(
-        inputs, target, weight=_as_weight(cls_weights, inputs), ignore_index=num_classes
-    )
+    return cross_entropy(inputs, target, _as_weight(cls_weights, inputs), num_classes)
 
 
 def Focal_Loss(
@@ -58,12 +98,8 @@ def Focal_Loss(
     taken from the class-weighted cross entropy.
     """
     inputs = resize_to(inputs, *target.shape[-2:]).float()
-    logpt = -F.cross_entropy(
-        inputs,
-        target,
-        weight=_as_weight(cls_weights, inputs),
-        ignore_index=num_classes,
-        reduction="none",
+    logpt = -cross_entropy(
+        inputs, target, _as_weight(cls_weights, inputs), num_classes, reduction="none"
     )
     pt = torch.exp(logpt)
     if alpha is not None:
@@ -97,8 +133,10 @@ def dice_score(
         tp = torch.zeros(num_classes, dtype=probs.dtype, device=probs.device).index_add(
             0, labels.reshape(-1), picked.reshape(-1)
         )
-        counts = torch.bincount(target.reshape(-1), minlength=num_classes + 1)[:num_classes]
-        fn = counts.to(probs.dtype) - tp
+        flat = target.reshape(-1)  # scatter_add_, not bincount, which reads its size back
+        counts = torch.zeros(num_classes + 1, dtype=torch.int64, device=flat.device)
+        counts.scatter_add_(0, flat, torch.ones_like(flat))
+        fn = counts[:num_classes].to(probs.dtype) - tp
     else:
         one_hot = target[..., :-1].permute(0, 3, 1, 2)
         tp = torch.sum(one_hot * probs, dim=(0, 2, 3))
@@ -118,6 +156,34 @@ def Dice_loss(inputs: torch.Tensor, target: torch.Tensor, beta: float = 1, smoot
     """``1 - dice_score`` of the softmax; ``target`` is the one-hot or the class indices."""
     inputs = resize_to(inputs, *target_size(target)).float()
     return 1 - dice_score(torch.softmax(inputs, dim=1), target, beta, smooth)
+
+
+class SegmentationLoss(nn.Module):
+    """The training loss: Focal (``focal``) or class-weighted CE, plus Dice (``dice``).
+
+    Label ``num_classes`` is ignored, as the reference's border value 255 becomes.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        cls_weights: Sequence[float] | None = None,
+        dice: bool = False,
+        focal: bool = False,
+    ):
+        super().__init__()
+        self.num_classes = num_classes
+        self.dice = dice
+        self.focal = focal
+        weights = torch.ones(num_classes) if cls_weights is None else torch.tensor(cls_weights)
+        self.register_buffer("cls_weights", weights.float())
+
+    def forward(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        main = Focal_Loss if self.focal else CE_Loss
+        loss = main(outputs, labels, self.cls_weights, num_classes=self.num_classes)
+        if self.dice:
+            loss = loss + Dice_loss(outputs, labels)
+        return loss
 
 
 def weights_init(net: nn.Module, init_type: str = "normal", init_gain: float = 0.02) -> None:
@@ -196,3 +262,42 @@ def set_optimizer_lr(
     for param_group in optimizer.param_groups:
         param_group["lr"] = lr
     return lr
+
+
+def fit_lr(
+    init_lr: float,
+    min_lr: float,
+    batch_size: int,
+    optimizer_type: str = "adam",
+    lr_fit: bool = True,
+) -> tuple[float, float]:
+    """The reference's batch-size-adaptive LR: scale by batch/16, then clamp to the optimizer's
+    limits (Adam: exactly 1e-4). ``lr_fit=False`` returns the LRs as given."""
+    if not lr_fit:
+        return init_lr, min_lr
+    low, high = LR_LIMITS[optimizer_type]
+    fitted_init = min(max(batch_size / NBS * init_lr, low), high)
+    fitted_min = min(max(batch_size / NBS * min_lr, low * 1e-2), high * 1e-2)
+    return fitted_init, fitted_min
+
+
+def describe_lr(
+    init_lr: float,
+    min_lr: float,
+    batch_size: int,
+    optimizer_type: str = "adam",
+    lr_fit: bool = True,
+    phase: str = "Unfreeze",
+) -> str:
+    """One line for a phase's batch and LR range, and a warning when the clamp changed it."""
+    fitted_init, fitted_min = fit_lr(init_lr, min_lr, batch_size, optimizer_type, lr_fit)
+    text = f"{phase} phase: batch {batch_size}, LR {fitted_init:.3g} -> {fitted_min:.3g}"
+    asked = batch_size / NBS * init_lr
+    if lr_fit and not math.isclose(asked, fitted_init, rel_tol=1e-5, abs_tol=1e-8):
+        low, high = LR_LIMITS[optimizer_type]
+        text += (
+            f"\nwarning: --init-lr {init_lr:g} x batch {batch_size}/{NBS} = {asked:.3g} was "
+            f"clamped to {fitted_init:.3g}: {optimizer_type} keeps the LR in [{low:g}, {high:g}] "
+            "as the reference does"
+        )
+    return text

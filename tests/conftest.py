@@ -1,5 +1,7 @@
-"""Shared fixtures: small synthetic data sets written to temporary folders."""
+"""Shared fixtures: small synthetic data sets written to temporary folders, and the ``cuda``
+marker's skip on machines without a GPU."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -8,8 +10,25 @@ import torch
 from PIL import Image
 
 from utils.demo_data import make_demo_dataset
+from utils.device import CUBLAS_WORKSPACE_CONFIG
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# train.py --deterministic sets it before CUDA starts; in one pytest process, set it first.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
+
+#: ``../shared/data``, or where ``UNET_SHARED_DATA`` says (a copy on a GPU machine).
+SHARED_DATA = Path(
+    os.environ.get("UNET_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` need a GPU: skip them cleanly without one."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run them with make test-gpu on one)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
 
 
 def shared_data(*parts: str) -> Path:
@@ -45,3 +64,19 @@ def save_random_weights(path: Path, num_classes: int, backbone: str = "vgg") -> 
     weights_init(model, "kaiming")
     torch.save(model.state_dict(), path)
     return path
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run a CLI's ``main(argv)`` in-process: ``cli(main, argv) -> (exit code, stdout, stderr)``."""
+
+    def run(main, argv: list[str]) -> tuple[int, str, str]:
+        try:
+            main(argv)
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

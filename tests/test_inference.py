@@ -11,7 +11,6 @@ import predict
 from nets.unet import Unet as Model
 from tests.conftest import save_random_weights, shared_data
 from tests.reference_impl import RefPredictor
-from tests.test_tools import run_cli
 from unet import Unet
 from utils.utils import read_image
 
@@ -108,7 +107,7 @@ def test_tiles_in_batches_equal_tiles_one_at_a_time(model_file, mixed_images):
         assert np.mean(labels != single) <= 1e-4
 
 
-def test_get_miou_batches_give_the_figures_of_one_image_at_a_time(tmp_path, model_file, capsys):
+def test_get_miou_batches_give_the_figures_of_one_image_at_a_time(tmp_path, model_file, cli):
     from utils.demo_data import make_demo_dataset
 
     root = make_demo_dataset(tmp_path / "VOCdevkit", 16, size=(72, 56))
@@ -119,20 +118,20 @@ def test_get_miou_batches_give_the_figures_of_one_image_at_a_time(tmp_path, mode
                 "--model-path", str(model_file), "--input-shape", "64", "64", "--device", "cpu",
                 "--batch-size", batch_size, "--num-workers", workers,
                 "--miou-out-path", str(out)]  # fmt: skip
-        assert run_cli(get_miou.main, argv, capsys)[0] == 0
+        assert cli(get_miou.main, argv)[0] == 0
         figures.append((out / "metrics.json").read_text())
         assert len(list((out / "detection-results").glob("*.png"))) == 16
     assert figures[0] == figures[1]
 
 
-def test_an_unreadable_image_in_a_batch_is_named(model_file, mixed_images, tmp_path, capsys):
+def test_an_unreadable_image_in_a_batch_is_named(model_file, mixed_images, tmp_path, cli):
     broken = mixed_images[0].parent / "2b.jpg"
     broken.write_bytes(b"not a jpeg")
     argv = ["--mode", "dir_predict", "--dir-origin-path", str(broken.parent),
             "--dir-save-path", str(tmp_path / "out"), "--batch-size", "3", "--num-workers", "2",
             "--model-path", str(model_file), "--num-classes", "5", "--input-shape", "64", "64",
             "--device", "cpu"]  # fmt: skip
-    code, _, err = run_cli(predict.main, argv, capsys)
+    code, _, err = cli(predict.main, argv)
     assert code == 2 and "2b.jpg cannot be read" in err and "Traceback" not in err
 
 
@@ -141,18 +140,18 @@ def test_an_unreadable_image_in_a_batch_is_named(model_file, mixed_images, tmp_p
     [(get_miou.main, "--batch-size"), (predict.main, "--batch-size"),
      (predict.main, "--fps-batch-size")],
 )  # fmt: skip
-def test_a_batch_size_of_zero_is_refused_before_any_work(main, flag, capsys):
-    code, _, err = run_cli(main, [flag, "0", "--model-path", "missing.pth"], capsys)
+def test_a_batch_size_of_zero_is_refused_before_any_work(main, flag, cli):
+    code, _, err = cli(main, [flag, "0", "--model-path", "missing.pth"])
     assert code == 2 and f"{flag} must be at least 1, not 0" in err
 
 
 def test_dir_predict_in_batches_draws_what_detect_image_draws(model_file, mixed_images, tmp_path,
-                                                              capsys):  # fmt: skip
+                                                              cli):  # fmt: skip
     out = tmp_path / "out"
     argv = ["--mode", "dir_predict", "--dir-origin-path", str(mixed_images[0].parent),
             "--dir-save-path", str(out), "--batch-size", "3", "--model-path", str(model_file),
             "--num-classes", "5", "--input-shape", "64", "64", "--device", "cpu"]  # fmt: skip
-    assert run_cli(predict.main, argv, capsys)[0] == 0
+    assert cli(predict.main, argv)[0] == 0
     unet = Unet(model_path=str(model_file), num_classes=5, input_shape=[64, 64], device="cpu")
     for path in mixed_images:
         saved = np.array(Image.open(out / f"{path.stem}.png"))
@@ -162,7 +161,7 @@ def test_dir_predict_in_batches_draws_what_detect_image_draws(model_file, mixed_
 
 
 @pytest.mark.parametrize("batch_size", ["1", "3"])
-def test_video_keeps_every_frame_in_batches(model_file, tmp_path, capsys, batch_size):
+def test_video_keeps_every_frame_in_batches(model_file, tmp_path, cli, batch_size):
     clip = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 5, (48, 32))
     for i in range(7):
@@ -172,16 +171,16 @@ def test_video_keeps_every_frame_in_batches(model_file, tmp_path, capsys, batch_
     argv = ["--mode", "video", "--video-path", str(clip), "--video-save-path", str(out_path),
             "--batch-size", batch_size, "--mix-type", "2", "--model-path", str(model_file),
             "--num-classes", "5", "--input-shape", "32", "32", "--device", "cpu"]  # fmt: skip
-    code, out, _ = run_cli(predict.main, argv, capsys)
+    code, out, _ = cli(predict.main, argv)
     assert code == 0 and "Saved 7 frames" in out
     capture = cv2.VideoCapture(str(out_path))
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 7
 
 
-def test_a_video_that_cannot_be_read_is_a_clear_error(model_file, tmp_path, capsys):
+def test_a_video_that_cannot_be_read_is_a_clear_error(model_file, tmp_path, cli):
     argv = ["--mode", "video", "--video-path", str(tmp_path / "none.avi"),
             "--model-path", str(model_file), "--num-classes", "5", "--device", "cpu"]  # fmt: skip
-    code, _, err = run_cli(predict.main, argv, capsys)
+    code, _, err = cli(predict.main, argv)
     assert code == 2 and "cannot read from --video-path" in err
 
 

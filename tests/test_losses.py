@@ -139,3 +139,24 @@ def test_dice_from_class_indices_has_the_one_hot_gradient(random_batch):
         Dice_loss(x, target).backward()
         grads.append(x.grad)
     torch.testing.assert_close(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_the_deterministic_cross_entropy_equals_f_cross_entropy(reduction, weighted):
+    """Under --deterministic on CUDA the loss is log-softmax + gather + weighted mean, because
+    CUDA's NLL kernel is refused there; values and gradients are those of F.cross_entropy."""
+    from nets.unet_training import gathered_cross_entropy
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 5, 6, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 5, (2, 5, 6))  # 4 is the ignore index
+    weight = torch.tensor([1.0, 2.0, 0.5, 3.0], dtype=torch.float64) if weighted else None
+    ours = gathered_cross_entropy(logits, target, weight, 4, reduction)
+    theirs = torch.nn.functional.cross_entropy(
+        logits, target, weight=weight, ignore_index=4, reduction=reduction
+    )
+    torch.testing.assert_close(ours, theirs)
+    (grad_ours,) = torch.autograd.grad(ours.sum(), logits)
+    (grad_theirs,) = torch.autograd.grad(theirs.sum(), logits)
+    torch.testing.assert_close(grad_ours, grad_theirs)

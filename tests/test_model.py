@@ -212,3 +212,31 @@ def test_our_encoders_compute_what_torchvisions_do_with_its_weights():
     ours_vgg.features.load_state_dict(vgg.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(ours_vgg(x)[-1], vgg[:-1](x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("size", "align_corners"), [((8, 10), True), ((5, 13), False)])
+def test_the_deterministic_bilinear_is_f_interpolate_forward_with_its_gradient(size, align_corners):
+    """Under --deterministic on CUDA, bilinear resizing keeps F.interpolate's forward (bit for
+    bit) and computes its gradient as two matmuls; here the gradient is checked on the CPU."""
+    from nets.interpolate import _DeterministicBilinear
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    ours = _DeterministicBilinear.apply(x, size, align_corners)
+    theirs = torch.nn.functional.interpolate(x, size=size, mode="bilinear",
+                                             align_corners=align_corners)  # fmt: skip
+    assert torch.equal(ours, theirs)
+    grad = torch.randn_like(ours)
+    (grad_ours,) = torch.autograd.grad(ours, x, grad)
+    (grad_theirs,) = torch.autograd.grad(theirs, x, grad)
+    torch.testing.assert_close(grad_ours, grad_theirs)
+    assert torch.autograd.gradcheck(lambda t: _DeterministicBilinear.apply(t, size, align_corners),
+                                    (x,))  # fmt: skip
+
+
+def test_the_decoder_upsampling_is_the_references_bit_for_bit():
+    x = torch.randn(1, 8, 5, 7)
+    reference = torch.nn.UpsamplingBilinear2d(scale_factor=2)
+    from nets.interpolate import UpsamplingBilinear2d
+
+    assert torch.equal(UpsamplingBilinear2d(scale_factor=2)(x), reference(x))

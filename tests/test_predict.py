@@ -14,7 +14,6 @@ import get_miou
 import predict
 import train
 from tests.conftest import save_random_weights
-from tests.test_tools import run_cli
 from unet import Unet
 from utils.demo_data import make_demo_dataset
 from utils.device import Runtime
@@ -128,78 +127,77 @@ def model_flags(weights):
             "--device", "cpu"]  # fmt: skip
 
 
-def test_predict_mode_saves_each_image(weights, images, tmp_path, capsys):
+def test_predict_mode_saves_each_image(weights, images, tmp_path, cli):
     argv = [str(images / "a.jpg"), str(images / "b.png"), *model_flags(weights),
             "--dir-save-path", str(tmp_path / "out")]  # fmt: skip
-    assert run_cli(predict.main, argv, capsys)[0] == 0
+    assert cli(predict.main, argv)[0] == 0
     assert Image.open(tmp_path / "out/a.png").size == (40, 30)
     assert Image.open(tmp_path / "out/b.png").size == (32, 48)
 
 
-def test_dir_predict_mode(weights, images, tmp_path, capsys):
+def test_dir_predict_mode(weights, images, tmp_path, cli):
     argv = ["--mode", "dir_predict", "--dir-origin-path", str(images),
             "--dir-save-path", str(tmp_path / "out"), *model_flags(weights)]  # fmt: skip
-    assert run_cli(predict.main, argv, capsys)[0] == 0
+    assert cli(predict.main, argv)[0] == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png"]
 
 
-def test_fps_mode_uses_its_image_path(weights, images, capsys):
+def test_fps_mode_uses_its_image_path(weights, images, cli):
     argv = ["--mode", "fps", "--fps-image-path", str(images / "a.jpg"), "--test-interval", "2",
             *model_flags(weights)]  # fmt: skip
-    code, out, _ = run_cli(predict.main, argv, capsys)
+    code, out, _ = cli(predict.main, argv)
     assert code == 0
     assert "network + argmax at 32x32 (what the original's get_FPS times)" in out
     assert "get_miou_png, whole pipeline" in out and "a.jpg, 40x30" in out
     assert "images/s @batch_size 8" in out
 
 
-def test_onnx_export_and_predict_match_torch(weights, images, tmp_path, capsys):
+def test_onnx_export_and_predict_match_torch(weights, images, tmp_path, cli):
     pytest.importorskip("onnxruntime")
     onnx_path = tmp_path / "m.onnx"
     argv = ["--mode", "export_onnx", "--onnx-save-path", str(onnx_path), *model_flags(weights)]
-    code, out, _ = run_cli(predict.main, argv, capsys)
+    code, out, _ = cli(predict.main, argv)
     assert code == 0 and "max abs difference" in out
     assert float(out.split("max abs difference ")[1].split()[0]) < 1e-3
     for mode, folder in (("predict", "torch"), ("predict_onnx", "onnx")):
         argv = [str(images / "a.jpg"), "--mode", mode, "--onnx-path", str(onnx_path),
                 "--mix-type", "1", "--dir-save-path", str(tmp_path / folder),
                 *model_flags(weights)]  # fmt: skip
-        assert run_cli(predict.main, argv, capsys)[0] == 0
+        assert cli(predict.main, argv)[0] == 0
     ours = np.array(Image.open(tmp_path / "torch/a.png"))
     theirs = np.array(Image.open(tmp_path / "onnx/a.png"))
     assert np.mean(ours != theirs) < 0.001
 
 
-def test_clear_errors(weights, images, tmp_path, capsys):
-    code, _, err = run_cli(
-        predict.main, [str(images / "a.jpg"), "--model-path", "nope.pth"], capsys
-    )
+def test_clear_errors(weights, images, tmp_path, cli):
+    code, _, err = cli(predict.main, [str(images / "a.jpg"), "--model-path", "nope.pth"])
     assert code == 2 and "nope.pth does not exist" in err
     argv = [str(images / "a.jpg"), *model_flags(weights)]
     argv[argv.index("--num-classes") + 1] = "21"
-    code, _, err = run_cli(predict.main, argv, capsys)
+    code, _, err = cli(predict.main, argv)
     assert code == 2 and "trained with 3 classes but num_classes is 21; set num_classes" in err
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image")
-    code, _, err = run_cli(predict.main, [str(broken), *model_flags(weights)], capsys)
+    code, _, err = cli(predict.main, [str(broken), *model_flags(weights)])
     assert code == 2 and "broken.jpg cannot be read" in err
     argv = [str(images / "a.jpg"), *model_flags(weights), "--backbone", "resnet50"]
-    code, _, err = run_cli(predict.main, argv, capsys)
+    code, _, err = cli(predict.main, argv)
     assert code == 2 and "holds vgg weights but backbone is resnet50" in err
 
 
-def test_get_miou_equals_the_in_training_miou_and_writes_its_files(tmp_path, capsys):
+def test_get_miou_equals_the_in_training_miou_and_writes_its_files(tmp_path, cli):
     root = make_demo_dataset(tmp_path / "VOCdevkit", 12, size=(48, 40))
     argv = ["--dataset-path", str(root), "--num-classes", "4", "--model-path", "",
             "--input-shape", "32", "32", "--num-workers", "0", "--save-dir", str(tmp_path / "logs"),
-            "--no-freeze-train", "--unfreeze-epoch", "1", "--eval-period", "1"]  # fmt: skip
-    assert run_cli(train.main, argv, capsys)[0] == 0
+            "--no-freeze-train", "--unfreeze-epoch", "1", "--eval-period", "1",
+            "--device", "cpu"]  # fmt: skip
+    assert cli(train.main, argv)[0] == 0
     in_training = float(next((tmp_path / "logs").glob("loss_*/epoch_miou.txt")).read_text())
     out = tmp_path / "miou_out"
     argv = ["--dataset-path", str(root), "--miou-out-path", str(out), "--model-path",
             str(tmp_path / "logs/last_epoch_weights.pth"), "--num-classes", "4",
             "--input-shape", "32", "32", "--device", "cpu"]  # fmt: skip
-    code, stdout, _ = run_cli(get_miou.main, argv, capsys)
+    code, stdout, _ = cli(get_miou.main, argv)
     assert code == 0 and "===> mIoU:" in stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["mIoU"] * 100 == pytest.approx(in_training, abs=1e-9)
@@ -211,19 +209,17 @@ def test_get_miou_equals_the_in_training_miou_and_writes_its_files(tmp_path, cap
     assert set(metrics["per_class"]) == {"class_0", "class_1", "class_2", "class_3"}
 
 
-def test_summary_reports_the_reference_flops(capsys):
+def test_summary_reports_the_reference_flops(cli):
     import summary
 
-    code, out, _ = run_cli(
-        summary.main, ["--input-shape", "64", "64", "--num-classes", "21"], capsys
-    )
+    code, out, _ = cli(summary.main, ["--input-shape", "64", "64", "--num-classes", "21"])
     assert code == 0 and "Total params: 24,892,437" in out
     gflops = float(out.split("Total GFLOPS: ")[1].split("G")[0])
     # 450.97 at 512x512, the reference's ~452: FLOPs scale with the pixel count
     assert gflops == pytest.approx(450.972 / 64, rel=1e-3)
 
 
-def test_predict_without_paths_asks_for_them(weights, images, tmp_path, capsys, monkeypatch):
+def test_predict_without_paths_asks_for_them(weights, images, tmp_path, cli, monkeypatch):
     answers = iter([str(images / "a.jpg"), str(tmp_path / "missing.jpg")])
 
     def fake_input(prompt):
@@ -234,7 +230,7 @@ def test_predict_without_paths_asks_for_them(weights, images, tmp_path, capsys, 
 
     monkeypatch.setattr("builtins.input", fake_input)
     argv = [*model_flags(weights), "--dir-save-path", str(tmp_path / "out")]
-    code, out, _ = run_cli(predict.main, argv, capsys)
+    code, out, _ = cli(predict.main, argv)
     assert code == 0 and (tmp_path / "out/a.png").is_file()
     assert "Open Error!" in out and "missing.jpg is missing" in out
 
@@ -247,9 +243,9 @@ def test_grayscale_palette_and_alpha_images_are_converted(weights, mode):
     assert unet.get_miou_png(Image.new(mode, (40, 24))).size == (40, 24)
 
 
-def test_show_on_a_headless_opencv_is_a_clear_error(weights, images, capsys):
+def test_show_on_a_headless_opencv_is_a_clear_error(weights, images, cli):
     if cv2.getBuildInformation().split("GUI:")[1].split()[0] != "NONE":
         pytest.skip("this OpenCV can open windows")
     argv = [str(images / "a.jpg"), *model_flags(weights), "--show"]
-    code, _, err = run_cli(predict.main, argv, capsys)
+    code, _, err = cli(predict.main, argv)
     assert code == 2 and "--show needs OpenCV with GUI support" in err

@@ -15,17 +15,6 @@ from tests.conftest import shared_data, write_voc_pair
 from utils.demo_data import make_demo_dataset
 
 
-def run_cli(main, argv, capsys):
-    """Run a CLI's main in-process; return (exit code, stdout, stderr)."""
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def split_ids(root, split):
     return (root / f"VOC2007/ImageSets/Segmentation/{split}.txt").read_text().split()
 
@@ -44,8 +33,8 @@ def test_splits_follow_the_reference_sampling(voc_root):
         assert split_ids(voc_root, split) == ids
 
 
-def test_voc_annotation_cli_prints_the_value_table(voc_root, capsys):
-    code, out, _ = run_cli(voc_annotation.main, ["--dataset-path", str(voc_root)], capsys)
+def test_voc_annotation_cli_prints_the_value_table(voc_root, cli):
+    code, out, _ = cli(voc_annotation.main, ["--dataset-path", str(voc_root)])
     assert code == 0
     assert "|             255 |" in out and "|               3 |" in out
     assert len(split_ids(voc_root, "train")) == 9 and len(split_ids(voc_root, "val")) == 1
@@ -61,25 +50,25 @@ def binary_root(tmp_path):
     return root
 
 
-def test_voc_annotation_refuses_0_255_labels_with_exit_code_2(binary_root, capsys):
-    code, _, err = run_cli(voc_annotation.main, ["--dataset-path", str(binary_root)], capsys)
+def test_voc_annotation_refuses_0_255_labels_with_exit_code_2(binary_root, cli):
+    code, _, err = cli(voc_annotation.main, ["--dataset-path", str(binary_root)])
     assert code == 2
     assert "hold only 0 and 255" in err and "--fix-binary" in err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: the labels")
 
 
-def test_fix_binary_rewrites_255_as_1_after_saying_so(binary_root, capsys):
+def test_fix_binary_rewrites_255_as_1_after_saying_so(binary_root, cli):
     argv = ["--dataset-path", str(binary_root), "--fix-binary"]
-    code, out, _ = run_cli(voc_annotation.main, argv, capsys)
+    code, out, _ = cli(voc_annotation.main, argv)
     assert code == 0
     assert "rewriting value 255 as 1 in 3 of 3 labels (48 pixels)" in out
     fixed = np.array(Image.open(binary_root / "VOC2007/SegmentationClass/a.png"))
     assert set(np.unique(fixed)) == {0, 1} and (fixed == 1).sum() == 16
 
 
-def test_fix_binary_refuses_multi_class_labels(voc_root, capsys):
+def test_fix_binary_refuses_multi_class_labels(voc_root, cli):
     argv = ["--dataset-path", str(voc_root), "--fix-binary"]
-    code, _, err = run_cli(voc_annotation.main, argv, capsys)
+    code, _, err = cli(voc_annotation.main, argv)
     assert code == 2 and "only applies to labels holding just 0 and 255" in err
 
 
@@ -93,30 +82,30 @@ def test_fix_binary_refuses_multi_class_labels(voc_root, capsys):
         (lambda r: (r / "VOC2007/JPEGImages/b.jpg").unlink(), "1 image file(s) listed"),
     ],
 )  # fmt: skip
-def test_voc_annotation_names_unusable_labels(binary_root, capsys, damage, message):
+def test_voc_annotation_names_unusable_labels(binary_root, cli, damage, message):
     damage(binary_root)
-    code, _, err = run_cli(voc_annotation.main, ["--dataset-path", str(binary_root)], capsys)
+    code, _, err = cli(voc_annotation.main, ["--dataset-path", str(binary_root)])
     assert code == 2 and message in err
 
 
-def test_voc_annotation_refuses_background_only_labels(tmp_path, capsys):
+def test_voc_annotation_refuses_background_only_labels(tmp_path, cli):
     root = tmp_path / "VOCdevkit"
     write_voc_pair(root, "a", np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8))
-    code, _, err = run_cli(voc_annotation.main, ["--dataset-path", str(root)], capsys)
+    code, _, err = cli(voc_annotation.main, ["--dataset-path", str(root)])
     assert code == 2 and "only background" in err
 
 
-def test_voc_annotation_bad_percent_is_a_usage_error(capsys):
-    code, _, err = run_cli(voc_annotation.main, ["--train-percent", "90"], capsys)
+def test_voc_annotation_bad_percent_is_a_usage_error(cli):
+    code, _, err = cli(voc_annotation.main, ["--train-percent", "90"])
     assert code == 2 and "--train-percent must be between 0 and 1" in err
 
 
-def test_labelme_example_converts_to_the_expected_png(tmp_path, capsys):
+def test_labelme_example_converts_to_the_expected_png(tmp_path, cli):
     example = shared_data("labelme_example")
     argv = ["--json-dir", str(example), "--jpgs-path", str(tmp_path / "J"),
             "--pngs-path", str(tmp_path / "S"),
             "--classes", "_background_", "cat", "dog"]  # fmt: skip
-    code, _, _ = run_cli(json_to_dataset.main, argv, capsys)
+    code, _, _ = cli(json_to_dataset.main, argv)
     assert code == 0
     ours = Image.open(tmp_path / "S/1.png")
     expected = Image.open(example / "expected/1.png")
@@ -125,7 +114,7 @@ def test_labelme_example_converts_to_the_expected_png(tmp_path, capsys):
     assert Image.open(tmp_path / "J/1.jpg").size == expected.size
 
 
-def test_labelme_image_path_is_used_without_embedded_data(tmp_path, capsys):
+def test_labelme_image_path_is_used_without_embedded_data(tmp_path, cli):
     example = shared_data("labelme_example")
     data = json.loads((example / "1.json").read_text())
     data["imageData"] = None
@@ -134,13 +123,13 @@ def test_labelme_image_path_is_used_without_embedded_data(tmp_path, capsys):
     shutil.copy(example / "1.jpg", tmp_path / "in/1.jpg")
     argv = ["--json-dir", str(tmp_path / "in"), "--jpgs-path", str(tmp_path / "J"),
             "--pngs-path", str(tmp_path / "S"), "--classes", "_background_", "cat"]  # fmt: skip
-    assert run_cli(json_to_dataset.main, argv, capsys)[0] == 0
+    assert cli(json_to_dataset.main, argv)[0] == 0
     assert (tmp_path / "J/1.jpg").read_bytes() == (example / "1.jpg").read_bytes()
     expected = np.array(Image.open(example / "expected/1.png"))
     assert np.array_equal(np.array(Image.open(tmp_path / "S/1.png")), expected)
 
 
-def test_labelme_rectangles_and_circles_are_drawn(tmp_path, capsys):
+def test_labelme_rectangles_and_circles_are_drawn(tmp_path, cli):
     (tmp_path / "in").mkdir()
     Image.new("RGB", (20, 10)).save(tmp_path / "in/x.png")
     shapes = [
@@ -151,17 +140,17 @@ def test_labelme_rectangles_and_circles_are_drawn(tmp_path, capsys):
     argv = ["--json-dir", str(tmp_path / "in"), "--jpgs-path", str(tmp_path / "J"),
             "--pngs-path", str(tmp_path / "S"),
             "--classes", "_background_", "box", "disc"]  # fmt: skip
-    assert run_cli(json_to_dataset.main, argv, capsys)[0] == 0
+    assert cli(json_to_dataset.main, argv)[0] == 0
     label = np.array(Image.open(tmp_path / "S/x.png"))
     assert (label[2:9, 2:13] != 0).all() and label[0, 0] == 0
     assert (label[2:9, 2:13] == 1).sum() > 50 and label[5, 15] == 2 and label[5, 19] == 0
 
 
-def test_labelme_unknown_class_is_a_clear_error(tmp_path, capsys):
+def test_labelme_unknown_class_is_a_clear_error(tmp_path, cli):
     example = shared_data("labelme_example")
     argv = ["--json-dir", str(example), "--jpgs-path", str(tmp_path / "J"),
             "--pngs-path", str(tmp_path / "S"), "--classes", "_background_", "dog"]  # fmt: skip
-    code, _, err = run_cli(json_to_dataset.main, argv, capsys)
+    code, _, err = cli(json_to_dataset.main, argv)
     assert code == 2 and "labels a shape 'cat', which is not in the class list" in err
 
 

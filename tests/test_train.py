@@ -14,7 +14,7 @@ from PIL import Image
 import train
 import train_medical
 from nets.unet import Unet
-from nets.unet_training import get_lr_scheduler
+from nets.unet_training import SegmentationLoss, get_lr_scheduler
 from utils.demo_data import make_demo_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,31 +35,22 @@ def base_argv(data_root, save_dir, *extra) -> list[str]:
     return [
         "--dataset-path", str(data_root), "--num-classes", "4", "--model-path", "",
         "--input-shape", "32", "32", "--num-workers", "0", "--save-dir", str(save_dir),
-        "--freeze-batch-size", "2", "--unfreeze-batch-size", "2", "--dice-loss", *extra,
+        "--freeze-batch-size", "2", "--unfreeze-batch-size", "2", "--dice-loss",
+        "--device", "cpu", *extra,
     ]  # fmt: skip
 
 
-def run_train(argv, capsys=None):
-    """train.main in-process; returns (exit code, stderr)."""
-    try:
-        train.main(argv)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    err = capsys.readouterr().err if capsys else ""
-    return code, err
-
-
 def test_freeze_then_unfreeze_switches_batch_lr_and_trainable_backbone(
-    data_root, tmp_path, monkeypatch
+    data_root, tmp_path, monkeypatch, cli
 ):
     seen = []
     real = train.train_one_epoch
 
-    def spy(model, optimizer, scaler, loader, steps, *args, **kwargs):
+    def spy(model, loader, **kwargs):
         vgg_trainable = any(p.requires_grad for p in model.vgg.parameters())
-        seen.append((loader.batch_size, steps, optimizer.param_groups[0]["lr"], vgg_trainable))
-        return real(model, optimizer, scaler, loader, steps, *args, **kwargs)
+        lr = kwargs["optimizer"].param_groups[0]["lr"]
+        seen.append((loader.batch_size, kwargs["steps"], lr, vgg_trainable))
+        return real(model, loader, **kwargs)
 
     monkeypatch.setattr(train, "train_one_epoch", spy)
     argv = base_argv(
@@ -67,7 +58,7 @@ def test_freeze_then_unfreeze_switches_batch_lr_and_trainable_backbone(
         "--unfreeze-batch-size", "4", "--optimizer-type", "sgd", "--init-lr", "1e-2",
         "--min-lr", "1e-4", "--no-eval-flag",
     )  # fmt: skip
-    assert run_train(argv)[0] == 0
+    assert cli(train.main, argv)[0] == 0
     frozen_lr = get_lr_scheduler("cos", 2 / 16 * 1e-2, 2 / 16 * 1e-4, 3)
     unfrozen_lr = get_lr_scheduler("cos", 4 / 16 * 1e-2, 4 / 16 * 1e-4, 3)
     assert [s[:2] for s in seen] == [(2, 4), (4, 2), (4, 2)]
@@ -77,22 +68,23 @@ def test_freeze_then_unfreeze_switches_batch_lr_and_trainable_backbone(
     assert expected == pytest.approx([1.25e-4, 2.5e-3, 2.5e-5])
 
 
-def test_adam_lr_clamp_is_announced(data_root, tmp_path, capsys):
+def test_adam_lr_clamp_is_announced(data_root, tmp_path, cli):
     argv = base_argv(data_root, tmp_path, "--no-freeze-train", "--unfreeze-epoch", "1",
                      "--no-eval-flag")  # fmt: skip
-    assert run_train(argv)[0] == 0
-    out = capsys.readouterr().out
+    code, out, _ = cli(train.main, argv)
+    assert code == 0
     assert "Unfreeze phase: batch 2, LR 0.0001 -> 1e-06" in out
     assert "2 / 16" not in out and "was clamped to 0.0001" in out
 
 
-def test_recipe_flags_split_files_flips_and_unfitted_lr(data_root, tmp_path, monkeypatch, capsys):
+def test_recipe_flags_split_files_flips_and_unfitted_lr(data_root, tmp_path, monkeypatch, cli):
     seen = []
     real = train.train_one_epoch
 
-    def spy(model, optimizer, scaler, loader, steps, *args, **kwargs):
-        seen.append((steps, optimizer.param_groups[0]["lr"], loader.dataset.augment))
-        return real(model, optimizer, scaler, loader, steps, *args, **kwargs)
+    def spy(model, loader, **kwargs):
+        seen.append((kwargs["steps"], kwargs["optimizer"].param_groups[0]["lr"],
+                     loader.dataset.augment))  # fmt: skip
+        return real(model, loader, **kwargs)
 
     monkeypatch.setattr(train, "train_one_epoch", spy)
     (tmp_path / "a.txt").write_text("0000\n0001\n0002\n0003\n")
@@ -102,8 +94,8 @@ def test_recipe_flags_split_files_flips_and_unfitted_lr(data_root, tmp_path, mon
         "--init-lr", "1e-3", "--no-lr-fit", "--augment", "flip", "--eval-period", "1",
         "--train-split", str(tmp_path / "a.txt"), "--val-split", str(tmp_path / "b.txt"),
     )  # fmt: skip
-    assert run_train(argv)[0] == 0
-    out = capsys.readouterr().out
+    code, out, _ = cli(train.main, argv)
+    assert code == 0
     assert "4 train / 2 val images" in out and "LR 0.001 -> 1e-05" in out
     assert "clamped" not in out
     schedule = get_lr_scheduler("cos", 1e-3, 1e-5, 2)
@@ -113,10 +105,10 @@ def test_recipe_flags_split_files_flips_and_unfitted_lr(data_root, tmp_path, mon
     ]
 
 
-def test_writes_the_reference_output_files(data_root, tmp_path):
+def test_writes_the_reference_output_files(data_root, tmp_path, cli):
     argv = base_argv(data_root, tmp_path, "--freeze-epoch", "1", "--unfreeze-epoch", "2",
                      "--save-period", "1", "--eval-period", "1")  # fmt: skip
-    assert run_train(argv)[0] == 0
+    assert cli(train.main, argv)[0] == 0
     names = sorted(p.name for p in tmp_path.iterdir())
     assert len(names) == 6, names
     assert re.fullmatch(r"ep001-loss\d+\.\d{3}-val_loss\d+\.\d{3}\.pth", names[2])
@@ -140,23 +132,32 @@ class SimulatedCrashError(Exception):
     pass
 
 
-def test_resume_matches_uninterrupted(data_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "run_flags",
+    [
+        ["--device", "cpu"],
+        ["--device", "cpu", "--deterministic"],
+        pytest.param(["--device", "cuda", "--deterministic"], marks=pytest.mark.cuda),
+    ],
+    ids=["cpu", "cpu-deterministic", "cuda-deterministic"],
+)
+def test_resume_matches_uninterrupted(data_root, tmp_path, monkeypatch, cli, run_flags):
     extra = ("--freeze-epoch", "1", "--unfreeze-epoch", "3", "--eval-period", "2",
-             "--save-period", "10")  # fmt: skip
-    assert run_train(base_argv(data_root, tmp_path / "full", *extra))[0] == 0
+             "--save-period", "10", *run_flags)  # fmt: skip
+    assert cli(train.main, base_argv(data_root, tmp_path / "full", *extra))[0] == 0
 
     real_end = train.end_of_epoch
 
-    def crash_after_second_epoch(args, epoch, *rest):
-        real_end(args, epoch, *rest)
-        if epoch == 1:
+    def crash_after_second_epoch(args, **kwargs):
+        real_end(args, **kwargs)
+        if kwargs["epoch"] == 1:
             raise SimulatedCrashError
 
     monkeypatch.setattr(train, "end_of_epoch", crash_after_second_epoch)
     with pytest.raises(SimulatedCrashError):
         train.main(base_argv(data_root, tmp_path / "cut", *extra))
     monkeypatch.setattr(train, "end_of_epoch", real_end)
-    assert run_train(["--resume", str(tmp_path / "cut" / "checkpoint_last.pth")])[0] == 0
+    assert cli(train.main, ["--resume", str(tmp_path / "cut" / "checkpoint_last.pth")])[0] == 0
 
     for name in ("last_epoch_weights.pth", "best_epoch_weights.pth"):
         full = torch.load(tmp_path / "full" / name, weights_only=True)
@@ -165,34 +166,37 @@ def test_resume_matches_uninterrupted(data_root, tmp_path, monkeypatch):
     logs = [next((tmp_path / run).glob("loss_*")) for run in ("full", "cut")]
     for name in ("epoch_loss.txt", "epoch_val_loss.txt", "epoch_miou.txt"):
         assert (logs[0] / name).read_text() == (logs[1] / name).read_text()
+    saved = torch.load(tmp_path / "cut" / "checkpoint_last.pth", weights_only=True)["args"]
+    assert saved["deterministic"] == ("--deterministic" in run_flags)
+    assert not torch.are_deterministic_algorithms_enabled()  # restored after the run
 
 
-def test_resume_can_extend_training(data_root, tmp_path):
+def test_resume_can_extend_training(data_root, tmp_path, cli):
     argv = base_argv(data_root, tmp_path, "--no-freeze-train", "--unfreeze-epoch", "1",
                      "--no-eval-flag")  # fmt: skip
-    assert run_train(argv)[0] == 0
+    assert cli(train.main, argv)[0] == 0
     checkpoint = str(tmp_path / "checkpoint_last.pth")
-    assert run_train(["--resume", checkpoint, "--unfreeze-epoch", "2"])[0] == 0
+    assert cli(train.main, ["--resume", checkpoint, "--unfreeze-epoch", "2"])[0] == 0
     state = torch.load(checkpoint, weights_only=True)
     assert state["epoch"] == 2 and len(state["history"]["loss"]) == 2
 
 
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(
-    data_root, tmp_path, monkeypatch, capsys
+    data_root, tmp_path, monkeypatch, cli
 ):
-    real_call = train.LossConfig.__call__
+    real_forward = SegmentationLoss.forward
     calls = {"n": 0}
 
     def poisoned(self, outputs, labels):
         calls["n"] += 1
-        loss = real_call(self, outputs, labels)
+        loss = real_forward(self, outputs, labels)
         # epoch 1 is 4 train + 2 val batches: call 8 is epoch 2, step 2
         return loss * float("nan") if calls["n"] == 8 else loss
 
-    monkeypatch.setattr(train.LossConfig, "__call__", poisoned)
+    monkeypatch.setattr(SegmentationLoss, "forward", poisoned)
     argv = base_argv(data_root, tmp_path, "--no-freeze-train", "--unfreeze-epoch", "3",
                      "--no-eval-flag")  # fmt: skip
-    code, err = run_train(argv, capsys)
+    code, _, err = cli(train.main, argv)
     assert code == 2
     assert "the loss became nan at epoch 2, step 2" in err and "Lower --init-lr" in err
     assert torch.load(tmp_path / "checkpoint_last.pth", weights_only=True)["epoch"] == 1
@@ -205,12 +209,12 @@ def weights_file(tmp_path_factory) -> Path:
     return path
 
 
-def test_head_mismatch_is_reported_calmly(data_root, tmp_path, weights_file, capsys):
+def test_head_mismatch_is_reported_calmly(data_root, tmp_path, weights_file, cli):
     argv = base_argv(data_root, tmp_path, "--no-freeze-train", "--unfreeze-epoch", "1",
                      "--no-eval-flag")  # fmt: skip
     argv[argv.index("--model-path") + 1] = str(weights_file)
-    assert run_train(argv)[0] == 0
-    out = capsys.readouterr().out
+    code, out, _ = cli(train.main, argv)
+    assert code == 0
     assert "Loaded 42 of 44 model tensors:" in out
     assert "backbone 26/26" in out and "decoder  16/16" in out and "head     0/2" in out
     assert "final.weight (2, 64, 1, 1) in the file, (4, 64, 1, 1) in the model" in out
@@ -264,34 +268,34 @@ def test_medical_layout_trains_without_a_val_split(tmp_path):
         (["--val-split", "no/val.txt"], "split file no/val.txt is missing; check the path"),
     ],
 )  # fmt: skip
-def test_bad_flags_end_in_one_clear_sentence(data_root, tmp_path, capsys, extra, message):
-    code, err = run_train(base_argv(data_root, tmp_path, *extra), capsys)
+def test_bad_flags_end_in_one_clear_sentence(data_root, tmp_path, cli, extra, message):
+    code, _, err = cli(train.main, base_argv(data_root, tmp_path, *extra))
     assert code == 2, err
     assert message in err and "Traceback" not in err
 
 
-def test_cuda_without_a_gpu_is_a_clear_error(data_root, tmp_path, capsys):
+def test_cuda_without_a_gpu_is_a_clear_error(data_root, tmp_path, cli):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    code, err = run_train(base_argv(data_root, tmp_path, "--device", "cuda"), capsys)
+    code, _, err = cli(train.main, base_argv(data_root, tmp_path, "--device", "cuda"))
     assert code == 2 and "no CUDA GPU is visible" in err
 
 
-def test_resume_refuses_weights_files_and_shape_changes(data_root, tmp_path, weights_file, capsys):
-    code, err = run_train(["--resume", str(weights_file)], capsys)
+def test_resume_refuses_weights_files_and_shape_changes(data_root, tmp_path, weights_file, cli):
+    code, _, err = cli(train.main, ["--resume", str(weights_file)])
     assert code == 2 and "is a weights file, not a training checkpoint" in err
     argv = base_argv(data_root, tmp_path, "--no-freeze-train", "--unfreeze-epoch", "1",
                      "--no-eval-flag")  # fmt: skip
-    assert run_train(argv)[0] == 0
+    assert cli(train.main, argv)[0] == 0
     resume = ["--resume", str(tmp_path / "checkpoint_last.pth"), "--num-classes", "5"]
-    code, err = run_train(resume, capsys)
+    code, _, err = cli(train.main, resume)
     assert code == 2 and "--num-classes 5 differs from the checkpoint's 4" in err
 
 
-def test_backbone_weights_of_another_backbone_are_refused(data_root, tmp_path, capsys):
+def test_backbone_weights_of_another_backbone_are_refused(data_root, tmp_path, cli):
     path = tmp_path / "resnet.pth"
     torch.save(Unet(num_classes=4, backbone="resnet50").state_dict(), path)
-    code, err = run_train(base_argv(data_root, tmp_path, "--model-path", str(path)), capsys)
+    code, _, err = cli(train.main, base_argv(data_root, tmp_path, "--model-path", str(path)))
     assert code == 2 and "26 of 26 backbone tensors" in err and "--allow-backbone-mismatch" in err
 
 
@@ -328,13 +332,13 @@ def test_reference_init_silences_the_input_but_kaiming_does_not():
 
 
 @pytest.mark.slow
-def test_training_from_scratch_learns_the_demo_data(tmp_path):
+def test_training_from_scratch_learns_the_demo_data(tmp_path, cli):
     root = make_demo_dataset(tmp_path / "VOCdevkit", 40, size=(96, 72))  # 32 train / 8 val
     argv = base_argv(root, tmp_path / "logs", "--no-freeze-train", "--unfreeze-epoch", "10",
                      "--unfreeze-batch-size", "4", "--eval-period", "10")  # fmt: skip
     at = argv.index("--input-shape")
     argv[at + 1 : at + 3] = ["64", "64"]
-    assert run_train(argv)[0] == 0
+    assert cli(train.main, argv)[0] == 0
     miou = float(next((tmp_path / "logs").glob("loss_*/epoch_miou.txt")).read_text().split()[-1])
     labels = [np.array(Image.open(p)) for p in (root / "VOC2007/SegmentationClass").glob("*.png")]
     pixels = np.concatenate([x.ravel() for x in labels])

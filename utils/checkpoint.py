@@ -12,6 +12,11 @@ from torch import nn
 
 from nets.unet import BACKBONE_PREFIX
 from utils.errors import UserError
+from utils.seeding import capture_rng, restore_rng
+
+#: What ``checkpoint_last.pth`` holds: written by :func:`save_training_checkpoint`, read back by
+#: :func:`load_training_checkpoint` (and ``args`` by train.py's flag parsing).
+CHECKPOINT_KEYS = ("model", "optimizer", "scaler", "epoch", "history", "log_dir", "rng", "args")
 
 BACKBONE_PREFIXES = tuple(BACKBONE_PREFIX.values())
 
@@ -108,3 +113,71 @@ def load_matching_weights(
         )
     model.load_state_dict(matched, strict=False)
     return report
+
+
+def save_training_checkpoint(
+    path: str | Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    epoch: int,
+    history: dict,
+    log_dir: str | Path,
+    args: dict,
+) -> None:
+    """Write everything a run needs to continue after ``epoch`` epochs, atomically."""
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "epoch": epoch,
+        "history": history,
+        "log_dir": str(log_dir),
+        "rng": capture_rng(),
+        "args": args,
+    }
+    atomic_save(state, path)
+
+
+def read_training_checkpoint(path: str | Path) -> dict:
+    """The checkpoint at ``path`` (for ``--resume``), or a sentence saying what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(
+            f"--resume {path} does not exist; point it at <save-dir>/checkpoint_last.pth."
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise UserError(f"--resume {path} cannot be read ({error}).") from error
+    if not isinstance(state, dict) or not set(CHECKPOINT_KEYS) <= set(state):
+        raise UserError(
+            f"--resume {path} is a weights file, not a training checkpoint; resume from "
+            "checkpoint_last.pth, or start a new run with --model-path."
+        )
+    return state
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """Where a resumed run continues: epochs done, the logged history and its log folder."""
+
+    epoch: int
+    history: dict
+    log_dir: Path
+
+
+def load_training_checkpoint(
+    checkpoint: dict,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+) -> Resumed:
+    """Restore what :func:`save_training_checkpoint` wrote (its ``args`` are read earlier)."""
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scaler.load_state_dict(checkpoint["scaler"])
+    restore_rng(checkpoint["rng"])
+    return Resumed(checkpoint["epoch"], checkpoint["history"], Path(checkpoint["log_dir"]))

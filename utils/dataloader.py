@@ -18,9 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
+from utils.distributed import SINGLE_PROCESS, DistInfo
 from utils.errors import UserError
+from utils.seeding import seed_worker
 from utils.utils import PAD_COLOR, letterbox, read_image, read_label_png, stack_images
 
 DATASET_FORMATS = ("voc", "medical")
@@ -216,8 +218,9 @@ class UnetDataset(Dataset):
     :data:`CHECK_SAMPLE` pairs; each item is checked again as it loads. Training samples get
     the ``augment`` augmentation (one of :data:`AUGMENTATIONS`). Augmentation draws
     from a generator keyed by ``(seed, epoch, index)``: every sample, worker and epoch differs,
-    and the same seed repeats a run exactly whatever the number of workers. Call
-    :meth:`set_epoch` before each epoch (workers must not be persistent to see it).
+    and the same seed repeats a run exactly whatever the number of workers. The epoch comes
+    with each index from an :class:`EpochSampler` (``dataset[(epoch, index)]``), so persistent
+    workers see it; a plain index uses :meth:`set_epoch`'s.
     """
 
     def __init__(
@@ -305,19 +308,20 @@ class UnetDataset(Dataset):
                 f"run voc_annotation.py --dataset-path {self.layout.root} --fix-binary."
             )
 
-    def rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, index])
+    def rng(self, index: int, epoch: int | None = None) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch if epoch is None else epoch, index])
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = item if isinstance(item, tuple) else (self.epoch, item)
         image, label = self.read_pair(index)
         if self.train and self.augment == "reference":
             image, label = random_transform(
-                image, Image.fromarray(label), self.input_shape, self.rng(index)
+                image, Image.fromarray(label), self.input_shape, self.rng(index, epoch)
             )
         else:
             image, label, _ = letterbox(image, self.input_shape, Image.fromarray(label))
             if self.train and self.augment == "flip":
-                image, label = random_flips(image, label, self.rng(index))
+                image, label = random_flips(image, label, self.rng(index, epoch))
         # values >= num_classes (the 255 border) become the ignore index num_classes
         label = self.label_lut[label]
         return torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(label)
@@ -328,3 +332,75 @@ def unet_dataset_collate(batch):
     :func:`~utils.utils.stack_images`) and a (N, H, W) int64 label batch."""
     images, labels = zip(*batch, strict=True)
     return stack_images(images), torch.stack(labels)
+
+
+class EpochSampler(Sampler):
+    """Yield ``(epoch, index)`` from ``sampler``: the epoch travels with every index, so
+    persistent DataLoader workers augment each epoch differently without being told."""
+
+    def __init__(self, sampler: Sampler):
+        self.sampler = sampler
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return ((self.epoch, index) for index in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class Loaders:
+    """The train and val DataLoaders of one phase (batch size); rebuilt when the phase changes.
+
+    Workers persist across the phase's epochs, batches are pinned for CUDA, and the shuffle
+    order and augmentation depend on ``(seed, epoch)`` only: resumable and repeatable.
+    """
+
+    def __init__(
+        self,
+        train_set: UnetDataset,
+        val_set: UnetDataset | None,
+        *,
+        batch_size: int,
+        num_workers: int = 0,
+        seed: int = 0,
+        dist_info: DistInfo = SINGLE_PROCESS,
+        pin_memory: bool = False,
+    ):
+        self.train_steps = len(train_set) // batch_size
+        self.val_steps = len(val_set) // batch_size if val_set is not None else 0
+        self.seed = seed
+        self.generator = torch.Generator()
+        if dist_info.enabled:
+            sampler = DistributedSampler(train_set, shuffle=True, seed=seed)
+        else:
+            sampler = RandomSampler(train_set, generator=self.generator)
+        self.sampler = EpochSampler(sampler)
+        options = dict(
+            batch_size=batch_size // dist_info.world_size,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+            pin_memory=pin_memory,
+            drop_last=True,
+            collate_fn=unet_dataset_collate,
+            worker_init_fn=seed_worker,
+        )
+        self.train = DataLoader(train_set, sampler=self.sampler, **options)
+        self.val = None
+        if val_set is not None:
+            sampler = DistributedSampler(val_set, shuffle=False) if dist_info.enabled else None
+            self.val = DataLoader(val_set, shuffle=False, sampler=sampler, **options)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Shuffle order and augmentation of ``epoch``."""
+        self.train.dataset.set_epoch(epoch)
+        self.generator.manual_seed(self.seed + epoch)
+        # Earlier versions let the DataLoader draw its workers' base seed from this generator
+        # before the shuffle; drawing it here keeps their shuffle orders, hence their results.
+        torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+        self.sampler.set_epoch(epoch)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -120,6 +122,34 @@ def prefers_channels_last(device: torch.device) -> bool:
     if device.type == "cuda":
         return True
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+#: The cuBLAS workspace that torch's reproducibility notes require for deterministic matmuls.
+CUBLAS_WORKSPACE_CONFIG = ":4096:8"
+
+
+@contextlib.contextmanager
+def determinism(deterministic: bool) -> Iterator[None]:
+    """``--deterministic``: deterministic algorithms only (an op without one is an error), cuDNN
+    without autotuning, and the cuBLAS workspace set (before CUDA starts, when called first).
+    Otherwise cuDNN autotunes its algorithms, which pays off for training's fixed input shape.
+    The previous settings come back on exit.
+    """
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = previous[1:]
 
 
 def cpu_has_native_bf16() -> bool:

@@ -1,17 +1,21 @@
-"""The training engine: one training step, one evaluation, for every precision and for DDP."""
+"""The training engine: one training epoch, one evaluation, for every precision and for DDP.
+
+A step never waits on the GPU: the loss and f-score are summed on the device, and the host
+reads them (one transfer) only when the progress bar refreshes, at most every
+:data:`REFRESH_SECONDS`, and at the end of the epoch. The NaN/Inf check happens at those reads,
+from the first bad step the device has noted, so it still names the exact step.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from nets.unet_training import CE_Loss, Dice_loss, Focal_Loss
 from utils.dataloader import UnetDataset
 from utils.device import Runtime, prefers_channels_last
 from utils.distributed import SINGLE_PROCESS, DistInfo, all_reduce_, all_reduce_sum
@@ -19,26 +23,48 @@ from utils.errors import UserError
 from utils.inference import InferencePipeline, default_batching
 from utils.utils_metrics import ConfusionMatrix, f_score
 
-
-@dataclass
-class LossConfig:
-    """Which loss to train: Focal or CE, plus Dice; class weights; the ignore index."""
-
-    num_classes: int
-    cls_weights: torch.Tensor
-    dice_loss: bool = False
-    focal_loss: bool = False
-
-    def __call__(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        main = Focal_Loss if self.focal_loss else CE_Loss
-        loss = main(outputs, labels, self.cls_weights, num_classes=self.num_classes)
-        if self.dice_loss:
-            loss = loss + Dice_loss(outputs, labels)
-        return loss
+#: The host reads the running loss at most this often (seconds), to show it and check it.
+REFRESH_SECONDS = 0.5
 
 
 class DivergedError(UserError):
     """The loss became NaN or Inf."""
+
+
+class RunningMeans:
+    """Sums of the loss and f-score over steps, kept on the device, and the first step (and its
+    loss) that was not finite. :meth:`read` is the one place that waits for the device."""
+
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(2, dtype=torch.float64, device=device)
+        self.first_bad = torch.tensor([0.0, 0.0], dtype=torch.float64, device=device)
+        self.steps = 0
+
+    def add(self, loss: torch.Tensor, score: torch.Tensor) -> None:
+        values = torch.stack([loss.detach(), score.detach()]).double()
+        self.sums += values
+        self.steps += 1
+        newly_bad = ~torch.isfinite(values[0]) & (self.first_bad[0] == 0)
+        noted = torch.stack([values.new_tensor(self.steps), values[0]])
+        self.first_bad = torch.where(newly_bad, noted, self.first_bad)
+
+    def read(self) -> tuple[float, float, int, float]:
+        """Mean loss, mean f-score, the first non-finite step (0: none) and its loss."""
+        loss, score, bad_step, bad_loss = torch.cat([self.sums, self.first_bad]).tolist()
+        steps = max(self.steps, 1)
+        return loss / steps, score / steps, int(bad_step), bad_loss
+
+
+def check_finite(means: RunningMeans, epoch: int) -> tuple[float, float]:
+    """The mean loss and f-score, or a :class:`DivergedError` naming the first bad step."""
+    loss, score, bad_step, bad_loss = means.read()
+    if bad_step:
+        raise DivergedError(
+            f"the loss became {bad_loss} at epoch {epoch + 1}, step {bad_step}; the last good "
+            "weights and checkpoint_last.pth are kept. Lower --init-lr, try --precision fp32, "
+            "or check the labels for values the classes do not cover."
+        )
+    return loss, score
 
 
 def get_lr(optimizer: torch.optim.Optimizer) -> float:
@@ -47,27 +73,25 @@ def get_lr(optimizer: torch.optim.Optimizer) -> float:
 
 def train_one_epoch(
     model: nn.Module,
+    loader: Iterable,
+    *,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
-    loader: Iterable,
-    steps: int,
-    criterion: LossConfig,
+    criterion: nn.Module,
     runtime: Runtime,
-    epoch: int,
-    total_epochs: int,
+    steps: int,
+    epoch: int = 0,
+    total_epochs: int = 1,
     dist_info: DistInfo = SINGLE_PROCESS,
 ) -> tuple[float, float]:
-    """Train ``steps`` batches; return the mean loss and f-score over all ranks."""
+    """Train ``steps`` batches of ``loader``; return the mean loss and f-score over all ranks."""
     model.train()
-    total_loss = total_f_score = 0.0
-    bar = tqdm(
-        total=steps,
-        desc=f"Epoch {epoch + 1}/{total_epochs}",
-        mininterval=0.3,
-        disable=not dist_info.is_main,
-    )
+    means = RunningMeans(runtime.device)
+    bar = tqdm(total=steps, desc=f"Epoch {epoch + 1}/{total_epochs}", mininterval=0.3,
+               disable=not dist_info.is_main)  # fmt: skip
+    last_read = time.monotonic()
     # zip stops before fetching a batch too many
-    for step, (images, labels) in zip(range(steps), loader, strict=False):
+    for _, (images, labels) in zip(range(steps), loader, strict=False):
         images = runtime.model_input(images)
         labels = labels.to(runtime.device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
@@ -76,26 +100,25 @@ def train_one_epoch(
         loss = criterion(outputs, labels)
         with torch.no_grad():
             score = f_score(outputs, labels)
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise DivergedError(
-                f"the loss became {loss_value} at epoch {epoch + 1}, step {step + 1}; the last "
-                "good weights and checkpoint_last.pth are kept. Lower --init-lr, try "
-                "--precision fp32, or check the labels for values the classes do not cover."
-            )
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        total_loss += loss_value
-        total_f_score += score.item()
-        bar.set_postfix(
-            total_loss=f"{total_loss / (step + 1):.4f}",
-            f_score=f"{total_f_score / (step + 1):.4f}",
-            lr=f"{get_lr(optimizer):.2e}",
-        )
+        means.add(loss, score)
         bar.update()
+        if time.monotonic() - last_read >= REFRESH_SECONDS:
+            loss_mean, score_mean = check_finite(means, epoch)
+            bar.set_postfix(total_loss=f"{loss_mean:.4f}", f_score=f"{score_mean:.4f}",
+                            lr=f"{get_lr(optimizer):.2e}", refresh=False)  # fmt: skip
+            last_read = time.monotonic()
+    loss_mean, score_mean = check_finite(means, epoch)
+    bar.set_postfix(total_loss=f"{loss_mean:.4f}", f_score=f"{score_mean:.4f}",
+                    lr=f"{get_lr(optimizer):.2e}")  # fmt: skip
     bar.close()
-    sums = all_reduce_sum([total_loss, total_f_score, steps], runtime.device)
+    return _mean_over_ranks(means, runtime.device)
+
+
+def _mean_over_ranks(means: RunningMeans, device: torch.device) -> tuple[float, float]:
+    sums = all_reduce_sum([*means.sums.tolist(), means.steps], device)
     return float(sums[0] / sums[2]), float(sums[1] / sums[2])
 
 
@@ -103,27 +126,26 @@ def train_one_epoch(
 def evaluate_loss(
     model: nn.Module,
     loader: Iterable,
-    steps: int,
-    criterion: LossConfig,
+    *,
+    criterion: nn.Module,
     runtime: Runtime,
+    steps: int,
     dist_info: DistInfo = SINGLE_PROCESS,
 ) -> tuple[float, float]:
-    """Mean validation loss and f-score over ``steps`` batches on every rank."""
+    """Mean validation loss and f-score over ``steps`` batches on every rank (read once)."""
     model.eval()
-    total_loss = total_f_score = 0.0
+    means = RunningMeans(runtime.device)
     bar = tqdm(total=steps, desc="Validation", mininterval=0.3, disable=not dist_info.is_main)
-    for step, (images, labels) in zip(range(steps), loader, strict=False):
+    for _, (images, labels) in zip(range(steps), loader, strict=False):
         images = runtime.model_input(images)
         labels = labels.to(runtime.device, non_blocking=True)
         with runtime.autocast():
             outputs = model(images)
-        total_loss += criterion(outputs, labels).item()
-        total_f_score += f_score(outputs, labels).item()
-        bar.set_postfix(val_loss=f"{total_loss / (step + 1):.4f}")
+        means.add(criterion(outputs, labels), f_score(outputs, labels))
         bar.update()
+    bar.set_postfix(val_loss=f"{means.read()[0]:.4f}")
     bar.close()
-    sums = all_reduce_sum([total_loss, total_f_score, steps], runtime.device)
-    return float(sums[0] / sums[2]), float(sums[1] / sums[2])
+    return _mean_over_ranks(means, runtime.device)
 
 
 @torch.no_grad()
