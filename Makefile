@@ -14,7 +14,7 @@ ISBI_EPOCHS ?= 14
 ISBI_LOGS ?= logs/isbi
 ISBI_SPLIT := recipes/isbi2012
 
-.PHONY: venv test test-gpu gpu-check lint demo isbi clean
+.PHONY: venv test test-gpu gpu-check docs-check lint demo isbi clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,10 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest
+
+# The README's short commands, run as written in a workspace laid out as after make demo.
+docs-check: $(STAMP)
+	$(PY) -m pytest tests/test_readme.py
 
 # On a GPU machine: only the tests marked cuda. Uses .venv when it exists, else $(PYTHON) as it
 # is (a GPU machine's python3 already has torch; nothing is installed).
@@ -46,14 +50,13 @@ demo: $(STAMP)
 	test -d $(DEMO_DATA) || $(PY) -m utils.demo_data --out $(DEMO_DATA) --num-images 60
 	$(PY) train.py --dataset-path $(DEMO_DATA) --num-classes 4 --model-path '' \
 		--input-shape 64 64 --no-freeze-train --unfreeze-epoch 12 --unfreeze-batch-size 4 \
-		--dice-loss --eval-period 3 --num-workers 1 --save-dir $(DEMO_LOGS)
+		--dice-loss --eval-period 3 --num-workers 1 --save-dir $(DEMO_LOGS) \
+		--name-classes background square circle triangle
 	@echo "in-training mIoU every 3 epochs (predicting only background scores about 21):"
 	@cat $$(ls -d $(DEMO_LOGS)/loss_* | tail -n 1)/epoch_miou.txt
-	$(PY) get_miou.py --dataset-path $(DEMO_DATA) --num-classes 4 --input-shape 64 64 \
-		--name-classes background square circle triangle --device cpu \
+	$(PY) get_miou.py --dataset-path $(DEMO_DATA) --device cpu \
 		--model-path $(DEMO_LOGS)/last_epoch_weights.pth --miou-out-path $(DEMO_LOGS)/miou_out
-	$(PY) predict.py --mode dir_predict --num-classes 4 --input-shape 64 64 --device cpu \
-		--model-path $(DEMO_LOGS)/last_epoch_weights.pth \
+	$(PY) predict.py --mode dir_predict --device cpu --model-path $(DEMO_LOGS)/last_epoch_weights.pth \
 		--dir-origin-path $(DEMO_DATA)/VOC2007/JPEGImages --dir-save-path $(DEMO_LOGS)/img_out
 	@echo "Overlays in $(DEMO_LOGS)/img_out/, mIoU charts and metrics.json in $(DEMO_LOGS)/miou_out/"
 

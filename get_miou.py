@@ -20,16 +20,16 @@ from PIL import Image
 from tqdm import tqdm
 
 from unet import add_batch_flags, add_model_flags, default_class_names, predictor_from_args
+from utils.checkpoint import model_settings
+from utils.cli import argument_parser
 from utils.dataloader import DATASET_FORMATS, UnetDataset, read_split
 from utils.errors import UserError, exit_on_user_error
 from utils.inference import check_batching
 from utils.utils_metrics import compute_mIoU, nanmean, per_Accuracy, show_results
 
 
-def get_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def get_parser() -> argparse.ArgumentParser:
+    parser = argument_parser(__doc__)
     parser.add_argument(
         "--miou-mode",
         type=int,
@@ -41,14 +41,16 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--name-classes",
         nargs="+",
         default=None,
-        help="class names (default: the 21 VOC names for 21 classes)",
+        help="class names (default: from the settings file beside the weights, else the 21 VOC "
+        "names for 21 classes, else class_0, class_1, ...)",
     )
     parser.add_argument("--dataset-path", default="VOCdevkit", help="data set root")
     parser.add_argument(
         "--dataset-format",
         choices=DATASET_FORMATS,
-        default="voc",
-        help="voc or medical layout (default: %(default)s)",
+        default=None,
+        help="voc or medical layout (default: the one the weights were trained on, from their "
+        "settings file, else voc)",
     )
     parser.add_argument(
         "--split",
@@ -59,8 +61,20 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--miou-out-path", default="miou_out", help="where results go")
     add_model_flags(parser)
     add_batch_flags(parser)
-    args = parser.parse_args(argv)  # fmt: skip
+    return parser
+
+
+def get_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = get_parser()
+    args = parser.parse_args(argv)
     check_batching(args.batch_size, args.num_workers)
+    # what was not given comes from the settings file beside the weights, as in the predictor
+    settings = model_settings(
+        args.model_path, num_classes=args.num_classes, backbone=args.backbone,
+        input_shape=args.input_shape, dataset_format=args.dataset_format,
+        name_classes=args.name_classes,
+    )  # fmt: skip
+    vars(args).update(settings)
     if args.name_classes is None:
         args.name_classes = default_class_names(args.num_classes)
     if len(args.name_classes) != args.num_classes:
@@ -89,8 +103,8 @@ def main(argv: list[str] | None = None) -> None:
         unet = predictor_from_args(args)
         print("Get predict result.")
         predictions = unet.predict_files(dataset.image_paths, args.batch_size, args.num_workers)
-        for name, (_, labels, _) in zip(names, tqdm(predictions, total=len(names)), strict=True):
-            Image.fromarray(labels).save(pred_dir / f"{name}.png")
+        for name, result in zip(names, tqdm(predictions, total=len(names)), strict=True):
+            Image.fromarray(result.labels).save(pred_dir / f"{name}.png")
         print("Get predict result done.")
     if args.miou_mode in (0, 2):
         print("Get miou.")

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from utils.cli import argument_parser
 from utils.errors import UserError, exit_on_user_error
 from utils.utils import voc_palette
 
@@ -105,11 +106,8 @@ def convert(json_path: Path, jpgs_path: Path, pngs_path: Path, classes: list[str
     png.save(pngs_path / f"{name}.png")
 
 
-def get_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Convert labelme JSON files to VOC JPEGImages/SegmentationClass.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def get_parser() -> argparse.ArgumentParser:
+    parser = argument_parser(__doc__)
     parser.add_argument("--json-dir", default="datasets/before", help="folder of labelme JSONs")
     parser.add_argument("--jpgs-path", default="datasets/JPEGImages", help="where images go")
     parser.add_argument(
@@ -121,6 +119,11 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=VOC_CLASSES,
         help="class names in label-value order; the first must be _background_",
     )
+    return parser
+
+
+def get_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = get_parser()
     args = parser.parse_args(argv)
     if args.classes[0] != "_background_":
         parser.error("the first of --classes must be _background_ (label value 0)")

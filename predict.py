@@ -23,7 +23,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from unet import add_batch_flags, add_model_flags, default_class_names, predictor_from_args
+from unet import add_batch_flags, add_model_flags, predictor_from_args
+from utils.cli import argument_parser
 from utils.dataloader import IMAGE_EXTENSIONS
 from utils.errors import UserError, exit_on_user_error
 from utils.inference import (
@@ -36,12 +37,13 @@ from utils.inference import (
 from utils.utils import read_image
 
 MODES = ("predict", "video", "fps", "dir_predict", "export_onnx", "predict_onnx")
+#: The original's defaults for these paths, kept: users know them.
+FPS_IMAGE_PATH = "img/street.jpg"
+DIR_ORIGIN_PATH = "img/"
 
 
-def get_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def get_parser() -> argparse.ArgumentParser:
+    parser = argument_parser(__doc__)
     parser.add_argument("images", nargs="*", help="predict mode: image files (none: ask for them)")
     parser.add_argument("--mode", choices=MODES, default="predict", help="what to do")
     add_model_flags(parser)
@@ -56,7 +58,13 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
         "background (default: %(default)s)",
     )
     flag("--count", action="store_true", help="print pixel counts and ratios per class")
-    flag("--name-classes", nargs="+", default=None, help="class names for --count")
+    flag(
+        "--name-classes",
+        nargs="+",
+        default=None,
+        help="class names for --count (default: the weights' settings file, else the 21 VOC "
+        "names for 21 classes, else class_0, class_1, ...)",
+    )
     flag("--show", action="store_true", help="also show results in a window")
     flag = parser.add_argument_group("video").add_argument
     flag("--video-path", default="0", help="a video file, or a camera index (default: 0)")
@@ -64,7 +72,12 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     flag("--video-fps", type=float, default=25.0, help="fps of the saved video")
     flag = parser.add_argument_group("timing").add_argument
     flag("--test-interval", type=int, default=100, help="fps mode: runs to average")
-    flag("--fps-image-path", default="img/street.jpg", help="fps mode: the image to time")
+    flag(
+        "--fps-image-path",
+        default=FPS_IMAGE_PATH,
+        help="fps mode: the image to time; the original's default, absent here, times a "
+        "generated 1330x1330 image (default: %(default)s)",
+    )
     flag(
         "--fps-batch-size",
         type=int,
@@ -72,7 +85,7 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="fps mode: the batch size of the batched-throughput figure (default: %(default)s)",
     )
     flag = parser.add_argument_group("folders").add_argument
-    flag("--dir-origin-path", default="img/", help="dir_predict: input folder")
+    flag("--dir-origin-path", default=DIR_ORIGIN_PATH, help="dir_predict: input folder")
     flag("--dir-save-path", default="img_out/", help="where results are saved")
     flag = parser.add_argument_group("onnx").add_argument
     flag(
@@ -84,7 +97,12 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     flag("--onnx-save-path", default="model_data/models.onnx", help="export_onnx: output")
     flag("--onnx-path", default="model_data/models.onnx", help="predict_onnx: model to run")
     flag("--dynamic", action="store_true", help="export_onnx: dynamic height and width")
-    args = parser.parse_args(argv)  # fmt: skip
+    return parser
+
+
+def get_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = get_parser()
+    args = parser.parse_args(argv)
     check_batching(args.batch_size, args.num_workers)
     check_batching(args.fps_batch_size, args.num_workers, "--fps-batch-size")
     return args
@@ -108,12 +126,13 @@ def show(image: Image.Image | np.ndarray, title: str, wait: int = 0) -> int:
     return cv2.waitKey(wait)
 
 
-def predict_images(unet, paths: list[str], args) -> None:
+def predict_images(unet, paths: list[str], args, missing: str = "check the path") -> None:
+    """Segment each image file and save the drawing in --dir-save-path."""
     out = Path(args.dir_save_path)
     out.mkdir(parents=True, exist_ok=True)
-    names = args.name_classes or default_class_names(args.num_classes)
     for path in paths:
-        result = unet.detect_image(read_image(Path(path)), count=args.count, name_classes=names)
+        image = read_image(path, missing=missing)
+        result = unet.detect_image(image, count=args.count, name_classes=args.name_classes)
         target = out / f"{Path(path).stem}.png"
         result.save(target)
         print(f"Saved {target}")
@@ -122,30 +141,51 @@ def predict_images(unet, paths: list[str], args) -> None:
 
 
 def interactive(unet, args) -> None:
-    """The reference's loop: ask for a file name until end of input."""
+    """The reference's loop: ask for a file name until end of input. A pasted name may keep
+    its quotes and spaces: they are stripped."""
     while True:
         try:
-            path = input("Input image filename:")
+            path = input("Input image filename:").strip().strip("'\"").strip()
         except EOFError:
             return
+        if not path:
+            continue
         try:
-            predict_images(unet, [path], args)
+            predict_images(unet, [path], args, missing="check the name and try again")
         except UserError as error:
             print(f"Open Error! {error}")
 
 
 def dir_predict(unet, args) -> None:
+    """Segment every image of a folder; an image that cannot be read is skipped and named."""
     folder = Path(args.dir_origin_path)
     if not folder.is_dir():
-        raise UserError(f"--dir-origin-path {folder} is not a folder.")
+        hint = " (the original's default)" if args.dir_origin_path == DIR_ORIGIN_PATH else ""
+        raise UserError(
+            f"--dir-origin-path '{folder}'{hint} is not a folder; point it at your images."
+        )
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not paths:
-        raise UserError(f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
+        raise UserError(f"'{folder}' holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
     out = Path(args.dir_save_path)
     out.mkdir(parents=True, exist_ok=True)
-    predictions = unet.predict_files(paths, args.batch_size, args.num_workers, keep_image=True)
-    for path, labels, image in tqdm(predictions, total=len(paths)):
-        unet.draw(image, labels).save(out / f"{path.stem}.png")
+    predictions = unet.predict_files(
+        paths, args.batch_size, args.num_workers, keep_image=True, skip_unreadable=True
+    )
+    skipped = []
+    for result in tqdm(predictions, total=len(paths)):
+        if result.error:
+            skipped.append(result.path)
+            tqdm.write(f"warning: skipped {result.error}")
+            continue
+        unet.draw(result.image, result.labels).save(out / f"{result.path.stem}.png")
+    print(f"saved {len(paths) - len(skipped)} of {len(paths)} to {out}")
+    if skipped:
+        print(f"skipped (unreadable): {', '.join(repr(str(path)) for path in skipped)}")
+    if len(skipped) == len(paths):
+        raise UserError(
+            f"no image in '{folder}' could be read ({len(paths)} tried); see the warnings above."
+        )
 
 
 def read_frames(capture, input_shape, batch_size: int) -> Iterator[tuple]:
@@ -229,10 +269,21 @@ def video(unet, args) -> None:
     print(f"Video Detection Done! {frames} frames, last fps {fps:.2f}")
 
 
+def fps_image(path: str) -> Image.Image:
+    """The image to time; with the original's default path absent, a generated one."""
+    if path == FPS_IMAGE_PATH and not Path(path).is_file():
+        print(f"{path} (the original's default) is not here: timing a generated 1330x1330 "
+              "photo-like image instead; give --fps-image-path to time your own.")  # fmt: skip
+        rng = np.random.default_rng(0)
+        coarse = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+        return Image.fromarray(cv2.resize(coarse, (1330, 1330), interpolation=cv2.INTER_CUBIC))
+    return read_image(path, missing="check --fps-image-path")
+
+
 def fps(unet, args) -> None:
     """Three figures: the network + argmax (what the original's get_FPS times), the whole
     get_miou_png pipeline for one image, and the batched pipeline's throughput."""
-    image = read_image(Path(args.fps_image_path))
+    image = fps_image(args.fps_image_path)
     height, width = unet.input_shape
     network = unet.network_seconds(image, args.test_interval)
     end_to_end = unet.get_FPS(image, args.test_interval)
@@ -257,10 +308,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.mode == "predict_onnx":
         from unet import Unet_ONNX
 
-        unet = Unet_ONNX(onnx_path=args.onnx_path, num_classes=args.num_classes,
-                         input_shape=args.input_shape, mix_type=args.mix_type)  # fmt: skip
+        unet = Unet_ONNX(
+            onnx_path=args.onnx_path, num_classes=args.num_classes, backbone=args.backbone,
+            input_shape=args.input_shape, mix_type=args.mix_type, device=args.device,
+            name_classes=args.name_classes,
+        )  # fmt: skip
     else:
-        unet = predictor_from_args(args, mix_type=args.mix_type)
+        unet = predictor_from_args(args, mix_type=args.mix_type, name_classes=args.name_classes)
     if args.mode in ("predict", "predict_onnx"):
         if args.images:
             predict_images(unet, args.images, args)

@@ -1,6 +1,7 @@
 """Layer table, parameter count and GFLOPs of a UNet, as the reference's summary.py reports.
 
     python summary.py --backbone vgg --num-classes 21 --input-shape 512 512
+    python summary.py --model-path logs/last_epoch_weights.pth    # the settings it was trained with
 
 FLOPs come from ``torch.utils.flop_counter`` and count a multiply-add as 2 operations.
 """
@@ -12,7 +13,10 @@ import argparse
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from nets.unet import BACKBONES, Unet, check_input_shape
+from nets.unet import Unet, check_input_shape
+from unet import add_model_setting_flags
+from utils.checkpoint import model_settings
+from utils.cli import argument_parser
 from utils.errors import exit_on_user_error
 
 
@@ -41,14 +45,23 @@ def count_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
+def get_parser() -> argparse.ArgumentParser:
+    parser = argument_parser(__doc__)
+    parser.add_argument(
+        "--model-path",
+        default=None,
+        help="weights whose settings file (beside them) gives the flags below (default: none)",
+    )
+    add_model_setting_flags(parser.add_argument)
+    return parser
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", choices=BACKBONES, default="vgg", help="encoder")
-    parser.add_argument("--num-classes", type=int, default=21, help="number of classes")
-    parser.add_argument("--input-shape", type=int, nargs=2, default=[512, 512], metavar=("H", "W"),
-                        help="input height and width")  # fmt: skip
-    args = parser.parse_args(argv)
+    args = get_parser().parse_args(argv)
+    settings = model_settings(args.model_path, num_classes=args.num_classes,
+                              backbone=args.backbone, input_shape=args.input_shape)  # fmt: skip
+    vars(args).update(settings)
     check_input_shape(*args.input_shape, args.backbone)
     model = Unet(num_classes=args.num_classes, backbone=args.backbone).eval()
     x = torch.zeros(1, 3, *args.input_shape)

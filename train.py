@@ -16,6 +16,7 @@ import argparse
 import copy
 import datetime
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -36,12 +37,14 @@ from nets.unet_training import (
 )
 from utils.callbacks import TrainingLog
 from utils.checkpoint import (
-    atomic_save,
+    SETTINGS_KEYS,
     load_matching_weights,
     load_training_checkpoint,
     read_training_checkpoint,
     save_training_checkpoint,
+    save_weights,
 )
+from utils.cli import argument_parser
 from utils.dataloader import (
     AUGMENTATIONS,
     DATASET_FORMATS,
@@ -68,10 +71,7 @@ FIXED_ON_RESUME = ("num_classes", "backbone", "input_shape", "dataset_format")
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__,
-        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, width=100),
-    )
+    parser = argument_parser(__doc__)
     flag = parser.add_argument_group("data and model").add_argument
     flag("--dataset-path", default="VOCdevkit", help="data set root (default: %(default)s)")
     flag(
@@ -105,6 +105,13 @@ def get_parser() -> argparse.ArgumentParser:
         default="reference",
         help="training augmentation: reference = random scale, aspect, placement, flip and HSV "
         "jitter; flip = random left-right and up-down flips only; none (default: %(default)s)",
+    )
+    flag(
+        "--name-classes",
+        nargs="+",
+        default=None,
+        help="class names, saved beside the weights for predict.py and get_miou.py (default: "
+        "none: they use the 21 VOC names for 21 classes, else class_0, class_1, ...)",
     )
     flag("--backbone", choices=BACKBONES, default="vgg", help="encoder (default: %(default)s)")
     flag(
@@ -164,6 +171,13 @@ def get_parser() -> argparse.ArgumentParser:
         type=int,
         default=2,
         help="batch size once unfrozen (default: %(default)s)",
+    )
+    flag(
+        "--val-batch-size",
+        type=int,
+        default=None,
+        help="batch size of the val loss (default: the phase's batch size, capped at the val "
+        "split's size)",
     )
     flag(
         "--freeze-train",
@@ -255,7 +269,7 @@ def get_parser() -> argparse.ArgumentParser:
         dest="precision",
         action="store_const",
         const="fp16",
-        help="the reference's switch: same as --precision fp16",
+        help="the reference's switch: same as --precision fp16 (default: off)",
     )
     flag(
         "--channels-last",
@@ -281,7 +295,7 @@ def get_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="PATH",
         help="continue from <save-dir>/checkpoint_last.pth with its settings; flags given "
-        "with it override them (e.g. a larger --unfreeze-epoch)",
+        "with it override them, e.g. a larger --unfreeze-epoch (default: a new run)",
     )
     flag(
         "--benchmark",
@@ -326,12 +340,13 @@ def get_args(
                     "(start a new run with --model-path to change it)."
                 )
         args = argparse.Namespace(**{**vars(args), **checkpoint["args"], **given})
-    check_args(args)
+    check_args(args, argv if argv is not None else sys.argv[1:])
     return args, checkpoint
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Refuse flag combinations that cannot train, each with the fix."""
+def check_args(args: argparse.Namespace, argv: list[str] = ()) -> None:
+    """Refuse flag combinations that cannot train, each with the fix (``argv``: the command
+    line, quoted back in hints)."""
     if args.min_lr is None:
         args.min_lr = args.init_lr * 0.01
     if args.cls_weights is None:
@@ -359,6 +374,13 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(
             f"--min-lr {args.min_lr} must be above 0 and at most --init-lr {args.init_lr}."
         )
+    if args.name_classes is not None and len(args.name_classes) != args.num_classes:
+        raise UserError(
+            f"--name-classes has {len(args.name_classes)} names but --num-classes is "
+            f"{args.num_classes}; give one name per class."
+        )
+    if args.val_batch_size is not None and args.val_batch_size < 1:
+        raise UserError(f"--val-batch-size must be at least 1, not {args.val_batch_size}.")
     if len(args.cls_weights) != args.num_classes:
         raise UserError(
             f"--cls-weights has {len(args.cls_weights)} values but --num-classes is "
@@ -367,7 +389,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.distributed and not launched_by_torchrun():
         raise UserError(
             "multi-GPU training runs one process per GPU under torchrun; start it as "
-            f"`torchrun --nproc_per_node <GPUs> train.py {' '.join(sys.argv[1:])}`."
+            f"`torchrun --nproc_per_node <GPUs> train.py {shlex.join(argv)}`."
         )
     if args.benchmark and launched_by_torchrun():
         raise UserError("--benchmark times one process; run it without torchrun.")
@@ -413,8 +435,9 @@ def build_optimizer(
     )  # fmt: skip
 
 
-def build_data(args: argparse.Namespace) -> tuple[UnetDataset, UnetDataset | None]:
-    """The train dataset and the val dataset (optional in the medical layout)."""
+def build_data(args: argparse.Namespace, say=print) -> tuple[UnetDataset, UnetDataset | None]:
+    """The train dataset and the val dataset; without a val split (the default one missing or
+    empty, as voc_annotation.py --train-percent 1 writes it), training goes on without."""
     common = dict(
         input_shape=args.input_shape,
         num_classes=args.num_classes,
@@ -429,7 +452,10 @@ def build_data(args: argparse.Namespace) -> tuple[UnetDataset, UnetDataset | Non
         **common,
     )
     val_path = split_path(args.dataset_path, args.val_split, args.dataset_format)
-    if args.dataset_format == "medical" and args.val_split == "val" and not val_path.is_file():
+    if args.val_split == "val" and (not val_path.is_file() or not val_path.read_text().split()):
+        state = "is empty" if val_path.is_file() else "does not exist"
+        say(f"No val split ('{val_path}' {state}): training without validation, so no val loss "
+            "or mIoU, and best_epoch_weights.pth follows the train loss.")  # fmt: skip
         return train, None
     val = UnetDataset(
         read_split(args.dataset_path, args.val_split, args.dataset_format), train=False, **common
@@ -437,12 +463,11 @@ def build_data(args: argparse.Namespace) -> tuple[UnetDataset, UnetDataset | Non
     return train, val
 
 
-def check_batch_sizes(train_set, val_set, batch_sizes: set[int], dist_info: DistInfo) -> None:
-    """Before the first epoch: every phase's batch must fit the splits and the processes."""
+def check_batch_sizes(train_set, batch_sizes: set[int], dist_info: DistInfo) -> None:
+    """Before the first epoch: every phase's batch must fit the train split and the processes
+    (the val batch adapts to its split, see :func:`val_batch_size`)."""
     for batch_size in sorted(batch_sizes):
         check_split_size(len(train_set), batch_size, "train")
-        if val_set is not None:
-            check_split_size(len(val_set), batch_size, "val")
         if batch_size % dist_info.world_size:
             raise UserError(
                 f"batch size {batch_size} cannot be split evenly over {dist_info.world_size} "
@@ -471,16 +496,38 @@ def phase_lrs(args: argparse.Namespace, phase: Phase) -> tuple[float, float]:
     return fit_lr(args.init_lr, args.min_lr, phase.batch_size, args.optimizer_type, args.lr_fit)
 
 
-def start_phase(args, phase: Phase, *, model, train_set, val_set, dist_info, runtime, say):
+def val_batch_size(args, phase: Phase, val_set, dist_info: DistInfo) -> int | None:
+    """--val-batch-size, else the phase's batch, capped at the val split and a multiple of the
+    process count: a small val split is never refused for the batch size."""
+    if val_set is None:
+        return None
+    size = min(args.val_batch_size or phase.batch_size, len(val_set))
+    size -= size % dist_info.world_size
+    if size == 0:
+        raise UserError(
+            f"the val split has {len(val_set)} image(s), fewer than the {dist_info.world_size} "
+            "processes; add val images or run fewer processes."
+        )
+    return size
+
+
+def start_phase(args, phase: Phase, *, model, train_set, val_set, dist_info, runtime, say,
+                warned: set[str]):  # fmt: skip
     """Freeze or unfreeze the backbone; the phase's loaders and LR schedule."""
     (model.freeze_backbone if phase.frozen else model.unfreeze_backbone)()
     loaders = Loaders(
-        train_set, val_set, batch_size=phase.batch_size, num_workers=args.num_workers,
-        seed=args.seed, dist_info=dist_info, pin_memory=runtime.device.type == "cuda",
+        train_set, val_set, batch_size=phase.batch_size,
+        val_batch_size=val_batch_size(args, phase, val_set, dist_info),
+        num_workers=args.num_workers, seed=args.seed, dist_info=dist_info,
+        pin_memory=runtime.device.type == "cuda",
     )  # fmt: skip
     init_lr, min_lr = phase_lrs(args, phase)
-    say(describe_lr(args.init_lr, args.min_lr, phase.batch_size, args.optimizer_type,
-                    args.lr_fit, phase.name))  # fmt: skip
+    text, warning = describe_lr(args.init_lr, args.min_lr, phase.batch_size,
+                                args.optimizer_type, args.lr_fit, phase.name)  # fmt: skip
+    say(text)
+    if warning and "lr clamp" not in warned:
+        say(warning)
+        warned.add("lr clamp")
     return loaders, get_lr_scheduler(args.lr_decay_type, init_lr, min_lr, args.unfreeze_epoch)
 
 
@@ -493,7 +540,7 @@ def benchmark(args: argparse.Namespace, runtime: Runtime) -> None:
     optimizer = build_optimizer(args, model, phase_lrs(args, phase)[0], runtime)
     loaders, scheduler = start_phase(args, phase, model=model, train_set=train_set,
                                      val_set=val_set, dist_info=DistInfo(), runtime=runtime,
-                                     say=print)  # fmt: skip
+                                     say=print, warned=set())  # fmt: skip
     if loaders.train_steps < args.benchmark + 2:
         raise UserError(
             f"--benchmark {args.benchmark} needs {args.benchmark + 2} batches of train data; "
@@ -522,7 +569,7 @@ def train(
 ) -> None:
     say = print if dist_info.is_main else (lambda *a, **k: None)
     # data
-    train_set, val_set = build_data(args)
+    train_set, val_set = build_data(args, say)
     # model and loss
     model = build_model(args, runtime, dist_info)
     model_train = model
@@ -562,16 +609,25 @@ def train(
     )
     epochs = range(start_epoch, args.unfreeze_epoch)
     batch_sizes = {Phase.of(args, epoch).batch_size for epoch in epochs}
-    check_batch_sizes(train_set, val_set, batch_sizes, dist_info)
+    check_batch_sizes(train_set, batch_sizes, dist_info)
+    for phase in {Phase.of(args, epoch) for epoch in epochs}:
+        val_batch_size(args, phase, val_set, dist_info)  # refused now, not at the phase
+    warned = {"lr clamp"} if checkpoint is not None else set()  # said when the run began
+    if Phase.of(args, start_epoch).frozen and not args.pretrained and not args.model_path:
+        say("warning: the backbone is frozen for the first --freeze-epoch epochs but holds no "
+            "trained weights (--model-path '' and no --pretrained), so those epochs train only "
+            "the decoder on a random encoder; pass --no-freeze-train, --pretrained or a "
+            "--model-path.")  # fmt: skip
     log = TrainingLog(log_dir, history) if dist_info.is_main else None
     phase = loaders = scheduler = None
+    epoch = start_epoch
     try:
         for epoch in epochs:
             if phase != Phase.of(args, epoch):
                 phase = Phase.of(args, epoch)
                 loaders, scheduler = start_phase(
                     args, phase, model=model, train_set=train_set, val_set=val_set,
-                    dist_info=dist_info, runtime=runtime, say=say,
+                    dist_info=dist_info, runtime=runtime, say=say, warned=warned,
                 )  # fmt: skip
             set_optimizer_lr(optimizer, scheduler, epoch)
             loaders.set_epoch(epoch)
@@ -595,9 +651,27 @@ def train(
                     loss=loss, val_loss=val_loss, miou=miou,
                 )  # fmt: skip
             barrier()
+    except KeyboardInterrupt:
+        checkpoint_path = Path(args.save_dir) / "checkpoint_last.pth"
+        raise TrainingInterruptedError(epoch + 1, checkpoint_path) from None
     finally:
         if log is not None:
             log.close()
+
+
+class TrainingInterruptedError(Exception):
+    """Ctrl-C during training, at 1-based ``epoch``, with the checkpoint to resume from."""
+
+    def __init__(self, epoch: int, checkpoint: Path):
+        super().__init__(epoch, checkpoint)
+        self.epoch, self.checkpoint = epoch, checkpoint
+
+    def message(self) -> str:
+        if self.checkpoint.is_file():
+            return (f"interrupted at epoch {self.epoch}; resume with: python train.py --resume "
+                    f"{shlex.quote(str(self.checkpoint))}")  # fmt: skip
+        return (f"interrupted at epoch {self.epoch}, before the first checkpoint; start again "
+                "with the same command")  # fmt: skip
 
 
 def end_of_epoch(
@@ -626,15 +700,17 @@ def end_of_epoch(
     )
     print(f"Epoch:{epoch + 1}/{args.unfreeze_epoch}\n{text}")
     weights = model.state_dict()
+    # the settings predict.py, get_miou.py and unet.Unet need, beside each weights file
+    settings = {key: getattr(args, key) for key in SETTINGS_KEYS}
     if (epoch + 1) % args.save_period == 0 or done:
         name = f"ep{epoch + 1:03d}-loss{loss:.3f}"
         name += f"-val_loss{val_loss:.3f}.pth" if val_loss is not None else ".pth"
-        atomic_save(weights, save_dir / name)
+        save_weights(weights, save_dir / name, settings)
     current = val_loss if val_loss is not None else loss
     if not previous or current <= min(previous):
         print("Save best model to best_epoch_weights.pth")
-        atomic_save(weights, save_dir / "best_epoch_weights.pth")
-    atomic_save(weights, save_dir / "last_epoch_weights.pth")
+        save_weights(weights, save_dir / "best_epoch_weights.pth", settings)
+    save_weights(weights, save_dir / "last_epoch_weights.pth", settings)
     save_training_checkpoint(
         save_dir / "checkpoint_last.pth", model=model, optimizer=optimizer, scaler=scaler,
         epoch=epoch + 1, history=log.history, log_dir=log.log_dir,
@@ -650,6 +726,8 @@ def main(
     with determinism(args.deterministic):  # before anything starts CUDA
         local_rank = int(os.environ["LOCAL_RANK"]) if launched_by_torchrun() else None
         runtime = resolve_runtime(args.device, args.precision, local_rank, args.channels_last)
+        if runtime.device.type == "cuda":
+            torch.cuda.set_device(runtime.device)  # --device cuda:N, or this rank's GPU
         dist_info = init_distributed(runtime.device.type)
         seed_everything(args.seed)
         try:
@@ -657,6 +735,10 @@ def main(
                 benchmark(args, runtime)
             else:
                 train(args, checkpoint, runtime, dist_info)
+        except TrainingInterruptedError as stop:
+            if dist_info.is_main:
+                print(f"\n{stop.message()}", file=sys.stderr)
+            raise SystemExit(130) from None
         finally:
             cleanup_distributed()
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import colorsys
+import json
 import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -21,8 +23,8 @@ from PIL import Image
 
 from nets.unet import BACKBONE_PREFIX, BACKBONES, check_input_shape
 from nets.unet import Unet as UnetModel
-from utils.checkpoint import read_state_dict
-from utils.device import Runtime, add_runtime_flags, resolve_runtime
+from utils.checkpoint import read_settings, read_state_dict, settings_path
+from utils.device import Runtime, add_runtime_flags, resolve_device, resolve_runtime
 from utils.errors import UserError
 from utils.inference import (
     InferencePipeline,
@@ -69,6 +71,15 @@ def check_weights_fit(state: dict, num_classes: int, backbone: str, path) -> Non
             )
 
 
+class FilePrediction(NamedTuple):
+    """One file's prediction: its class map, and its RGB image when kept; or why it failed."""
+
+    path: object
+    labels: np.ndarray | None
+    image: np.ndarray | None = None
+    error: str | None = None
+
+
 class SegmentationPredictor:
     """What both predictors share: their settings, one :class:`InferencePipeline` around their
     forward function, and the original's drawing and counting.
@@ -78,15 +89,19 @@ class SegmentationPredictor:
 
     _defaults: dict = {}
 
-    def _apply_settings(self, kwargs: dict) -> None:
-        """Set every default, overridden by ``kwargs``; unknown names are refused."""
+    def _apply_settings(self, kwargs: dict, saved: dict) -> None:
+        """Each setting from ``kwargs`` (None counts as not given), else from ``saved`` (the
+        settings that came with the model), else the reference's default."""
         unknown = sorted(set(kwargs) - set(self._defaults))
         if unknown:
             raise UserError(
                 f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(self._defaults)}."
             )
-        for name, value in {**self._defaults, **kwargs}.items():
+        given = {name: value for name, value in kwargs.items() if value is not None}
+        known = {name: value for name, value in saved.items() if name in self._defaults}
+        for name, value in {**self._defaults, **known, **given}.items():
             setattr(self, name, value)
+        self.input_shape = [int(self.input_shape[0]), int(self.input_shape[1])]
         if self.mix_type not in (0, 1, 2):
             raise UserError(f"mix_type must be 0, 1 or 2, not {self.mix_type!r}.")
 
@@ -116,7 +131,8 @@ class SegmentationPredictor:
         image = cvtColor(image)
         labels = self.labels(image)
         if count:
-            self.print_counts(labels, name_classes or default_class_names(self.num_classes))
+            names = name_classes or self.name_classes or default_class_names(self.num_classes)
+            self.print_counts(labels, names)
         return self.draw(image, labels)
 
     def draw(self, image: Image.Image | np.ndarray, labels: np.ndarray) -> Image.Image:
@@ -137,19 +153,21 @@ class SegmentationPredictor:
         batch_size: int | None = None,
         num_workers: int | None = None,
         keep_image: bool = False,
-    ) -> Iterator[tuple[object, np.ndarray, np.ndarray | None]]:
-        """Yield ``(path, class map, RGB image or None)`` per file, ``batch_size`` per pass.
+        skip_unreadable: bool = False,
+    ) -> Iterator[FilePrediction]:
+        """Yield a :class:`FilePrediction` per file, in order, ``batch_size`` per pass.
 
         DataLoader workers (``num_workers``) read and letterbox the files; ``keep_image``
         passes each decoded image along, for drawing. None: the device's defaults
-        (:func:`~utils.inference.default_batching`).
+        (:func:`~utils.inference.default_batching`). With ``skip_unreadable`` a file that
+        cannot be read comes back with ``error`` set instead of stopping everything.
         """
         batch_size, num_workers = default_batching(self.runtime.device, batch_size, num_workers)
         for sample, labels in self.pipeline.predict(
             paths, read_file, batch_size=batch_size, num_workers=num_workers,
-            keep_image=keep_image,
+            keep_image=keep_image, skip_unreadable=skip_unreadable,
         ):  # fmt: skip
-            yield paths[sample.index], labels, sample.image
+            yield FilePrediction(paths[sample.index], labels, sample.image, sample.error)
 
     def print_counts(self, pr: np.ndarray, name_classes: Sequence[str]) -> None:
         counts = np.bincount(pr.ravel(), minlength=self.num_classes)
@@ -167,10 +185,13 @@ class SegmentationPredictor:
 class Unet(SegmentationPredictor):
     """Load a trained UNet and segment images with the reference's pipeline.
 
-    kwargs and defaults are the reference's, plus ``device`` (auto/cpu/cuda; by default taken
-    from ``cuda``), ``precision`` (fp32/bf16/fp16), ``channels_last`` (None: the faster layout
-    for the device), ``tile``/``stride`` (sliding windows for large images) and ``tta``
-    (horizontal-flip averaging).
+    kwargs and defaults are the reference's, plus ``device`` (auto/cpu/cuda/cuda:N; by default
+    taken from ``cuda``), ``precision`` (fp32/bf16/fp16), ``channels_last`` (None: the faster
+    layout for the device), ``tile``/``stride`` (sliding windows for large images), ``tta``
+    (horizontal-flip averaging) and ``name_classes``. ``num_classes``, ``backbone``,
+    ``input_shape`` and ``name_classes`` not given come from the settings file train.py writes
+    beside its weights (``<name>.json``), and without one (the original's files) from the
+    reference's defaults.
     """
 
     _defaults = {
@@ -186,10 +207,12 @@ class Unet(SegmentationPredictor):
         "tile": None,
         "stride": None,
         "tta": False,
+        "name_classes": None,
     }
 
     def __init__(self, **kwargs):
-        self._apply_settings(kwargs)
+        saved = read_settings(kwargs.get("model_path") or self._defaults["model_path"])
+        self._apply_settings(kwargs, saved)
         check_input_shape(self.input_shape[0], self.input_shape[1], self.backbone)
         device = self.device or ("auto" if self.cuda else "cpu")
         if self.cuda and self.device is None and not torch.cuda.is_available():
@@ -199,9 +222,10 @@ class Unet(SegmentationPredictor):
         self._set_up(runtime, self._forward)
         self.generate()
         layout = "channels-last" if self.channels_last else "NCHW"
+        source = f"; settings from {settings_path(self.model_path)}" if saved else ""
         print(f"{self.model_path} model, and classes loaded ({self.num_classes} classes, "
               f"{self.backbone}, {self.input_shape[0]}x{self.input_shape[1]}, "
-              f"{self.runtime.device.type} {self.precision}, {layout}).")  # fmt: skip
+              f"{self.runtime.device.type} {self.precision}, {layout}{source}).")  # fmt: skip
 
     def generate(self) -> None:
         """Build the network and load ``model_path`` strictly."""
@@ -257,9 +281,15 @@ class Unet(SegmentationPredictor):
                 pass
         return count / (time.perf_counter() - start)
 
+    def settings(self) -> dict:
+        """What is needed to use this model: saved beside weights and in ONNX metadata."""
+        names = ("num_classes", "backbone", "input_shape", "name_classes")
+        return {name: getattr(self, name) for name in names}
+
     def convert_to_onnx(self, simplify: bool, model_path: str, dynamic: bool = False) -> None:
         """Export to ONNX (opset 12, input "images", output "output"), check it with onnx and
-        compare onnxruntime's output with torch's on a random input."""
+        compare onnxruntime's output with torch's on a random input. The settings go into the
+        model's metadata; ``dynamic`` leaves batch, height and width free."""
         try:
             import onnx
         except ImportError as error:
@@ -268,7 +298,8 @@ class Unet(SegmentationPredictor):
         path.parent.mkdir(parents=True, exist_ok=True)
         net = self.net.float().cpu().eval()
         x = torch.rand(1, 3, *self.input_shape)
-        axes = {"images": {2: "height", 3: "width"}, "output": {2: "height", 3: "width"}}
+        free = {0: "batch", 2: "height", 3: "width"}
+        axes = {"images": free, "output": free}
         print(f"Starting export with onnx {onnx.__version__}.")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -289,7 +320,10 @@ class Unet(SegmentationPredictor):
                     raise UserError(
                         "onnxsim could not check the simplified model; use --no-simplify."
                     )
-                onnx.save(model, str(path))
+        for key, value in self.settings().items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, json.dumps(value)
+        onnx.save(model, str(path))
         print(f"Onnx model save as {path}")
         self.net = self.runtime.prepare(self.net)
         try:
@@ -311,7 +345,12 @@ def _as_is(image: Image.Image) -> tuple[Image.Image, None]:
 
 
 class Unet_ONNX(SegmentationPredictor):  # noqa: N801 - the reference's name
-    """The same pipeline on an exported model through onnxruntime (CPU)."""
+    """The same pipeline on an exported model through onnxruntime.
+
+    ``num_classes``, ``input_shape``, ``backbone`` and ``name_classes`` not given come from the
+    model's metadata (our exports) or its input and output shapes (the original's). ``device``:
+    auto uses onnxruntime's CUDA provider when it has one, cuda[:N] insists on it, cpu does not.
+    """
 
     _defaults = {
         "onnx_path": "model_data/models.onnx",
@@ -322,32 +361,91 @@ class Unet_ONNX(SegmentationPredictor):  # noqa: N801 - the reference's name
         "tile": None,
         "stride": None,
         "tta": False,
+        "name_classes": None,
+        "device": "auto",
     }
 
     def __init__(self, **kwargs):
-        self._apply_settings(kwargs)
         try:
             import onnxruntime
         except ImportError as error:
             raise UserError("predict_onnx needs onnxruntime: pip install onnxruntime.") from error
-        if not Path(self.onnx_path).is_file():
+        path = kwargs.get("onnx_path") or self._defaults["onnx_path"]
+        if not Path(path).is_file():
             raise UserError(
-                f"--onnx-path {self.onnx_path} does not exist; export it with --mode export_onnx."
+                f"--onnx-path '{path}' does not exist; export it with --mode export_onnx."
             )
-        self.session = onnxruntime.InferenceSession(
-            self.onnx_path, providers=["CPUExecutionProvider"]
-        )
-        self._set_up(resolve_runtime("cpu", "fp32"), self._forward)
-        print(f"{self.onnx_path} onnx model loaded ({self.num_classes} classes).")
+        providers, device = onnx_providers(kwargs.get("device"), onnxruntime)
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=providers)
+        except Exception as error:  # onnxruntime raises its own types for unreadable files
+            reason = str(error).strip().splitlines()[0]
+            raise UserError(
+                f"--onnx-path '{path}' is not a readable ONNX model ({reason})."
+            ) from None
+        inputs, outputs = self.session.get_inputs()[0].shape, self.session.get_outputs()[0].shape
+        saved = {key: json.loads(value)
+                 for key, value in self.session.get_modelmeta().custom_metadata_map.items()
+                 if key in self._defaults}  # fmt: skip
+        if all(isinstance(size, int) for size in inputs[2:]):
+            saved.setdefault("input_shape", list(inputs[2:]))
+        if isinstance(outputs[1], int):
+            saved.setdefault("num_classes", outputs[1])
+        self._apply_settings(kwargs, saved)
+        self._check_shapes(inputs, outputs)
+        self._one_at_a_time = inputs[0] == 1
+        self._set_up(Runtime(device), self._forward)
+        print(f"{self.onnx_path} onnx model loaded ({self.num_classes} classes, "
+              f"{self.input_shape[0]}x{self.input_shape[1]}, {providers[0]}).")  # fmt: skip
+
+    def _check_shapes(self, inputs: list, outputs: list) -> None:
+        """The input size and class count asked for must be the exported model's."""
+        exported = inputs[2:]
+        if all(isinstance(size, int) for size in exported):
+            if list(exported) != list(self.input_shape):
+                raise UserError(
+                    f"'{self.onnx_path}' was exported for {exported[0]}x{exported[1]} inputs but "
+                    f"--input-shape is {self.input_shape[0]} {self.input_shape[1]}; drop "
+                    f"--input-shape (or give {exported[0]} {exported[1]}), or export with "
+                    "--dynamic for any size."
+                )
+        else:
+            check_input_shape(self.input_shape[0], self.input_shape[1], self.backbone)
+        if isinstance(outputs[1], int) and outputs[1] != self.num_classes:
+            raise UserError(
+                f"'{self.onnx_path}' predicts {outputs[1]} classes but --num-classes is "
+                f"{self.num_classes}; drop --num-classes (or give {outputs[1]})."
+            )
 
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
-        output = self.session.run(None, {"images": images.contiguous().numpy()})[0]
-        if output.shape[1] != self.num_classes:
-            raise UserError(
-                f"{self.onnx_path} predicts {output.shape[1]} classes but num_classes is "
-                f"{self.num_classes}; set --num-classes to {output.shape[1]}."
-            )
-        return torch.from_numpy(output)
+        x = images.contiguous().cpu().numpy()
+        if self._one_at_a_time and len(x) > 1:  # exported for batch 1, as the original does
+            output = np.concatenate([self.session.run(None, {"images": x[i : i + 1]})[0]
+                                     for i in range(len(x))])  # fmt: skip
+        else:
+            output = self.session.run(None, {"images": x})[0]
+        return torch.from_numpy(output).to(images.device)
+
+
+def onnx_providers(device: str | None, onnxruntime) -> tuple[list, torch.device]:
+    """onnxruntime's providers for ``--device``, and the torch device post-processing runs on."""
+    name = device or "auto"
+    available = onnxruntime.get_available_providers()
+    has_cuda = "CUDAExecutionProvider" in available
+    if name.startswith("cuda") and not has_cuda:
+        raise UserError(
+            f"--device {name} needs onnxruntime with its CUDA provider, and this one has "
+            f"{', '.join(available)}; pip install onnxruntime-gpu, or use --device cpu."
+        )
+    if name.startswith("cuda") or (name == "auto" and has_cuda):
+        index = int(name.split(":", 1)[1]) if ":" in name else 0
+        torch_device = (torch.device("cuda", index) if torch.cuda.is_available()
+                        else torch.device("cpu"))  # fmt: skip
+        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"], (
+            torch_device
+        )
+    resolve_device(name)  # an unknown name is refused here
+    return ["CPUExecutionProvider"], torch.device("cpu")
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -358,21 +456,7 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
         default="model_data/unet_vgg_voc.pth",
         help="trained weights (default: %(default)s)",
     )
-    flag(
-        "--num-classes",
-        type=int,
-        default=21,
-        help="classes the weights were trained with (default: %(default)s)",
-    )
-    flag("--backbone", choices=BACKBONES, default="vgg", help="encoder (default: %(default)s)")
-    flag(
-        "--input-shape",
-        type=int,
-        nargs=2,
-        default=[512, 512],
-        metavar=("H", "W"),
-        help="network input size (default: 512 512)",
-    )
+    add_model_setting_flags(flag)
     add_runtime_flags(flag)
     flag(
         "--channels-last",
@@ -396,6 +480,16 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
         help="distance between windows (default: tile / 2)",
     )
     flag("--tta", action="store_true", help="average with the mirrored prediction")
+
+
+def add_model_setting_flags(flag) -> None:
+    """--num-classes, --backbone and --input-shape, whose defaults come with the weights."""
+    saved = "(default: from the settings file beside the weights, else {})"
+    flag("--num-classes", type=int, default=None,
+         help=f"classes the weights were trained with {saved.format(21)}")  # fmt: skip
+    flag("--backbone", choices=BACKBONES, default=None, help=f"encoder {saved.format('vgg')}")
+    flag("--input-shape", type=int, nargs=2, default=None, metavar=("H", "W"),
+         help=f"network input size {saved.format('512 512')}")  # fmt: skip
 
 
 def add_batch_flags(parser: argparse.ArgumentParser, batch_size: int | None = None) -> None:

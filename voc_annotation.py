@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from utils.cli import argument_parser
 from utils.dataloader import IMAGE_EXTENSIONS, DatasetLayout, resolve_files
 from utils.errors import UserError, exit_on_user_error
 from utils.utils import read_label_png
@@ -40,8 +42,10 @@ def write_splits(
     trainval_percent: float = 1.0,
     train_percent: float = 0.9,
     seed: int = 0,
+    write: bool = True,
 ) -> dict[str, list[str]]:
-    """Split the labelled ids with the reference's sampling and write the four split files."""
+    """Split the labelled ids with the reference's sampling and write the four split files
+    (unless ``write`` is off)."""
     names = list_labels(dataset_path)
     num = len(names)
     tv = int(num * trainval_percent)
@@ -57,6 +61,8 @@ def write_splits(
             splits["train" if i in train else "val"].append(name)
         else:
             splits["test"].append(name)
+    if not write:
+        return splits
     out = DatasetLayout.of(dataset_path).splits
     out.mkdir(parents=True, exist_ok=True)
     for split, ids in splits.items():
@@ -91,19 +97,24 @@ def scan_labels(dataset_path: str | Path, names: list[str]) -> LabelScan:
     ):
         try:
             label = read_label_png(label_path)
+        except UserError as error:
+            scan.problems.append(str(error).rstrip("."))
+            continue
+        try:
             with Image.open(image_path) as image:
                 size = image.size
-        except (UserError, OSError) as error:
-            scan.problems.append(str(error))
+        except OSError as error:
+            reason = str(error).rstrip(".")
+            scan.problems.append(f"image file '{image_path}' cannot be read ({reason})")
             continue
         if label.shape != (size[1], size[0]):
             scan.problems.append(
-                f"label {label_path} is {label.shape[1]}x{label.shape[0]} but image {image_path} "
-                f"is {size[0]}x{size[1]}"
+                f"label '{label_path}' is {label.shape[1]}x{label.shape[0]} but image "
+                f"'{image_path}' is {size[0]}x{size[1]}"
             )
             continue
         if label.max(initial=0) > 255:
-            scan.problems.append(f"label {label_path} holds values above 255")
+            scan.problems.append(f"label '{label_path}' holds values above 255")
             continue
         scan.counts += np.bincount(label.reshape(-1), minlength=256)
     return scan
@@ -119,18 +130,32 @@ def print_value_table(counts: np.ndarray) -> None:
         print("-" * 37)
 
 
-def fix_binary(scan: LabelScan) -> None:
-    """Rewrite 255 as 1 in every label that holds it, keeping each file's mode and palette."""
+def fix_binary(scan: LabelScan, dataset_path: str | Path, dry_run: bool = False) -> None:
+    """Rewrite 255 as 1 in every label that holds it, keeping each file's mode and palette.
+
+    Each original is first copied to ``SegmentationClass_backup/``; ``dry_run`` only says
+    which files it would rewrite.
+    """
     to_fix = []
     for path in scan.label_paths:
         with Image.open(path) as image:
             if (np.array(image) == 255).any():
                 to_fix.append(path)
+    labels = DatasetLayout.of(dataset_path).labels
+    backup = labels.with_name(labels.name + "_backup")
+    verb = "would rewrite" if dry_run else "rewriting"
     print(
-        f"--fix-binary: rewriting value 255 as 1 in {len(to_fix)} of {len(scan.label_paths)} "
+        f"--fix-binary: {verb} value 255 as 1 in {len(to_fix)} of {len(scan.label_paths)} "
         f"labels ({scan.counts[255]} pixels); value 0 stays background."
     )
+    if dry_run:
+        for path in to_fix:
+            print(f"  would rewrite {path}")
+        print(f"--dry-run: nothing was written; without it the originals go to {backup}/.")
+        return
+    backup.mkdir(exist_ok=True)
     for path in tqdm(to_fix, desc="Fixing labels"):
+        shutil.copy2(path, backup / path.name)
         with Image.open(path) as image:
             palette = image.getpalette() if image.mode == "P" else None
             array = np.array(image)
@@ -139,22 +164,25 @@ def fix_binary(scan: LabelScan) -> None:
         if palette is not None:
             fixed.putpalette(palette)
         fixed.save(path)
+    print(f"The original labels are in {backup}/.")
     scan.counts[1] += scan.counts[255]
     scan.counts[255] = 0
 
 
-def check_scan(scan: LabelScan, dataset_path: str | Path, fix: bool) -> None:
+def check_scan(scan: LabelScan, dataset_path: str | Path, fix: bool, dry_run: bool = False) -> None:
     """Turn what the scan found into one clear error, or fix 0/255 labels when asked."""
     if scan.problems:
         for problem in scan.problems[:10]:
             print(f"  {problem}")
         raise UserError(
-            f"{len(scan.problems)} label(s) cannot be used (listed above), e.g. "
+            f"{len(scan.problems)} image/label pair(s) cannot be used (listed above), e.g. "
             f"{scan.problems[0]}; fix or remove them and run voc_annotation.py again."
         )
     if scan.is_binary_0_255:
         if fix:
-            fix_binary(scan)
+            fix_binary(scan, dataset_path, dry_run)
+            if dry_run:
+                return
             print_value_table(scan.counts)
         else:
             raise UserError(
@@ -174,11 +202,8 @@ def check_scan(scan: LabelScan, dataset_path: str | Path, fix: bool) -> None:
         )
 
 
-def get_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Write VOC split files and check the labels.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def get_parser() -> argparse.ArgumentParser:
+    parser = argument_parser(__doc__)
     parser.add_argument(
         "--dataset-path", default="VOCdevkit", help="the VOCdevkit folder holding VOC2007/"
     )
@@ -195,8 +220,19 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--fix-binary",
         action="store_true",
-        help="rewrite 255 as 1 in labels that hold only 0 and 255 (binary tasks need 0/1)",
+        help="rewrite 255 as 1 in labels that hold only 0 and 255 (binary tasks need 0/1); "
+        "the originals are copied to SegmentationClass_backup/ first",
     )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="write nothing: no split files, and --fix-binary only lists what it would rewrite",
+    )
+    return parser
+
+
+def get_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = get_parser()
     args = parser.parse_args(argv)
     for flag in ("trainval_percent", "train_percent"):
         if not 0 <= getattr(args, flag) <= 1:
@@ -207,15 +243,23 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = get_args(argv)
-    print("Generate txt in ImageSets.")
-    splits = write_splits(args.dataset_path, args.trainval_percent, args.train_percent, args.seed)
+    if args.dry_run:
+        print("--dry-run: the split files are not written.")
+    else:
+        print("Generate txt in ImageSets.")
+    splits = write_splits(
+        args.dataset_path, args.trainval_percent, args.train_percent, args.seed,
+        write=not args.dry_run,
+    )  # fmt: skip
     sizes = ", ".join(f"{split} {len(ids)}" for split, ids in splits.items())
-    print(f"Generate txt in ImageSets done: {sizes}.")
+    print(f"Generate txt in ImageSets done: {sizes}." if not args.dry_run else f"Split: {sizes}.")
     print("Check datasets format, this may take a while.")
     scan = scan_labels(args.dataset_path, list_labels(args.dataset_path))
     print_value_table(scan.counts)
-    check_scan(scan, args.dataset_path, args.fix_binary)
-    print("Labels look fine: JPEGImages hold the images, SegmentationClass the class-index PNGs.")
+    check_scan(scan, args.dataset_path, args.fix_binary, args.dry_run)
+    if not (args.fix_binary and args.dry_run):
+        print("Labels look fine: JPEGImages hold the images, SegmentationClass the class-index "
+              "PNGs.")  # fmt: skip
 
 
 if __name__ == "__main__":

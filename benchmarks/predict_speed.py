@@ -109,8 +109,8 @@ def evaluation_seconds(unet, reference, paths, out: Path, batch_size, num_worker
             reference.get_miou_png(Image.open(path)).save(out / f"{path.stem}.png")
 
     def ours(paths):
-        for path, labels, _ in unet.predict_files(paths, batch_size, num_workers):
-            Image.fromarray(labels).save(out / f"{path.stem}.png")
+        for result in unet.predict_files(paths, batch_size, num_workers):
+            Image.fromarray(result.labels).save(out / f"{result.path.stem}.png")
 
     seconds = []
     for step in (original, ours):

@@ -60,6 +60,11 @@ class _DeterministicBilinear(torch.autograd.Function):
         return grad_in.to(grad.dtype), None, None
 
 
+def needs_deterministic_backward(x: torch.Tensor) -> bool:
+    """Deterministic algorithms are on and ``x`` is a CUDA tensor that will be differentiated."""
+    return x.is_cuda and torch.is_grad_enabled() and torch.are_deterministic_algorithms_enabled()
+
+
 def resize_bilinear(x: torch.Tensor, size, align_corners: bool = True) -> torch.Tensor:
     """Bilinear resize of (N, C, H, W) ``x`` to ``size``; deterministic when it must be.
 
@@ -67,19 +72,21 @@ def resize_bilinear(x: torch.Tensor, size, align_corners: bool = True) -> torch.
     matmuls instead of the atomic-add kernel that ``use_deterministic_algorithms`` refuses.
     """
     size = (int(size[0]), int(size[1]))
-    if x.is_cuda and torch.is_grad_enabled() and torch.are_deterministic_algorithms_enabled():
+    if needs_deterministic_backward(x):
         return _DeterministicBilinear.apply(x, size, align_corners)
     return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
 
 
 class UpsamplingBilinear2d(nn.UpsamplingBilinear2d):
     """``nn.UpsamplingBilinear2d`` (align_corners=True), deterministic under
-    ``--deterministic`` on CUDA (see :func:`resize_bilinear`)."""
+    ``--deterministic`` on CUDA (see :func:`resize_bilinear`). Otherwise it is the module
+    itself, so an ONNX export keeps the scale factor and takes any input size."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not needs_deterministic_backward(x):
+            return super().forward(x)
         if self.size is not None:
             size = (self.size, self.size) if isinstance(self.size, int) else self.size
         else:
-            factor = self.scale_factor
-            size = (int(x.shape[-2] * factor), int(x.shape[-1] * factor))
-        return resize_bilinear(x, size, align_corners=True)
+            size = (int(x.shape[-2] * self.scale_factor), int(x.shape[-1] * self.scale_factor))
+        return _DeterministicBilinear.apply(x, size, True)

@@ -288,16 +288,16 @@ def describe_lr(
     optimizer_type: str = "adam",
     lr_fit: bool = True,
     phase: str = "Unfreeze",
-) -> str:
-    """One line for a phase's batch and LR range, and a warning when the clamp changed it."""
+) -> tuple[str, str | None]:
+    """A phase's batch and LR range, and a warning when the reference's clamp changed the LR."""
     fitted_init, fitted_min = fit_lr(init_lr, min_lr, batch_size, optimizer_type, lr_fit)
     text = f"{phase} phase: batch {batch_size}, LR {fitted_init:.3g} -> {fitted_min:.3g}"
     asked = batch_size / NBS * init_lr
-    if lr_fit and not math.isclose(asked, fitted_init, rel_tol=1e-5, abs_tol=1e-8):
-        low, high = LR_LIMITS[optimizer_type]
-        text += (
-            f"\nwarning: --init-lr {init_lr:g} x batch {batch_size}/{NBS} = {asked:.3g} was "
-            f"clamped to {fitted_init:.3g}: {optimizer_type} keeps the LR in [{low:g}, {high:g}] "
-            "as the reference does"
-        )
-    return text
+    if not lr_fit or math.isclose(asked, fitted_init, rel_tol=1e-5, abs_tol=1e-8):
+        return text, None
+    low, high = LR_LIMITS[optimizer_type]
+    return text, (
+        f"warning: --init-lr {init_lr:g} x batch {batch_size}/{NBS} = {asked:.3g} was clamped "
+        f"to {fitted_init:.3g}: {optimizer_type} keeps the LR in [{low:g}, {high:g}] as the "
+        "reference does; --no-lr-fit uses --init-lr and --min-lr as given"
+    )

@@ -80,3 +80,32 @@ def cli(capsys):
         return code, out, err
 
     return run
+
+
+@pytest.fixture
+def binary_root(tmp_path) -> Path:
+    """Three 8x8 VOC pairs whose labels hold only 0 and 255 (a two-class task saved as 0/255)."""
+    root = tmp_path / "VOCdevkit"
+    label = np.zeros((8, 8), np.uint8)
+    label[2:6, 2:6] = 255
+    for name in ("a", "b", "c"):
+        write_voc_pair(root, name, np.zeros((8, 8, 3), np.uint8), label)
+    return root
+
+
+@pytest.fixture
+def answer_prompts(monkeypatch):
+    """``answer_prompts([...])``: ``input()`` returns these, then raises EOFError (Ctrl-D)."""
+
+    def answer(replies: list[str]) -> None:
+        replies = iter(replies)
+
+        def fake_input(prompt: str = "") -> str:
+            try:
+                return next(replies)
+            except StopIteration:
+                raise EOFError from None
+
+        monkeypatch.setattr("builtins.input", fake_input)
+
+    return answer

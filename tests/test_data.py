@@ -189,7 +189,7 @@ def test_binary_0_255_labels_are_refused_with_the_fix(tiny_root):
 
 def test_rgb_colour_label_is_refused(tiny_root):
     Image.new("RGB", (16, 16), (128, 0, 0)).save(tiny_root / "VOC2007/SegmentationClass/b.png")
-    with pytest.raises(UserError, match=r"b\.png is a RGB colour image.*class indices"):
+    with pytest.raises(UserError, match=r"b\.png' is a colour image \(mode RGB\).*class indices"):
         UnetDataset(["a", "b"], (16, 16), 2, True, tiny_root)
 
 
@@ -228,7 +228,7 @@ def test_png_images_are_accepted(tiny_root):
 def test_truncated_image_is_refused(tiny_root):
     jpg = tiny_root / "VOC2007/JPEGImages/b.jpg"
     jpg.write_bytes(jpg.read_bytes()[:200])
-    with pytest.raises(UserError, match=r"b\.jpg cannot be read"):
+    with pytest.raises(UserError, match=r"b\.jpg' cannot be read"):
         UnetDataset(["a", "b"], (16, 16), 2, True, tiny_root)
 
 
@@ -248,12 +248,12 @@ def test_problems_outside_the_checked_sample_surface_when_the_item_loads(tiny_ro
 
 
 def test_missing_and_empty_split_files_are_refused(tiny_root):
-    with pytest.raises(UserError, match=r"train\.txt is missing; run voc_annotation\.py"):
+    with pytest.raises(UserError, match=r"train\.txt' does not exist; .*run voc_annotation\.py"):
         read_split(tiny_root, "train")
     splits = tiny_root / "VOC2007/ImageSets/Segmentation"
     splits.mkdir(parents=True)
     (splits / "val.txt").write_text("\n")
-    with pytest.raises(UserError, match=r"val\.txt lists no images"):
+    with pytest.raises(UserError, match=r"val\.txt' lists no images"):
         read_split(tiny_root, "val")
 
 
@@ -261,7 +261,9 @@ def test_a_split_can_be_a_file_outside_the_data_set(tiny_root, tmp_path):
     ids = tmp_path / "holdout.txt"
     ids.write_text("b\n\na extra columns are ignored\n")
     assert read_split(tiny_root, str(ids)) == ["b", "a"]
-    with pytest.raises(UserError, match=r"split file no/such\.txt is missing; check the path"):
+    with pytest.raises(
+        UserError, match=r"split file 'no/such\.txt' does not exist; check the path"
+    ):
         read_split(tiny_root, "no/such.txt")
 
 
@@ -277,5 +279,5 @@ def test_unreadable_medical_label_is_refused(tmp_path):
         (root / folder).mkdir(parents=True)
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "Images/a.png")
     (root / "Labels/a.png").write_bytes(b"not a png")
-    with pytest.raises(UserError, match=r"label file .*a\.png cannot be read"):
+    with pytest.raises(UserError, match=r"label file .*a\.png' cannot be read"):
         UnetDataset(["a"], (8, 8), 2, False, root, dataset_format="medical")

@@ -89,7 +89,7 @@ def test_prediction_on_cuda_agrees_with_the_cpu(tmp_path):
     cpu, cuda = (predictors[d].labels(image) for d in ("cpu", "cuda"))
     assert len(np.unique(cpu)) > 1
     assert np.mean(cpu == cuda) >= 0.999
-    batched = next(predictors["cuda"].predict_files([image_path] * 3, batch_size=2))[1]
+    batched = next(predictors["cuda"].predict_files([image_path] * 3, batch_size=2)).labels
     assert np.mean(batched == cuda) >= 0.9999
 
 

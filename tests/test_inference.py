@@ -88,9 +88,10 @@ def test_batches_of_mixed_sizes_equal_one_image_at_a_time(
 ):
     unet = Unet(model_path=str(model_file), num_classes=5, input_shape=[64, 64], device="cpu")
     results = list(unet.predict_files(mixed_images, batch_size, num_workers, keep_image=True))
-    assert [path for path, _, _ in results] == mixed_images
+    assert [result.path for result in results] == mixed_images
     differing = total = 0
-    for path, labels, image in results:
+    for path, labels, image, error in results:
+        assert error is None
         single = unet.labels(read_image(path))
         assert labels.dtype == np.uint8 and labels.shape == single.shape
         assert image.shape == (*single.shape, 3)  # converted to RGB, decoded once
@@ -102,7 +103,7 @@ def test_batches_of_mixed_sizes_equal_one_image_at_a_time(
 def test_tiles_in_batches_equal_tiles_one_at_a_time(model_file, mixed_images):
     unet = Unet(model_path=str(model_file), num_classes=5, input_shape=[32, 32], device="cpu",
                 tile=64, stride=40)  # fmt: skip
-    for path, labels, _ in unet.predict_files(mixed_images[:3], batch_size=4):
+    for path, labels, *_ in unet.predict_files(mixed_images[:3], batch_size=4):
         single = unet.labels(read_image(path))
         assert np.mean(labels != single) <= 1e-4
 
@@ -124,15 +125,31 @@ def test_get_miou_batches_give_the_figures_of_one_image_at_a_time(tmp_path, mode
     assert figures[0] == figures[1]
 
 
-def test_an_unreadable_image_in_a_batch_is_named(model_file, mixed_images, tmp_path, cli):
+def test_dir_predict_skips_an_unreadable_image_and_says_so(model_file, mixed_images, tmp_path,
+                                                          cli):  # fmt: skip
     broken = mixed_images[0].parent / "2b.jpg"
     broken.write_bytes(b"not a jpeg")
+    out = tmp_path / "out"
     argv = ["--mode", "dir_predict", "--dir-origin-path", str(broken.parent),
-            "--dir-save-path", str(tmp_path / "out"), "--batch-size", "3", "--num-workers", "2",
+            "--dir-save-path", str(out), "--batch-size", "3", "--num-workers", "2",
             "--model-path", str(model_file), "--num-classes", "5", "--input-shape", "64", "64",
             "--device", "cpu"]  # fmt: skip
+    code, stdout, err = cli(predict.main, argv)
+    assert code == 0, err
+    assert "warning: skipped image file" in stdout and "2b.jpg' cannot be read" in stdout
+    assert f"saved 7 of 8 to {out}" in stdout and "skipped (unreadable):" in stdout
+    assert sorted(p.stem for p in out.iterdir()) == sorted(p.stem for p in mixed_images)
+
+
+def test_dir_predict_with_nothing_readable_is_an_error(model_file, tmp_path, cli):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"not a jpeg")
+    argv = ["--mode", "dir_predict", "--dir-origin-path", str(folder), "--model-path",
+            str(model_file), "--num-classes", "5", "--input-shape", "64", "64", "--device", "cpu",
+            "--dir-save-path", str(tmp_path / "out")]  # fmt: skip
     code, _, err = cli(predict.main, argv)
-    assert code == 2 and "2b.jpg cannot be read" in err and "Traceback" not in err
+    assert code == 2 and "no image in" in err and "(1 tried)" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(

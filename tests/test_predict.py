@@ -171,7 +171,7 @@ def test_onnx_export_and_predict_match_torch(weights, images, tmp_path, cli):
 
 def test_clear_errors(weights, images, tmp_path, cli):
     code, _, err = cli(predict.main, [str(images / "a.jpg"), "--model-path", "nope.pth"])
-    assert code == 2 and "nope.pth does not exist" in err
+    assert code == 2 and "nope.pth' does not exist" in err
     argv = [str(images / "a.jpg"), *model_flags(weights)]
     argv[argv.index("--num-classes") + 1] = "21"
     code, _, err = cli(predict.main, argv)
@@ -179,7 +179,7 @@ def test_clear_errors(weights, images, tmp_path, cli):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image")
     code, _, err = cli(predict.main, [str(broken), *model_flags(weights)])
-    assert code == 2 and "broken.jpg cannot be read" in err
+    assert code == 2 and "broken.jpg' cannot be read" in err
     argv = [str(images / "a.jpg"), *model_flags(weights), "--backbone", "resnet50"]
     code, _, err = cli(predict.main, argv)
     assert code == 2 and "holds vgg weights but backbone is resnet50" in err
@@ -219,20 +219,14 @@ def test_summary_reports_the_reference_flops(cli):
     assert gflops == pytest.approx(450.972 / 64, rel=1e-3)
 
 
-def test_predict_without_paths_asks_for_them(weights, images, tmp_path, cli, monkeypatch):
-    answers = iter([str(images / "a.jpg"), str(tmp_path / "missing.jpg")])
-
-    def fake_input(prompt):
-        try:
-            return next(answers)
-        except StopIteration:
-            raise EOFError from None
-
-    monkeypatch.setattr("builtins.input", fake_input)
+def test_predict_without_paths_asks_for_them(weights, images, tmp_path, cli, answer_prompts):
+    answer_prompts([str(images / "a.jpg"), str(tmp_path / "missing.jpg")])
     argv = [*model_flags(weights), "--dir-save-path", str(tmp_path / "out")]
     code, out, _ = cli(predict.main, argv)
     assert code == 0 and (tmp_path / "out/a.png").is_file()
-    assert "Open Error!" in out and "missing.jpg is missing" in out
+    assert (
+        "Open Error!" in out and "missing.jpg' does not exist; check the name and try again" in out
+    )
 
 
 @pytest.mark.parametrize("mode", ["L", "P", "RGBA"])

@@ -40,16 +40,6 @@ def test_voc_annotation_cli_prints_the_value_table(voc_root, cli):
     assert len(split_ids(voc_root, "train")) == 9 and len(split_ids(voc_root, "val")) == 1
 
 
-@pytest.fixture
-def binary_root(tmp_path):
-    root = tmp_path / "VOCdevkit"
-    label = np.zeros((8, 8), np.uint8)
-    label[2:6, 2:6] = 255
-    for name in ("a", "b", "c"):
-        write_voc_pair(root, name, np.zeros((8, 8, 3), np.uint8), label)
-    return root
-
-
 def test_voc_annotation_refuses_0_255_labels_with_exit_code_2(binary_root, cli):
     code, _, err = cli(voc_annotation.main, ["--dataset-path", str(binary_root)])
     assert code == 2
@@ -76,9 +66,9 @@ def test_fix_binary_refuses_multi_class_labels(voc_root, cli):
     ("damage", "message"),
     [
         (lambda r: Image.new("RGB", (8, 8)).save(r / "VOC2007/SegmentationClass/b.png"),
-         "b.png is a RGB colour image"),
+         "b.png' is a colour image (mode RGB)"),
         (lambda r: Image.new("L", (9, 8)).save(r / "VOC2007/SegmentationClass/b.png"),
-         "b.png is 9x8 but image"),
+         "b.png' is 9x8 but image"),
         (lambda r: (r / "VOC2007/JPEGImages/b.jpg").unlink(), "1 image file(s) listed"),
     ],
 )  # fmt: skip

@@ -1,5 +1,6 @@
 """train.py: phases, LR, output files, resume, NaN stop, bad flags, torchrun."""
 
+import json
 import os
 import re
 import subprocess
@@ -109,8 +110,16 @@ def test_writes_the_reference_output_files(data_root, tmp_path, cli):
     argv = base_argv(data_root, tmp_path, "--freeze-epoch", "1", "--unfreeze-epoch", "2",
                      "--save-period", "1", "--eval-period", "1")  # fmt: skip
     assert cli(train.main, argv)[0] == 0
-    names = sorted(p.name for p in tmp_path.iterdir())
+    settings = sorted(p for p in tmp_path.iterdir() if p.suffix == ".json")
+    names = sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".json")
     assert len(names) == 6, names
+    # every weights file but the checkpoint has its settings beside it
+    assert [p.stem for p in settings] == [Path(n).stem for n in names if n.endswith("weights.pth")
+                                          or n.startswith("ep")]  # fmt: skip
+    assert json.loads(settings[0].read_text()) == {
+        "num_classes": 4, "backbone": "vgg", "input_shape": [32, 32], "dataset_format": "voc",
+        "name_classes": None,
+    }  # fmt: skip
     assert re.fullmatch(r"ep001-loss\d+\.\d{3}-val_loss\d+\.\d{3}\.pth", names[2])
     assert re.fullmatch(r"ep002-loss\d+\.\d{3}-val_loss\d+\.\d{3}\.pth", names[3])
     assert names[:2] == ["best_epoch_weights.pth", "checkpoint_last.pth"]
@@ -255,17 +264,18 @@ def test_medical_layout_trains_without_a_val_split(tmp_path):
         (["--precision", "fp16", "--device", "cpu"], "needs a CUDA GPU"),
         (["--distributed"], "torchrun --nproc_per_node"),
         (["--sync-bn"], "run under torchrun or drop it"),
-        (["--model-path", "no/such.pth"], "--model-path no/such.pth does not exist"),
-        (["--resume", "no/such.pth"], "--resume no/such.pth does not exist"),
+        (["--model-path", "no/such.pth"], "--model-path 'no/such.pth' does not exist"),
+        (["--resume", "no/such.pth"], "--resume 'no/such.pth' does not exist"),
         (["--min-lr", "1"], "must be above 0 and at most --init-lr"),
         (["--unfreeze-batch-size", "9", "--no-freeze-train"],
          "the train split has 8 images, fewer than the batch size 9"),
-        (["--unfreeze-batch-size", "5"], "the val split has 4 images, fewer than the batch size 5"),
         (["--lr-decay-type", "step", "--unfreeze-epoch", "5", "--no-freeze-train"],
          "needs at least 10 epochs"),
         (["--num-classes", "1"], "--num-classes must be at least 2"),
-        (["--dataset-path", "no/such/dir"], "split file no/such/dir/VOC2007"),
-        (["--val-split", "no/val.txt"], "split file no/val.txt is missing; check the path"),
+        (["--dataset-path", "no/such/dir"], "--dataset-path 'no/such/dir' does not exist"),
+        (["--val-split", "no/val.txt"], "split file 'no/val.txt' does not exist; check the path"),
+        (["--name-classes", "a", "b"], "--name-classes has 2 names but --num-classes is 4"),
+        (["--val-batch-size", "0"], "--val-batch-size must be at least 1, not 0"),
     ],
 )  # fmt: skip
 def test_bad_flags_end_in_one_clear_sentence(data_root, tmp_path, cli, extra, message):

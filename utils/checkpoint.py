@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,19 @@ CHECKPOINT_KEYS = ("model", "optimizer", "scaler", "epoch", "history", "log_dir"
 BACKBONE_PREFIXES = tuple(BACKBONE_PREFIX.values())
 
 
+#: What a weights file needs to be used, kept beside it as ``<name>.json`` (see
+#: :func:`save_weights`): the ``.pth`` stays the original's plain state dict.
+SETTINGS_KEYS = ("num_classes", "backbone", "input_shape", "dataset_format", "name_classes")
+#: The reference's values, for weights files without settings (the original's own files).
+MODEL_DEFAULTS = {
+    "num_classes": 21,
+    "backbone": "vgg",
+    "input_shape": [512, 512],
+    "dataset_format": "voc",
+    "name_classes": None,
+}
+
+
 def atomic_save(obj, path: str | Path) -> None:
     """``torch.save`` to a temporary file, then rename: a crash never leaves half a file."""
     path = Path(path)
@@ -29,22 +44,85 @@ def atomic_save(obj, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+def settings_path(weights_path: str | Path) -> Path:
+    """``logs/last_epoch_weights.pth`` -> ``logs/last_epoch_weights.json``."""
+    return Path(weights_path).with_suffix(".json")
+
+
+def save_weights(state_dict: dict, path: str | Path, settings: dict) -> None:
+    """Save a state dict (loadable by the original's code) and its settings beside it."""
+    atomic_save(state_dict, path)
+    target = settings_path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps({k: settings[k] for k in SETTINGS_KEYS if k in settings}, indent=2))
+    os.replace(tmp, target)
+
+
+def read_settings(weights_path: str | Path | None) -> dict:
+    """The settings saved beside a weights file; empty when there are none (the original's
+    files, or no weights)."""
+    if not weights_path:
+        return {}
+    path = settings_path(weights_path)
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise UserError(
+            f"the settings file '{path}' beside the weights cannot be read ({error}); delete it "
+            "and give --num-classes, --backbone and --input-shape."
+        ) from error
+    return {key: saved[key] for key in SETTINGS_KEYS if key in saved}
+
+
+def model_settings(weights_path: str | Path | None, **given) -> dict:
+    """The settings to use ``weights_path`` with: each value given (not None) wins over the
+    settings file beside the weights, which wins over the reference's defaults."""
+    saved = read_settings(weights_path)
+    return {
+        key: given[key] if given.get(key) is not None else saved.get(key, MODEL_DEFAULTS[key])
+        for key in SETTINGS_KEYS
+    }
+
+
+def load_torch_file(path: Path, flag: str):
+    """``torch.load`` (tensors only, onto the CPU), or one sentence saying why it cannot."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = next((x for x in str(error).splitlines() if "Unsupported global" in x), None)
+        if found:
+            reason = f"it holds Python objects besides tensors ({found.strip().rstrip('.')})"
+            fix = "save model.state_dict() instead"
+        else:
+            reason = "torch.load cannot unpickle it"
+            fix = f"point {flag} at a .pth file saved by train.py or by the original code"
+        message = f"{flag} '{path}' is not a PyTorch weights file ({reason}); {fix}."
+        raise UserError(message) from None
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0].rstrip(".")
+        raise UserError(
+            f"{flag} '{path}' cannot be read ({reason}); it may be incomplete: copy or save it "
+            "again."
+        ) from None
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A model state dict from a weights file, a training checkpoint or a DataParallel save."""
     path = Path(path)
     if not path.is_file():
         raise UserError(
-            f"--model-path {path} does not exist; put the weights file there or point "
+            f"--model-path '{path}' does not exist; put the weights file there or point "
             "--model-path at one (train.py also takes '' to start without weights)."
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise UserError(f"{path} is not a readable PyTorch weights file ({error}).") from error
+    state = load_torch_file(path, "--model-path")
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # our checkpoint_last.pth
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{path} does not hold a state dict of tensors; save model.state_dict().")
+        raise UserError(
+            f"--model-path '{path}' does not hold a state dict of tensors; save model.state_dict()."
+        )
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -145,15 +223,12 @@ def read_training_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(
-            f"--resume {path} does not exist; point it at <save-dir>/checkpoint_last.pth."
+            f"--resume '{path}' does not exist; point it at <save-dir>/checkpoint_last.pth."
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise UserError(f"--resume {path} cannot be read ({error}).") from error
+    state = load_torch_file(path, "--resume")
     if not isinstance(state, dict) or not set(CHECKPOINT_KEYS) <= set(state):
         raise UserError(
-            f"--resume {path} is a weights file, not a training checkpoint; resume from "
+            f"--resume '{path}' is a weights file, not a training checkpoint; resume from "
             "checkpoint_last.pth, or start a new run with --model-path."
         )
     return state

@@ -79,24 +79,55 @@ def read_split(dataset_path: str | Path, split: str, dataset_format: str = "voc"
     """The ids in a split file (see :func:`split_path`); an absent or empty file is an error."""
     path = split_path(dataset_path, split, dataset_format)
     if not path.is_file():
-        fix = (
-            "check the path"
-            if is_split_path(split)
-            else f"run voc_annotation.py --dataset-path {dataset_path} to write the split files"
-        )
-        raise UserError(f"split file {path} is missing; {fix}.")
+        if is_split_path(split):
+            raise UserError(f"split file '{path}' does not exist; check the path.")
+        why = explain_dataset_path(dataset_path, dataset_format)
+        raise UserError(f"split file '{path}' does not exist; {why}")
     names = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
     if not names:
-        raise UserError(f"split file {path} lists no images; add ids to it (one per line).")
+        raise UserError(f"split file '{path}' lists no images; add ids to it (one per line).")
     return names
+
+
+def explain_dataset_path(dataset_path: str | Path, dataset_format: str = "voc") -> str:
+    """What is wrong with a --dataset-path whose split files are not where the layout puts them,
+    judged from what is there, and the fix."""
+    root = Path(dataset_path)
+    medical = ("Images", "Labels")
+    voc = ("JPEGImages", "SegmentationClass")
+    if not root.is_dir():
+        return f"--dataset-path '{root}' does not exist; check it."
+    if dataset_format == "voc" and all((root / name).is_dir() for name in voc):
+        return (
+            f"--dataset-path '{root}' is the VOC2007 folder itself; point it at its parent "
+            f"'{root.parent}'."
+        )
+    if dataset_format == "voc" and all((root / name).is_dir() for name in medical):
+        return (
+            f"'{root}' holds Images/ and Labels/, the medical layout; add --dataset-format medical."
+        )
+    if dataset_format == "medical" and (root / "VOC2007").is_dir():
+        return f"'{root}' holds VOC2007/, the VOC layout; use --dataset-format voc."
+    expected = (
+        "VOC2007/ImageSets/Segmentation/"
+        if dataset_format == "voc"
+        else ("ImageSets/Segmentation/")
+    )
+    found = sorted(entry.name + ("/" if entry.is_dir() else "") for entry in root.iterdir())
+    listing = ", ".join(found[:8]) + (", ..." if len(found) > 8 else "") if found else "nothing"
+    return (
+        f"--dataset-path '{root}' should hold {expected} (found: {listing}); run "
+        f"voc_annotation.py --dataset-path '{root}' to write the split files."
+    )
 
 
 def check_split_size(num_images: int, batch_size: int, split: str) -> None:
     """A split must fill at least one batch: the reference drops the last partial batch."""
     if num_images < batch_size:
+        images = "image" if num_images == 1 else "images"
         raise UserError(
-            f"the {split} split has {num_images} images, fewer than the batch size {batch_size}; "
-            f"lower the batch size to at most {num_images} or add {split} images."
+            f"the {split} split has {num_images} {images}, fewer than the batch size "
+            f"{batch_size}; lower the batch size to at most {num_images} or add {split} images."
         )
 
 
@@ -367,13 +398,15 @@ class Loaders:
         val_set: UnetDataset | None,
         *,
         batch_size: int,
+        val_batch_size: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
         dist_info: DistInfo = SINGLE_PROCESS,
         pin_memory: bool = False,
     ):
+        val_batch_size = val_batch_size or batch_size
         self.train_steps = len(train_set) // batch_size
-        self.val_steps = len(val_set) // batch_size if val_set is not None else 0
+        self.val_steps = len(val_set) // val_batch_size if val_set is not None else 0
         self.seed = seed
         self.generator = torch.Generator()
         if dist_info.enabled:
@@ -394,6 +427,7 @@ class Loaders:
         self.val = None
         if val_set is not None:
             sampler = DistributedSampler(val_set, shuffle=False) if dist_info.enabled else None
+            options["batch_size"] = val_batch_size // dist_info.world_size
             self.val = DataLoader(val_set, shuffle=False, sampler=sampler, **options)
 
     def set_epoch(self, epoch: int) -> None:

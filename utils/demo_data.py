@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from utils.cli import argument_parser
 from utils.utils import voc_palette
 
 CLASSES = ["background", "square", "circle", "triangle"]
@@ -87,12 +88,16 @@ def make_demo_dataset(
     return root
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def get_parser() -> argparse.ArgumentParser:
+    parser = argument_parser(__doc__)
     parser.add_argument("--out", default="demo_data/VOCdevkit", help="data set root to write")
     parser.add_argument("--num-images", type=int, default=60, help="how many image/label pairs")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = get_parser().parse_args(argv)
     root = make_demo_dataset(args.out, args.num_images, args.seed)
     print(f"Wrote {args.num_images} images, classes {', '.join(CLASSES)}, to {root}")
 

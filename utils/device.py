@@ -54,9 +54,10 @@ def add_runtime_flags(add_argument) -> None:
     """``--device`` and ``--precision``, the same for training, evaluation and prediction."""
     add_argument(
         "--device",
-        choices=DEVICES,
         default="auto",
-        help="auto = CUDA when available (default: %(default)s)",
+        metavar="{auto,cpu,cuda,cuda:N}",
+        help="auto = CUDA when available; cuda:N picks a GPU, as does CUDA_VISIBLE_DEVICES "
+        "(default: %(default)s)",
     )
     add_argument("--precision", choices=PRECISIONS, default="fp32",
                  help="fp32 gives the reference's numbers; bf16: autocast on CPU or CUDA (fast "
@@ -65,20 +66,29 @@ def add_runtime_flags(add_argument) -> None:
 
 
 def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
-    """``auto`` is CUDA when available, else the CPU; under torchrun each rank takes its GPU."""
-    if name not in DEVICES:
-        raise UserError(f"unknown device {name!r}; use one of {', '.join(DEVICES)}.")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(
-                "--device cuda was asked for but no CUDA GPU is visible; use --device cpu."
-            )
-        return torch.device(
-            "cuda", local_rank if local_rank is not None else torch.cuda.current_device()
+    """``auto`` is CUDA when available, else the CPU; ``cuda:N`` is GPU N; under torchrun each
+    rank takes its own GPU."""
+    kind, _, index = name.partition(":")
+    if kind not in DEVICES or (index and (kind != "cuda" or not index.isdigit())):
+        raise UserError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N.")
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError(
+            f"--device {name} was asked for but no CUDA GPU is visible; use --device cpu."
         )
-    return torch.device("cpu")
+    if local_rank is not None:
+        return torch.device("cuda", local_rank)
+    number = int(index) if index else torch.cuda.current_device()
+    if number >= torch.cuda.device_count():
+        raise UserError(
+            f"--device {name}: only {torch.cuda.device_count()} GPU(s) are visible "
+            f"(cuda:0 to cuda:{torch.cuda.device_count() - 1}); CUDA_VISIBLE_DEVICES may hide "
+            "the others."
+        )
+    return torch.device("cuda", number)
 
 
 def resolve_runtime(

@@ -47,13 +47,15 @@ class Sample:
     """One image on its way through :meth:`InferencePipeline.predict`.
 
     ``extra`` is what the reader returned beside the image (a label, say); ``image`` is the RGB
-    original as an (H, W, 3) uint8 array when the caller asked to keep it (or tiles need it).
+    original as an (H, W, 3) uint8 array when the caller asked to keep it (or tiles need it);
+    ``error`` says why an image that could not be read was skipped.
     """
 
     index: int
     placement: Placement | None
     extra: Any = None
     image: np.ndarray | None = None
+    error: str | None = None
 
 
 def check_batching(
@@ -135,6 +137,7 @@ class PredictionSet(Dataset):
 
     ``read(item)`` returns an image and anything to pass along with it (a label, say). With
     ``letterboxed=False`` (tiling) the sample carries the original image and no network input.
+    With ``skip_unreadable``, an image that cannot be read becomes a sample with an ``error``.
     """
 
     def __init__(
@@ -144,18 +147,25 @@ class PredictionSet(Dataset):
         input_shape: Sequence[int],
         keep_image: bool = False,
         letterboxed: bool = True,
+        skip_unreadable: bool = False,
     ):
         self.items = items
         self.read = read
         self.input_shape = input_shape
         self.keep_image = keep_image or not letterboxed
         self.letterboxed = letterboxed
+        self.skip_unreadable = skip_unreadable
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor | None, Sample]:
-        image, extra = self.read(self.items[index])
+        try:
+            image, extra = self.read(self.items[index])
+        except UserError as error:
+            if not self.skip_unreadable:
+                raise
+            return None, Sample(index, None, error=str(error))
         image = cvtColor(image)
         data = placement = None
         if self.letterboxed:
@@ -165,9 +175,10 @@ class PredictionSet(Dataset):
 
 
 def collate_predictions(batch) -> tuple[torch.Tensor | None, list[Sample]]:
-    """A channels-last (N, 3, H, W) uint8 batch of network inputs, and the samples."""
-    inputs, samples = zip(*batch, strict=True)
-    return (None if inputs[0] is None else stack_images(inputs)), list(samples)
+    """A channels-last (N, 3, H, W) uint8 batch of the network inputs there are (none when
+    tiling, none for skipped images), and every sample."""
+    inputs = [data for data, _ in batch if data is not None]
+    return (stack_images(inputs) if inputs else None), [sample for _, sample in batch]
 
 
 class InferencePipeline:
@@ -257,15 +268,20 @@ class InferencePipeline:
         num_workers: int = 0,
         keep_image: bool = False,
         to_host: bool = True,
-    ) -> Iterator[tuple[Sample, np.ndarray | torch.Tensor]]:
+        skip_unreadable: bool = False,
+    ) -> Iterator[tuple[Sample, np.ndarray | torch.Tensor | None]]:
         """Yield ``(sample, class map)`` for each item, in order, ``batch_size`` per forward pass.
 
         DataLoader workers (``num_workers``) read and letterbox the images; ``read(item)``
         returns the image and anything to pass along in ``sample.extra``. ``keep_image`` puts
-        the decoded RGB image in ``sample.image``. See :meth:`predict_batches`.
+        the decoded RGB image in ``sample.image``. With ``skip_unreadable`` an image that cannot
+        be read comes back as ``(sample, None)`` with ``sample.error`` saying why; otherwise it
+        stops the prediction. See :meth:`predict_batches`.
         """
         check_batching(batch_size, num_workers)
-        dataset = PredictionSet(items, read, self.input_shape, keep_image, not self.tile)
+        dataset = PredictionSet(
+            items, read, self.input_shape, keep_image, not self.tile, skip_unreadable
+        )
         loader = DataLoader(
             dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False,
             collate_fn=collate_predictions, pin_memory=self.runtime.device.type == "cuda",
@@ -288,17 +304,20 @@ class InferencePipeline:
         is queued, so the GPU keeps working while the caller saves results.
         """
         pending = None
-        for inputs, samples in batches:
+        for inputs, all_samples in batches:
+            samples = [s for s in all_samples if s.error is None]
             if self.tile:
                 maps = [class_map(self._tiled(s.image, tile_batch_size)) for s in samples]
-            else:
+            elif samples:
                 probs = self.input_probabilities(inputs)
                 maps = [
                     class_map(resize_to_original(p, s.placement))
                     for p, s in zip(probs, samples, strict=True)
                 ]
                 del probs
-            current = (samples, _HostCopy(maps) if to_host else maps)
+            else:
+                maps = []
+            current = (all_samples, _HostCopy(maps) if to_host and maps else maps)
             if pending is not None:
                 yield from _pairs(*pending)
             pending = current
@@ -318,7 +337,7 @@ class _HostCopy:
             self.host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
             self.host.copy_(flat, non_blocking=True)
             self.event = torch.cuda.Event()
-            self.event.record()
+            self.event.record(torch.cuda.current_stream(flat.device))
         else:
             self.host = flat
 
@@ -334,4 +353,6 @@ class _HostCopy:
 
 
 def _pairs(samples: list[Sample], maps):
-    return zip(samples, maps.arrays() if isinstance(maps, _HostCopy) else maps, strict=True)
+    """Each sample with its class map, in order; None for a skipped (unreadable) image."""
+    maps = iter(maps.arrays() if isinstance(maps, _HostCopy) else maps)
+    return [(sample, None if sample.error else next(maps)) for sample in samples]

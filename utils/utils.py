@@ -20,16 +20,22 @@ def cvtColor(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def read_image(path: Path) -> Image.Image:
-    """Open and fully decode an image (so truncation shows here), converted to RGB."""
+def read_image(
+    path: str | Path, missing: str = "add it or remove its id from the split file"
+) -> Image.Image:
+    """Open and fully decode an image (so truncation shows here), converted to RGB.
+
+    ``missing`` is what to do when the file does not exist, in the caller's context.
+    """
     try:
         image = Image.open(path)
         image.load()  # decodes everything and closes the file
     except FileNotFoundError:
-        raise UserError(f"image file {path} is missing; add it or remove its id.") from None
+        raise UserError(f"image file '{path}' does not exist; {missing}.") from None
     except OSError as error:
+        reason = str(error).rstrip(".")
         raise UserError(
-            f"image file {path} cannot be read ({error}); re-export or remove it."
+            f"image file '{path}' cannot be read ({reason}); re-export or remove it."
         ) from error
     return cvtColor(image)
 
@@ -41,17 +47,21 @@ def read_label_png(path: Path, role: str = "label", grayscale: bool = False) -> 
     thresholds grey levels rather than reading class indices).
     """
     if not path.is_file():
-        raise UserError(f"{role} file {path} is missing; create it or remove its id from the list.")
+        raise UserError(
+            f"{role} file '{path}' does not exist; create it or remove its id from the split file."
+        )
     try:
         with Image.open(path) as image:
             mode = image.mode
             array = np.array(image.convert("L") if grayscale else image)
     except OSError as error:
-        raise UserError(f"{role} file {path} cannot be read ({error}); re-export it.") from error
+        reason = str(error).rstrip(".")
+        raise UserError(f"{role} file '{path}' cannot be read ({reason}); re-export it.") from error
     if array.ndim != 2:
         raise UserError(
-            f"{role} file {path} is a {mode} colour image; labels must be single-channel PNGs "
-            "whose pixel values are class indices (palette 'P' or grayscale 'L')."
+            f"{role} file '{path}' is a colour image (mode {mode}); labels must be "
+            "single-channel PNGs whose pixel values are class indices (palette 'P' or "
+            "grayscale 'L')."
         )
     return array.astype(np.uint8) if array.dtype == bool else array
 
