@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         show_results(out, hist, ious, recall, precision, args.name_classes)
         metrics = {
             "mIoU": nanmean(ious), "mPA": nanmean(recall), "accuracy": per_Accuracy(hist),
+            "pixel_error": 1 - per_Accuracy(hist),
             "num_images": len(names),
             "per_class": {
                 name: {"IoU": _json(i), "recall": _json(r), "precision": _json(p)}

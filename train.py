@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nets.unet import BACKBONES, Unet, check_input_shape
+from nets.unet import BACKBONES, Unet, check_input_shape, check_tile
 from nets.unet_training import (
     INIT_TYPES,
     SegmentationLoss,
@@ -35,7 +35,7 @@ from nets.unet_training import (
     set_optimizer_lr,
     weights_init,
 )
-from utils.callbacks import TrainingLog
+from utils.callbacks import TrainingLog, save_augmented_samples
 from utils.checkpoint import (
     SETTINGS_KEYS,
     load_matching_weights,
@@ -104,7 +104,26 @@ def get_parser() -> argparse.ArgumentParser:
         choices=AUGMENTATIONS,
         default="reference",
         help="training augmentation: reference = random scale, aspect, placement, flip and HSV "
-        "jitter; flip = random left-right and up-down flips only; none (default: %(default)s)",
+        "jitter; flip = random left-right and up-down flips only; elastic = the U-Net paper's "
+        "elastic deformation (3x3 grid, 10 px) with flips, 90-degree turns and mild "
+        "brightness/contrast; none (default: %(default)s)",
+    )
+    flag(
+        "--train-crop",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="train on random H x W crops at native resolution instead of whole images resized "
+        "to --input-shape; pair it with --tile at evaluation (default: off)",
+    )
+    flag(
+        "--save-augmented",
+        type=int,
+        default=0,
+        metavar="N",
+        help="save a picture of N augmented training samples with their labels overlaid to "
+        "<save-dir>/augmented.png, and exit (default: off)",
     )
     flag(
         "--name-classes",
@@ -241,6 +260,29 @@ def get_parser() -> argparse.ArgumentParser:
         type=int,
         default=5,
         help="epochs between mIoU evaluations (default: %(default)s)",
+    )
+    flag(
+        "--save-best-by",
+        choices=("val_loss", "miou"),
+        default="val_loss",
+        help="what best_epoch_weights.pth is best at: the lowest val loss, as the original, or "
+        "the highest in-training mIoU (default: %(default)s)",
+    )
+    flag(
+        "--tile",
+        type=int,
+        default=None,
+        metavar="PIXELS",
+        help="evaluate the mIoU in windows of this size at native resolution, averaging "
+        "overlaps; saved beside the weights, so get_miou.py and predict.py use it too "
+        "(default: whole images)",
+    )
+    flag(
+        "--stride",
+        type=int,
+        default=None,
+        metavar="PIXELS",
+        help="distance between evaluation windows (default: tile / 2)",
     )
 
     flag = parser.add_argument_group("loss").add_argument
@@ -396,6 +438,19 @@ def check_args(args: argparse.Namespace, argv: list[str] = ()) -> None:
     if args.sync_bn and not launched_by_torchrun():
         raise UserError("--sync-bn synchronises torchrun processes; run under torchrun or drop it.")
     check_input_shape(args.input_shape[0], args.input_shape[1], args.backbone)
+    if args.train_crop:
+        check_input_shape(args.train_crop[0], args.train_crop[1], args.backbone)
+    check_tile(args.tile, args.stride, args.backbone)
+    if args.save_best_by == "miou" and not args.eval_flag:
+        raise UserError(
+            "--save-best-by miou needs the in-training mIoU, which --no-eval-flag turns off; "
+            "drop one of the two."
+        )
+    if args.save_best_by == "miou" and args.eval_period > args.unfreeze_epoch:
+        raise UserError(
+            f"--save-best-by miou never gets an mIoU: --eval-period {args.eval_period} is past "
+            f"--unfreeze-epoch {args.unfreeze_epoch}; lower --eval-period."
+        )
     get_lr_scheduler(args.lr_decay_type, args.init_lr, args.min_lr, args.unfreeze_epoch)
 
 
@@ -449,7 +504,8 @@ def build_data(args: argparse.Namespace, say=print) -> tuple[UnetDataset, UnetDa
         read_split(args.dataset_path, args.train_split, args.dataset_format),
         train=True,
         augment=args.augment,
-        **common,
+        crop=bool(args.train_crop),
+        **{**common, "input_shape": args.train_crop or args.input_shape},
     )
     val_path = split_path(args.dataset_path, args.val_split, args.dataset_format)
     if args.val_split == "val" and (not val_path.is_file() or not val_path.read_text().split()):
@@ -595,6 +651,11 @@ def train(
         )
         start_epoch, history, log_dir = resumed.epoch, resumed.history, resumed.log_dir
         say(f"Resuming from {args.resume} at epoch {start_epoch + 1}/{args.unfreeze_epoch}")
+    if args.save_best_by == "miou" and val_set is None:
+        raise UserError(
+            "--save-best-by miou needs the mIoU of a val split, and there is none; give "
+            "--val-split or use --save-best-by val_loss."
+        )
     if start_epoch >= args.unfreeze_epoch:
         raise UserError(
             f"the checkpoint already finished {start_epoch} epochs; raise --unfreeze-epoch to "
@@ -644,7 +705,9 @@ def train(
                 )  # fmt: skip
             miou = None
             if args.eval_flag and val_set is not None and (epoch + 1) % args.eval_period == 0:
-                miou = evaluate_miou(model, val_set, runtime, dist_info).miou * 100
+                matrix = evaluate_miou(model, val_set, runtime, dist_info, tile=args.tile,
+                                       stride=args.stride)  # fmt: skip
+                miou = matrix.miou * 100
             if dist_info.is_main:
                 end_of_epoch(
                     args, epoch=epoch, model=model, optimizer=optimizer, scaler=scaler, log=log,
@@ -689,10 +752,15 @@ def end_of_epoch(
     """Log, save the reference's weights files, then the resumable checkpoint (rank 0)."""
     save_dir = Path(args.save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
-    previous = log.history["val_loss" if val_loss is not None else "loss"][:]
+    if args.save_best_by == "miou":  # the highest mIoU so far; epochs without one do not count
+        best = miou is not None and all(miou >= m for m in log.history["miou"])
+    else:  # the original's rule: the lowest val loss (train loss without a val split) so far
+        previous = log.history["val_loss" if val_loss is not None else "loss"]
+        current = val_loss if val_loss is not None else loss
+        best = not previous or current <= min(previous)
     log.append_loss(epoch + 1, loss, val_loss)
     if miou is not None:
-        log.append_miou(epoch + 1, miou)
+        log.append_miou(epoch + 1, miou, best=best if args.save_best_by == "miou" else None)
         print(f"Epoch {epoch + 1} mIoU: {miou:.2f}")
     done = epoch + 1 == args.unfreeze_epoch
     text = f"Total Loss: {loss:.3f}" + (
@@ -706,9 +774,8 @@ def end_of_epoch(
         name = f"ep{epoch + 1:03d}-loss{loss:.3f}"
         name += f"-val_loss{val_loss:.3f}.pth" if val_loss is not None else ".pth"
         save_weights(weights, save_dir / name, settings)
-    current = val_loss if val_loss is not None else loss
-    if not previous or current <= min(previous):
-        print("Save best model to best_epoch_weights.pth")
+    if best:
+        print(f"Save best model to best_epoch_weights.pth (by {args.save_best_by})")
         save_weights(weights, save_dir / "best_epoch_weights.pth", settings)
     save_weights(weights, save_dir / "last_epoch_weights.pth", settings)
     save_training_checkpoint(
@@ -733,6 +800,11 @@ def main(
         try:
             if args.benchmark:
                 benchmark(args, runtime)
+            elif args.save_augmented:
+                train_set, _ = build_data(args)
+                path = Path(args.save_dir) / "augmented.png"
+                save_augmented_samples(train_set, args.save_augmented, path, args.init_epoch)
+                print(f"Saved {args.save_augmented} augmented training samples to {path}")
             else:
                 train(args, checkpoint, runtime, dist_info)
         except TrainingInterruptedError as stop:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from nets.unet import BACKBONE_PREFIX, BACKBONES, check_input_shape
+from nets.unet import BACKBONE_PREFIX, BACKBONES, check_input_shape, check_tile
 from nets.unet import Unet as UnetModel
 from utils.checkpoint import read_settings, read_state_dict, settings_path
 from utils.device import Runtime, add_runtime_flags, resolve_device, resolve_runtime
@@ -214,6 +214,7 @@ class Unet(SegmentationPredictor):
         saved = read_settings(kwargs.get("model_path") or self._defaults["model_path"])
         self._apply_settings(kwargs, saved)
         check_input_shape(self.input_shape[0], self.input_shape[1], self.backbone)
+        check_tile(self.tile, self.stride, self.backbone)
         device = self.device or ("auto" if self.cuda else "cpu")
         if self.cuda and self.device is None and not torch.cuda.is_available():
             print("cuda=True but no CUDA GPU is visible: running on the CPU.")
@@ -283,7 +284,7 @@ class Unet(SegmentationPredictor):
 
     def settings(self) -> dict:
         """What is needed to use this model: saved beside weights and in ONNX metadata."""
-        names = ("num_classes", "backbone", "input_shape", "name_classes")
+        names = ("num_classes", "backbone", "input_shape", "name_classes", "tile", "stride")
         return {name: getattr(self, name) for name in names}
 
     def convert_to_onnx(self, simplify: bool, model_path: str, dynamic: bool = False) -> None:

@@ -5,6 +5,7 @@ The original's per-sample work is replayed by the test oracle ``tests/reference_
 on the same files, so both columns are measured on this machine in one run::
 
     python -m benchmarks.data_pipeline --input-shape 512 512 --num-classes 21
+    python -m benchmarks.data_pipeline --augment elastic --image-size 512 512 --input-shape 160 160
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from tests.reference_impl import ref_collate, ref_getitem
-from utils.dataloader import UnetDataset, unet_dataset_collate
+from utils.dataloader import AUGMENTATIONS, UnetDataset, unet_dataset_collate
 from utils.demo_data import make_sample
 
 
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, nargs=2, default=[500, 375], metavar=("W", "H"))
     parser.add_argument("--num-samples", type=int, default=40, help="samples timed per row")
     parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--augment", choices=AUGMENTATIONS, default="reference",
+                        help="our training augmentation (the original's is its own)")  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # a data-loader worker's view
 
@@ -65,11 +68,12 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"{args.image_size[0]}x{args.image_size[1]} JPEG -> {args.input_shape[0]}x"
             f"{args.input_shape[1]}, {args.num_classes} classes, batch {args.batch_size}, "
-            "one process, ms per sample:"
+            f"one process, our training augmentation {args.augment}, ms per sample:"
         )
         print(f"{'mode':<6} {'original':>9} {'ours':>7} {'speed-up':>9}")
         for train in (True, False):
-            dataset = UnetDataset(names, args.input_shape, args.num_classes, train, root)
+            dataset = UnetDataset(names, args.input_shape, args.num_classes, train, root,
+                                  augment=args.augment)  # fmt: skip
 
             def original_step(indices, d=dataset):
                 samples = [

@@ -35,6 +35,22 @@ def check_input_shape(height: int, width: int, backbone: str) -> None:
         )
 
 
+def check_tile(tile: int | None, stride: int | None, backbone: str) -> None:
+    """Windows must hold at least one network input multiple, and overlap or touch."""
+    if tile is None:
+        if stride is not None:
+            raise UserError("--stride spaces the --tile windows; give --tile as well.")
+        return
+    multiple = SIZE_MULTIPLE[backbone]
+    if tile < multiple:
+        raise UserError(
+            f"--tile {tile} is smaller than the {backbone} network's input multiple {multiple}; "
+            f"use --tile {multiple} or more (the training input size is the usual choice)."
+        )
+    if stride is not None and not 0 < stride <= tile:
+        raise UserError(f"--stride {stride} must be between 1 and --tile {tile}.")
+
+
 class unetUp(nn.Module):  # noqa: N801 - the reference's name, kept for its users
     """Decoder block: upsample the deeper map x2, concat ``[skip, up]``, then two conv3x3+ReLU."""
 

@@ -118,7 +118,7 @@ def test_writes_the_reference_output_files(data_root, tmp_path, cli):
                                           or n.startswith("ep")]  # fmt: skip
     assert json.loads(settings[0].read_text()) == {
         "num_classes": 4, "backbone": "vgg", "input_shape": [32, 32], "dataset_format": "voc",
-        "name_classes": None,
+        "name_classes": None, "tile": None, "stride": None,
     }  # fmt: skip
     assert re.fullmatch(r"ep001-loss\d+\.\d{3}-val_loss\d+\.\d{3}\.pth", names[2])
     assert re.fullmatch(r"ep002-loss\d+\.\d{3}-val_loss\d+\.\d{3}\.pth", names[3])

@@ -43,11 +43,20 @@ class TrainingLog:
             self._write("epoch_val_loss.txt", self.history["val_loss"])
         self._plot_loss()
 
-    def append_miou(self, epoch: int, miou: float) -> None:
+    def append_miou(self, epoch: int, miou: float, best: bool | None = None) -> None:
+        """Log an epoch's mIoU; ``best`` (with --save-best-by miou) marks the epoch that
+        best_epoch_weights.pth holds, named in a last ``#`` line of ``epoch_miou.txt``."""
         self.history["miou"].append(miou)
         self.history["miou_epochs"].append(epoch)
+        if best:
+            self.history["best_miou_epoch"] = epoch
         self.writer.add_scalar("miou", miou, epoch)
         self._write("epoch_miou.txt", self.history["miou"])
+        best_epoch = self.history.get("best_miou_epoch")
+        if best is not None and best_epoch is not None:
+            best_miou = self.history["miou"][self.history["miou_epochs"].index(best_epoch)]
+            with open(self.log_dir / "epoch_miou.txt", "a") as f:
+                f.write(f"# best_epoch_weights.pth: epoch {best_epoch}, mIoU {best_miou}\n")
         fig, axes = self._figure()
         axes.plot(
             self.history["miou_epochs"], self.history["miou"], "red", lw=2, label="train miou"
@@ -91,3 +100,31 @@ class TrainingLog:
         axes.set_ylabel("Loss")
         axes.legend(loc="upper right")
         fig.savefig(self.log_dir / "epoch_loss.png")
+
+
+def save_augmented_samples(dataset, count: int, path: str | Path, epoch: int = 0) -> Path:
+    """A picture of ``count`` training samples as the model sees them (augmented, at the input
+    size), each beside its label drawn over it; the ignore value shows white."""
+    from PIL import Image
+
+    from utils.utils import voc_palette
+
+    colours = np.array(voc_palette(256), dtype=np.float32)
+    colours[dataset.num_classes] = 255  # the ignore index
+    tiles = []
+    for index in range(count):
+        image, label = dataset[(epoch, index % len(dataset))]
+        image = image.permute(1, 2, 0).numpy().astype(np.float32)
+        overlay = 0.5 * image + 0.5 * colours[label.numpy()]
+        tiles.append(np.concatenate([image, overlay], axis=1))
+    gap = np.full((4, *tiles[0].shape[1:]), 255, np.float32)
+    columns = [tiles[i : i + 4] for i in range(0, len(tiles), 4)]
+    rows = [np.concatenate([t for tile in col for t in (tile, gap)][:-1], axis=0)
+            for col in columns]  # fmt: skip
+    height = max(r.shape[0] for r in rows)
+    rows = [np.pad(r, ((0, height - r.shape[0]), (0, 8), (0, 0)), constant_values=255)
+            for r in rows]  # fmt: skip
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(rows, axis=1).astype(np.uint8)).save(path)
+    return path

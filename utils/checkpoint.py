@@ -25,7 +25,9 @@ BACKBONE_PREFIXES = tuple(BACKBONE_PREFIX.values())
 
 #: What a weights file needs to be used, kept beside it as ``<name>.json`` (see
 #: :func:`save_weights`): the ``.pth`` stays the original's plain state dict.
-SETTINGS_KEYS = ("num_classes", "backbone", "input_shape", "dataset_format", "name_classes")
+SETTINGS_KEYS = (
+    "num_classes", "backbone", "input_shape", "dataset_format", "name_classes", "tile", "stride",
+)  # fmt: skip
 #: The reference's values, for weights files without settings (the original's own files).
 MODEL_DEFAULTS = {
     "num_classes": 21,
@@ -33,6 +35,8 @@ MODEL_DEFAULTS = {
     "input_shape": [512, 512],
     "dataset_format": "voc",
     "name_classes": None,
+    "tile": None,
+    "stride": None,
 }
 
 

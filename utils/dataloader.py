@@ -27,8 +27,9 @@ from utils.utils import PAD_COLOR, letterbox, read_image, read_label_png, stack_
 
 DATASET_FORMATS = ("voc", "medical")
 #: Training augmentations: the reference's (scale, aspect, placement, flip, HSV); letterbox plus
-#: random horizontal and vertical flips (for data with no "up", such as cells); letterbox only.
-AUGMENTATIONS = ("reference", "flip", "none")
+#: random horizontal and vertical flips (for data with no "up", such as cells); the U-Net paper's
+#: elastic deformation with flips, 90-degree turns and brightness/contrast; letterbox only.
+AUGMENTATIONS = ("reference", "flip", "elastic", "none")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 #: How many labels are fully checked before training; the rest are checked as they load.
 CHECK_SAMPLE = 32
@@ -242,6 +243,65 @@ def random_flips(
     return np.ascontiguousarray(image), np.ascontiguousarray(label)
 
 
+def elastic_deformation(
+    image: np.ndarray,
+    label: np.ndarray,
+    rng: np.random.Generator,
+    grid: int = 3,
+    sigma: float = 10.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The U-Net paper's deformation: random displacements on a ``grid`` x ``grid`` grid (standard
+    deviation ``sigma`` pixels), upsampled bicubically to a smooth field, applied with
+    ``cv2.remap``: linear for the (H, W, 3) image, nearest for the (H, W) label, so the label
+    keeps its values. Borders reflect, so nothing new appears at the edges."""
+    height, width = label.shape
+    coarse = rng.normal(0.0, sigma, size=(2, grid, grid)).astype(np.float32)
+    dx = cv2.resize(coarse[0], (width, height), interpolation=cv2.INTER_CUBIC)
+    dy = cv2.resize(coarse[1], (width, height), interpolation=cv2.INTER_CUBIC)
+    xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    map_x, map_y = xs + dx, ys + dy
+    border = cv2.BORDER_REFLECT_101
+    image = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=border)
+    label = cv2.remap(label, map_x, map_y, cv2.INTER_NEAREST, borderMode=border)
+    return image, label
+
+
+def brightness_contrast(
+    image: np.ndarray, rng: np.random.Generator, brightness: float = 0.1, contrast: float = 0.1
+) -> np.ndarray:
+    """Mild jitter: contrast x U(1 - c, 1 + c) around mid-grey, plus U(-b, b) x 255."""
+    gain = 1 + rng.uniform(-contrast, contrast)
+    shift = rng.uniform(-brightness, brightness) * 255
+    lut = np.clip((np.arange(256) - 128) * gain + 128 + shift, 0, 255).astype(np.uint8)
+    return cv2.LUT(image, lut)
+
+
+def random_turns(
+    image: np.ndarray, label: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Turn by a random multiple of 90 degrees (180 at most when the sides differ)."""
+    square = image.shape[0] == image.shape[1]
+    turns = int(rng.integers(4)) if square else 2 * int(rng.integers(2))
+    return np.rot90(image, turns), np.rot90(label, turns)
+
+
+def random_crop(
+    image: np.ndarray, label: np.ndarray, size: Sequence[int], rng: np.random.Generator, path
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random ``size`` = (h, w) window of an image and its label, at native resolution."""
+    h, w = size
+    height, width = label.shape
+    if height < h or width < w:
+        raise UserError(
+            f"--train-crop {h} {w} is larger than image '{path}' ({height}x{width}); crop at most "
+            f"{min(h, height)} {min(w, width)} or train on resized images without --train-crop."
+        )
+    top = int(rng.integers(height - h + 1))
+    left = int(rng.integers(width - w + 1))
+    window = (slice(top, top + h), slice(left, left + w))
+    return np.ascontiguousarray(image[window]), np.ascontiguousarray(label[window])
+
+
 class UnetDataset(Dataset):
     """Images and class-index labels of a VOC or medical layout, letterboxed or augmented.
 
@@ -265,6 +325,7 @@ class UnetDataset(Dataset):
         seed: int = 0,
         check_sample: int = CHECK_SAMPLE,
         augment: str = "reference",
+        crop: bool = False,
     ):
         super().__init__()
         self.names = [line.split()[0] for line in annotation_lines if line.strip()]
@@ -280,6 +341,7 @@ class UnetDataset(Dataset):
                 f"unknown augmentation {augment!r}; use one of {', '.join(AUGMENTATIONS)}."
             )
         self.augment = augment
+        self.crop = crop
         self.label_lut = np.minimum(np.arange(256), num_classes).astype(np.int64)
         if not self.names:
             raise UserError(f"no images to load from {self.layout.root}; the split list is empty.")
@@ -345,14 +407,26 @@ class UnetDataset(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, index = item if isinstance(item, tuple) else (self.epoch, item)
         image, label = self.read_pair(index)
-        if self.train and self.augment == "reference":
-            image, label = random_transform(
-                image, Image.fromarray(label), self.input_shape, self.rng(index, epoch)
-            )
+        augment = self.augment if self.train else "none"
+        rng = self.rng(index, epoch)
+        if augment == "reference":
+            image, label = random_transform(image, Image.fromarray(label), self.input_shape, rng)
         else:
-            image, label, _ = letterbox(image, self.input_shape, Image.fromarray(label))
-            if self.train and self.augment == "flip":
-                image, label = random_flips(image, label, self.rng(index, epoch))
+            image = np.asarray(image)
+            if augment == "elastic":  # at native resolution, where sigma is in pixels
+                image, label = elastic_deformation(image, label, rng)
+                image = brightness_contrast(image, rng)
+            if self.crop and self.train:
+                image, label = random_crop(image, label, self.input_shape, rng,
+                                           self.image_paths[index])  # fmt: skip
+            else:
+                image, label, _ = letterbox(
+                    Image.fromarray(image), self.input_shape, Image.fromarray(label)
+                )
+            if augment == "elastic":
+                image, label = random_turns(image, label, rng)
+            if augment in ("flip", "elastic"):
+                image, label = random_flips(image, label, rng)
         # values >= num_classes (the 255 border) become the ignore index num_classes
         label = self.label_lut[label]
         return torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(label)

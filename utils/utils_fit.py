@@ -156,20 +156,21 @@ def evaluate_miou(
     dist_info: DistInfo = SINGLE_PROCESS,
     batch_size: int | None = None,
     num_workers: int | None = None,
+    tile: int | None = None,
+    stride: int | None = None,
 ) -> ConfusionMatrix:
     """The get_miou.py evaluation of ``dataset`` (at original size), summed over all ranks.
 
     The images go through get_miou.py's pipeline with its defaults for the device (memory
-    layout, batch size, workers), so the figure is the one get_miou.py reports for the same
-    weights. Each rank predicts every ``world_size``-th image; the confusion matrix stays on
-    the device until the end.
+    layout, batch size, workers) and the same ``tile``/``stride`` windows, so the figure is the
+    one get_miou.py reports for the same weights. Each rank predicts every ``world_size``-th
+    image; the confusion matrix stays on the device until the end.
     """
     batch_size, num_workers = default_batching(runtime.device, batch_size, num_workers)
     model.eval()
     channels_last = prefers_channels_last(runtime.device)
-    pipeline = InferencePipeline(
-        model, dataset.input_shape, dataclasses.replace(runtime, channels_last=channels_last)
-    )
+    runtime = dataclasses.replace(runtime, channels_last=channels_last)
+    pipeline = InferencePipeline(model, dataset.input_shape, runtime, tile=tile, stride=stride)
     matrix = ConfusionMatrix(dataset.num_classes, runtime.device)
     indices = range(dist_info.rank, len(dataset), dist_info.world_size)
     predictions = pipeline.predict(

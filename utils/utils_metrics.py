@@ -136,10 +136,15 @@ class ConfusionMatrix:
     def mpa(self) -> float:
         return nanmean(self.recall)
 
+    @property
+    def pixel_error(self) -> float:
+        """1 - pixel accuracy: the ISBI 2012 challenge's pixel error."""
+        return 1 - self.accuracy
+
     def summary(self) -> str:
         return (
             f"mIoU: {100 * self.miou:.2f}; mPA: {100 * self.mpa:.2f}; "
-            f"Accuracy: {100 * self.accuracy:.2f}"
+            f"Accuracy: {100 * self.accuracy:.2f}; Pixel error: {self.pixel_error:.4f}"
         )
 
 
