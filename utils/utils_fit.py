@@ -37,15 +37,18 @@ class RunningMeans:
 
     def __init__(self, device: torch.device):
         self.sums = torch.zeros(2, dtype=torch.float64, device=device)
-        self.first_bad = torch.tensor([0.0, 0.0], dtype=torch.float64, device=device)
+        self.first_bad = torch.zeros(2, dtype=torch.float64, device=device)
         self.steps = 0
+        # the step number on the device too: copying a host number in would wait for the GPU
+        self._step = torch.zeros((), dtype=torch.float64, device=device)
 
     def add(self, loss: torch.Tensor, score: torch.Tensor) -> None:
         values = torch.stack([loss.detach(), score.detach()]).double()
         self.sums += values
         self.steps += 1
+        self._step += 1
         newly_bad = ~torch.isfinite(values[0]) & (self.first_bad[0] == 0)
-        noted = torch.stack([values.new_tensor(self.steps), values[0]])
+        noted = torch.stack([self._step, values[0]])
         self.first_bad = torch.where(newly_bad, noted, self.first_bad)
 
     def read(self) -> tuple[float, float, int, float]:
