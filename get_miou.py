@@ -1,12 +1,13 @@
 """Evaluate a trained model on the val split: predictions, mIoU, charts and a metrics file.
 
-    python get_miou.py --model-path logs/best_epoch_weights.pth --num-classes 21
+    python get_miou.py --model-path logs/best_epoch_weights.pth --dataset-path VOCdevkit
 
 --miou-mode 0 predicts and evaluates, 1 only predicts, 2 only evaluates existing predictions.
 On CUDA, images are read by --num-workers processes and predicted --batch-size (8) at a time;
 on the CPU one at a time, which is as fast there.
 Writes ``<miou-out-path>/detection-results/<id>.png``, ``mIoU.png``, ``mPA.png``,
-``Recall.png``, ``Precision.png``, ``confusion_matrix.csv`` and ``metrics.json``.
+``Recall.png``, ``Precision.png``, ``confusion_matrix.csv``, ``metrics.json`` and
+``legend.png`` (each class's colour and name, as predict.py draws them).
 """
 
 from __future__ import annotations
@@ -17,14 +18,23 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
-from unet import add_batch_flags, add_model_flags, default_class_names, predictor_from_args
+from unet import Unet
 from utils.checkpoint import model_settings
-from utils.cli import argument_parser
-from utils.dataloader import DATASET_FORMATS, UnetDataset, read_split
+from utils.classes import class_colors, default_class_names, draw_legend
+from utils.cli import add_batch_flags, add_model_flags, argument_parser, predictor_kwargs
+from utils.config import MODEL_KEYS, SETTINGS, add_setting_flags
+from utils.dataloader import (
+    DatasetLayout,
+    UnetDataset,
+    read_class_label,
+    read_split,
+    resolve_files,
+)
+from utils.device import backend_settings
 from utils.errors import UserError, exit_on_user_error
 from utils.inference import check_batching
+from utils.progress import progress
 from utils.utils_metrics import compute_mIoU, nanmean, per_Accuracy, show_results
 
 
@@ -37,21 +47,8 @@ def get_parser() -> argparse.ArgumentParser:
         default=0,
         help="0: predict + evaluate, 1: predict only, 2: evaluate only",
     )
-    parser.add_argument(
-        "--name-classes",
-        nargs="+",
-        default=None,
-        help="class names (default: from the settings file beside the weights, else the 21 VOC "
-        "names for 21 classes, else class_0, class_1, ...)",
-    )
-    parser.add_argument("--dataset-path", default="VOCdevkit", help="data set root")
-    parser.add_argument(
-        "--dataset-format",
-        choices=DATASET_FORMATS,
-        default=None,
-        help="voc or medical layout (default: the one the weights were trained on, from their "
-        "settings file, else voc)",
-    )
+    add_setting_flags(parser, ["dataset_path"])
+    parser.set_defaults(dataset_path=SETTINGS["dataset_path"].default)
     parser.add_argument(
         "--split",
         default="val",
@@ -59,7 +56,7 @@ def get_parser() -> argparse.ArgumentParser:
         "of ids (default: %(default)s)",
     )
     parser.add_argument("--miou-out-path", default="miou_out", help="where results go")
-    add_model_flags(parser)
+    add_model_flags(parser, MODEL_KEYS)
     add_batch_flags(parser)
     return parser
 
@@ -69,12 +66,7 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     check_batching(args.batch_size, args.num_workers)
     # what was not given comes from the settings file beside the weights, as in the predictor
-    settings = model_settings(
-        args.model_path, num_classes=args.num_classes, backbone=args.backbone,
-        input_shape=args.input_shape, dataset_format=args.dataset_format,
-        name_classes=args.name_classes,
-    )  # fmt: skip
-    vars(args).update(settings)
+    vars(args).update(model_settings(args.model_path, **{k: getattr(args, k) for k in MODEL_KEYS}))
     if args.name_classes is None:
         args.name_classes = default_class_names(args.num_classes)
     if len(args.name_classes) != args.num_classes:
@@ -89,42 +81,77 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = get_args(argv)
     names = read_split(args.dataset_path, args.split, args.dataset_format)
-    dataset = UnetDataset(names, args.input_shape, args.num_classes, False, args.dataset_path,
-                          args.dataset_format, check_sample=0)  # fmt: skip
+    layout = DatasetLayout.of(args.dataset_path, args.dataset_format)
     out = Path(args.miou_out_path)
-    pred_dir, gt_dir = out / "detection-results", dataset.layout.labels
+    pred_dir, gt_dir = out / "detection-results", layout.labels
     if args.dataset_format == "medical":
         gt_dir = out / "ground-truth"  # the labels as class indices (1 where <= 127.5)
         gt_dir.mkdir(parents=True, exist_ok=True)
-        for index, name in enumerate(names):
-            Image.fromarray(dataset.read_pair(index)[1]).save(gt_dir / f"{name}.png")
-    if args.miou_mode in (0, 1):
-        pred_dir.mkdir(parents=True, exist_ok=True)
-        unet = predictor_from_args(args)
-        print("Get predict result.")
-        predictions = unet.predict_files(dataset.image_paths, args.batch_size, args.num_workers)
-        for name, result in zip(names, tqdm(predictions, total=len(names)), strict=True):
-            Image.fromarray(result.labels).save(pred_dir / f"{name}.png")
-        print("Get predict result done.")
-    if args.miou_mode in (0, 2):
-        print("Get miou.")
-        hist, ious, recall, precision = compute_mIoU(
-            gt_dir, pred_dir, names, args.num_classes, args.name_classes
+        for name, path in zip(
+            names, resolve_files(layout.labels, names, (".png",), "label"), strict=True
+        ):
+            label = read_class_label(path, args.num_classes, "medical")
+            Image.fromarray(label).save(gt_dir / f"{name}.png")
+    if args.miou_mode in (0, 1):  # mode 2 reads only labels and existing predictions
+        dataset = UnetDataset(
+            names,
+            args.input_shape,
+            args.num_classes,
+            False,
+            args.dataset_path,
+            args.dataset_format,
+            check_sample=0,
         )
-        print("Get miou done.")
-        show_results(out, hist, ious, recall, precision, args.name_classes)
-        metrics = {
-            "mIoU": nanmean(ious), "mPA": nanmean(recall), "accuracy": per_Accuracy(hist),
-            "pixel_error": 1 - per_Accuracy(hist),
-            "num_images": len(names),
-            "per_class": {
-                name: {"IoU": _json(i), "recall": _json(r), "precision": _json(p)}
-                for name, i, r, p in zip(args.name_classes, ious, recall, precision, strict=True)
-            },
-            "confusion_matrix": hist.tolist(),
-        }  # fmt: skip
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        print(f"Save metrics out to {out / 'metrics.json'}")
+        with backend_settings(tf32=args.tf32):
+            unet = Unet(**predictor_kwargs(args, Unet))
+            predict_split(unet, dataset, pred_dir, args.batch_size, args.num_workers)
+    if args.miou_mode in (0, 2):
+        evaluate(names, gt_dir, pred_dir, out, args.name_classes)
+
+
+def predict_split(
+    unet: Unet,
+    dataset: UnetDataset,
+    pred_dir: Path,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+) -> None:
+    """Save each image's class map as ``<id>.png`` in ``pred_dir``."""
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    print("Get predict result.")
+    predictions = unet.predict_files(dataset.image_paths, batch_size, num_workers)
+    bar = progress(predictions, total=len(dataset.names), desc="Get predict result")
+    for name, result in zip(dataset.names, bar, strict=True):
+        Image.fromarray(result.labels).save(pred_dir / f"{name}.png")
+    print("Get predict result done.")
+
+
+def evaluate(
+    names: list[str], gt_dir: Path, pred_dir: Path, out: Path, name_classes: list[str]
+) -> None:
+    """The per-class table, the charts, ``confusion_matrix.csv``, ``metrics.json`` and the
+    legend of the classes' colours, for the ``names`` of the split."""
+    print("Get miou.")
+    num_classes = len(name_classes)
+    hist, ious, recall, precision = compute_mIoU(gt_dir, pred_dir, names, num_classes, name_classes)
+    print("Get miou done.")
+    show_results(out, hist, ious, recall, precision, name_classes)
+    metrics = {
+        "mIoU": nanmean(ious),
+        "mPA": nanmean(recall),
+        "accuracy": per_Accuracy(hist),
+        "pixel_error": 1 - per_Accuracy(hist),
+        "num_images": len(names),
+        "per_class": {
+            name: {"IoU": _json(i), "recall": _json(r), "precision": _json(p)}
+            for name, i, r, p in zip(name_classes, ious, recall, precision, strict=True)
+        },
+        "confusion_matrix": hist.tolist(),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(f"Save metrics out to {out / 'metrics.json'}")
+    legend = draw_legend(name_classes, class_colors(num_classes), out / "legend.png")
+    print(f"Save the classes' colours and names to {legend}")
 
 
 def _json(value: float) -> float | None:

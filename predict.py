@@ -1,12 +1,15 @@
 """Segment images, folders, videos or a camera with a trained model; time it; export ONNX.
 
-    python predict.py img/street.jpg --model-path logs/best_epoch_weights.pth --num-classes 4
+    python predict.py img/street.jpg --model-path logs/best_epoch_weights.pth
     python predict.py --mode dir_predict --dir-origin-path img/ --dir-save-path img_out/
     python predict.py --mode video --video-path clip.mp4 --video-save-path out.avi
     python predict.py --mode fps --fps-image-path img/street.jpg
     python predict.py --mode export_onnx --onnx-save-path model_data/models.onnx
 
-Results are saved (headless machines work); ``--show`` also opens a window.
+Results are saved (headless machines work); ``--show`` also opens a window. The settings the
+model was trained with (classes, backbone, input size, class names) come from the file train.py
+saves beside the weights; give --num-classes, --backbone and --input-shape only for the
+original's own weights files.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
-from unet import add_batch_flags, add_model_flags, predictor_from_args
-from utils.cli import argument_parser
+from unet import Unet, Unet_ONNX
+from utils.cli import add_batch_flags, add_model_flags, argument_parser, predictor_kwargs
+from utils.config import MODEL_KEYS
 from utils.dataloader import IMAGE_EXTENSIONS
+from utils.device import backend_settings
 from utils.errors import UserError, exit_on_user_error
 from utils.inference import (
     Sample,
@@ -34,6 +38,7 @@ from utils.inference import (
     default_batching,
     letterbox_input,
 )
+from utils.progress import progress, say
 from utils.utils import read_image
 
 MODES = ("predict", "video", "fps", "dir_predict", "export_onnx", "predict_onnx")
@@ -46,7 +51,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser = argument_parser(__doc__)
     parser.add_argument("images", nargs="*", help="predict mode: image files (none: ask for them)")
     parser.add_argument("--mode", choices=MODES, default="predict", help="what to do")
-    add_model_flags(parser)
+    add_model_flags(parser, tuple(k for k in MODEL_KEYS if k != "dataset_format"))
     add_batch_flags(parser, batch_size=1)
     flag = parser.add_argument_group("output").add_argument
     flag(
@@ -58,13 +63,6 @@ def get_parser() -> argparse.ArgumentParser:
         "background (default: %(default)s)",
     )
     flag("--count", action="store_true", help="print pixel counts and ratios per class")
-    flag(
-        "--name-classes",
-        nargs="+",
-        default=None,
-        help="class names for --count (default: the weights' settings file, else the 21 VOC "
-        "names for 21 classes, else class_0, class_1, ...)",
-    )
     flag("--show", action="store_true", help="also show results in a window")
     flag = parser.add_argument_group("video").add_argument
     flag("--video-path", default="0", help="a video file, or a camera index (default: 0)")
@@ -130,6 +128,7 @@ def predict_images(unet, paths: list[str], args, missing: str = "check the path"
     """Segment each image file and save the drawing in --dir-save-path."""
     out = Path(args.dir_save_path)
     out.mkdir(parents=True, exist_ok=True)
+    unet.save_legend(out)
     for path in paths:
         image = read_image(path, missing=missing)
         result = unet.detect_image(image, count=args.count, name_classes=args.name_classes)
@@ -169,17 +168,20 @@ def dir_predict(unet, args) -> None:
         raise UserError(f"'{folder}' holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
     out = Path(args.dir_save_path)
     out.mkdir(parents=True, exist_ok=True)
+    legend = unet.save_legend(out)
     predictions = unet.predict_files(
         paths, args.batch_size, args.num_workers, keep_image=True, skip_unreadable=True
     )
     skipped = []
-    for result in tqdm(predictions, total=len(paths)):
+    for result in progress(predictions, total=len(paths), desc="dir_predict"):
         if result.error:
             skipped.append(result.path)
-            tqdm.write(f"warning: skipped {result.error}")
+            say(f"warning: skipped {result.error}")
             continue
         unet.draw(result.image, result.labels).save(out / f"{result.path.stem}.png")
     print(f"saved {len(paths) - len(skipped)} of {len(paths)} to {out}")
+    if legend is not None:
+        print(f"which colour is which class: {legend}")
     if skipped:
         print(f"skipped (unreadable): {', '.join(repr(str(path)) for path in skipped)}")
     if len(skipped) == len(paths):
@@ -266,24 +268,27 @@ def video(unet, args) -> None:
     if writer is not None:
         writer.release()
         print(f"Saved {frames} frames to {args.video_save_path}")
+        unet.save_legend(Path(args.video_save_path).parent)
     print(f"Video Detection Done! {frames} frames, last fps {fps:.2f}")
 
 
-def fps_image(path: str) -> Image.Image:
-    """The image to time; with the original's default path absent, a generated one."""
+def fps_image(path: str) -> tuple[Image.Image, str]:
+    """The image to time and what to call it; with the original's default path absent, a
+    generated one."""
     if path == FPS_IMAGE_PATH and not Path(path).is_file():
         print(f"{path} (the original's default) is not here: timing a generated 1330x1330 "
               "photo-like image instead; give --fps-image-path to time your own.")  # fmt: skip
         rng = np.random.default_rng(0)
         coarse = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
-        return Image.fromarray(cv2.resize(coarse, (1330, 1330), interpolation=cv2.INTER_CUBIC))
-    return read_image(path, missing="check --fps-image-path")
+        image = cv2.resize(coarse, (1330, 1330), interpolation=cv2.INTER_CUBIC)
+        return Image.fromarray(image), "a generated image"
+    return read_image(path, missing="check --fps-image-path"), path
 
 
 def fps(unet, args) -> None:
     """Three figures: the network + argmax (what the original's get_FPS times), the whole
     get_miou_png pipeline for one image, and the batched pipeline's throughput."""
-    image = fps_image(args.fps_image_path)
+    image, name = fps_image(args.fps_image_path)
     height, width = unet.input_shape
     network = unet.network_seconds(image, args.test_interval)
     end_to_end = unet.get_FPS(image, args.test_interval)
@@ -295,7 +300,7 @@ def fps(unet, args) -> None:
         f"{network:.4f} seconds, {1 / network:.2f} FPS @batch_size 1"
     )
     print(
-        f"get_miou_png, whole pipeline ({args.fps_image_path}, {image.width}x{image.height}): "
+        f"get_miou_png, whole pipeline ({name}, {image.width}x{image.height}): "
         f"{end_to_end:.4f} seconds, {1 / end_to_end:.2f} FPS @batch_size 1"
     )
     print(f"batched get_miou_png: {throughput:.2f} images/s @batch_size {args.fps_batch_size}, "
@@ -305,29 +310,22 @@ def fps(unet, args) -> None:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = get_args(argv)
-    if args.mode == "predict_onnx":
-        from unet import Unet_ONNX
-
-        unet = Unet_ONNX(
-            onnx_path=args.onnx_path, num_classes=args.num_classes, backbone=args.backbone,
-            input_shape=args.input_shape, mix_type=args.mix_type, device=args.device,
-            name_classes=args.name_classes,
-        )  # fmt: skip
-    else:
-        unet = predictor_from_args(args, mix_type=args.mix_type, name_classes=args.name_classes)
-    if args.mode in ("predict", "predict_onnx"):
-        if args.images:
-            predict_images(unet, args.images, args)
+    with backend_settings(tf32=args.tf32):
+        predictor = Unet_ONNX if args.mode == "predict_onnx" else Unet
+        unet = predictor(**predictor_kwargs(args, predictor))
+        if args.mode in ("predict", "predict_onnx"):
+            if args.images:
+                predict_images(unet, args.images, args)
+            else:
+                interactive(unet, args)
+        elif args.mode == "dir_predict":
+            dir_predict(unet, args)
+        elif args.mode == "video":
+            video(unet, args)
+        elif args.mode == "fps":
+            fps(unet, args)
         else:
-            interactive(unet, args)
-    elif args.mode == "dir_predict":
-        dir_predict(unet, args)
-    elif args.mode == "video":
-        video(unet, args)
-    elif args.mode == "fps":
-        fps(unet, args)
-    else:
-        unet.convert_to_onnx(args.simplify, args.onnx_save_path, dynamic=args.dynamic)
+            unet.convert_to_onnx(args.simplify, args.onnx_save_path, dynamic=args.dynamic)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from nets.unet import Unet, check_input_shape
-from unet import add_model_setting_flags
 from utils.checkpoint import model_settings
-from utils.cli import argument_parser
+from utils.cli import FROM_WEIGHTS, argument_parser
+from utils.config import SETTINGS, add_setting_flags
 from utils.errors import exit_on_user_error
 
 
@@ -52,15 +52,25 @@ def get_parser() -> argparse.ArgumentParser:
         default=None,
         help="weights whose settings file (beside them) gives the flags below (default: none)",
     )
-    add_model_setting_flags(parser.add_argument)
+    names = ["num_classes", "backbone", "input_shape"]
+    add_setting_flags(
+        parser,
+        names,
+        **{name: FROM_WEIGHTS.format(SETTINGS[name].shown_default()) for name in names},
+    )
+    parser.set_defaults(**dict.fromkeys(names))
     return parser
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
-    settings = model_settings(args.model_path, num_classes=args.num_classes,
-                              backbone=args.backbone, input_shape=args.input_shape)  # fmt: skip
+    settings = model_settings(
+        args.model_path,
+        num_classes=args.num_classes,
+        backbone=args.backbone,
+        input_shape=args.input_shape,
+    )
     vars(args).update(settings)
     check_input_shape(*args.input_shape, args.backbone)
     model = Unet(num_classes=args.num_classes, backbone=args.backbone).eval()

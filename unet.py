@@ -1,15 +1,13 @@
-"""The predictor classes of the reference, ``unet.Unet`` and ``unet.Unet_ONNX``, and the
-command-line flags that build them (shared by predict.py and get_miou.py).
+"""The predictor classes of the original, ``unet.Unet`` and ``unet.Unet_ONNX``.
 
 from unet import Unet
-unet = Unet(model_path="logs/best_epoch_weights.pth", num_classes=4)
+unet = Unet(model_path="logs/best_epoch_weights.pth")   # settings from the file beside it
 unet.detect_image(Image.open("street.jpg")).save("img_out/street.png")
 """
 
 from __future__ import annotations
 
-import argparse
-import colorsys
+import copy
 import json
 import time
 import warnings
@@ -21,10 +19,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from nets.unet import BACKBONE_PREFIX, BACKBONES, check_input_shape, check_tile
+from nets.unet import BACKBONE_PREFIX, check_input_shape, check_tile
 from nets.unet import Unet as UnetModel
 from utils.checkpoint import read_settings, read_state_dict, settings_path
-from utils.device import Runtime, add_runtime_flags, resolve_device, resolve_runtime
+from utils.classes import (
+    VOC_CLASSES,
+    class_colors,
+    colorize,
+    default_class_names,
+    draw_legend,
+    overlay,
+)
+from utils.config import MODEL_DEFAULTS, MODEL_KEYS, SETTINGS
+from utils.device import Runtime, resolve_device, resolve_runtime, use_device
 from utils.errors import UserError
 from utils.inference import (
     InferencePipeline,
@@ -33,26 +40,9 @@ from utils.inference import (
     letterbox_input,
     read_file,
 )
-from utils.utils import cvtColor, voc_palette
+from utils.utils import cvtColor
 
-VOC_CLASSES = [
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-    "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
-]  # fmt: skip
-
-
-def class_colors(num_classes: int) -> list[tuple[int, int, int]]:
-    """The reference's palette: VOC colours up to 21 classes, evenly spaced hues beyond."""
-    if num_classes <= 21:
-        return voc_palette(21)[:num_classes]
-    hsv = [(x / num_classes, 1.0, 1.0) for x in range(num_classes)]
-    rgb = [colorsys.hsv_to_rgb(*x) for x in hsv]
-    return [(int(r * 255), int(g * 255), int(b * 255)) for r, g, b in rgb]
-
-
-def default_class_names(num_classes: int) -> list[str]:
-    return VOC_CLASSES if num_classes == 21 else [f"class_{i}" for i in range(num_classes)]
+__all__ = ["VOC_CLASSES", "Unet", "Unet_ONNX", "class_colors", "default_class_names"]
 
 
 def check_weights_fit(state: dict, num_classes: int, backbone: str, path) -> None:
@@ -106,6 +96,13 @@ class SegmentationPredictor:
             raise UserError(f"mix_type must be 0, 1 or 2, not {self.mix_type!r}.")
 
     def _set_up(self, runtime: Runtime, forward) -> None:
+        """After the model is checked against the settings: the names, the colours and the
+        pipeline."""
+        if self.name_classes is not None and len(self.name_classes) != self.num_classes:
+            raise UserError(
+                f"name_classes (--name-classes) has {len(self.name_classes)} names but the model "
+                f"has {self.num_classes} classes; give one name per class."
+            )
         self.runtime = runtime
         self.colors = class_colors(self.num_classes)
         self.pipeline = InferencePipeline(
@@ -131,21 +128,27 @@ class SegmentationPredictor:
         image = cvtColor(image)
         labels = self.labels(image)
         if count:
-            names = name_classes or self.name_classes or default_class_names(self.num_classes)
-            self.print_counts(labels, names)
+            self.print_counts(labels, name_classes or self.class_names())
         return self.draw(image, labels)
 
     def draw(self, image: Image.Image | np.ndarray, labels: np.ndarray) -> Image.Image:
         """Draw a class map over its RGB image as ``mix_type`` asks (the original's pixels)."""
         if self.mix_type == 2:
             return Image.fromarray(np.asarray(image) * (labels != 0)[..., None])
-        colours = Image.fromarray(labels)
-        colours.putpalette([c for colour in self.colors for c in colour])
-        colours = colours.convert("RGB")
         if self.mix_type == 1:
-            return colours
-        image = image if isinstance(image, Image.Image) else Image.fromarray(image)
-        return Image.blend(image, colours, 0.7)
+            return colorize(labels, self.colors)
+        return overlay(image, labels, self.colors)
+
+    def class_names(self) -> list[str]:
+        """The names of the classes: given, saved with the weights, or the defaults."""
+        return list(self.name_classes or default_class_names(self.num_classes))
+
+    def save_legend(self, folder: str | Path) -> Path | None:
+        """``legend.png`` in ``folder``: each class's overlay colour and name (none for
+        mix_type 2, which draws no colours)."""
+        if self.mix_type == 2:
+            return None
+        return draw_legend(self.class_names(), self.colors, Path(folder) / "legend.png")
 
     def predict_files(
         self,
@@ -185,29 +188,23 @@ class SegmentationPredictor:
 class Unet(SegmentationPredictor):
     """Load a trained UNet and segment images with the reference's pipeline.
 
-    kwargs and defaults are the reference's, plus ``device`` (auto/cpu/cuda/cuda:N; by default
+    kwargs and defaults are the original's, plus ``device`` (auto/cpu/cuda/cuda:N; by default
     taken from ``cuda``), ``precision`` (fp32/bf16/fp16), ``channels_last`` (None: the faster
     layout for the device), ``tile``/``stride`` (sliding windows for large images), ``tta``
-    (horizontal-flip averaging) and ``name_classes``. ``num_classes``, ``backbone``,
-    ``input_shape`` and ``name_classes`` not given come from the settings file train.py writes
-    beside its weights (``<name>.json``), and without one (the original's files) from the
-    reference's defaults.
+    (horizontal-flip averaging) and ``name_classes``. The settings train.py saves beside its
+    weights (``<name>.json``, :data:`~utils.config.MODEL_KEYS`) that are not given come from
+    that file, and without one (the original's files) from the original's defaults.
     """
 
     _defaults = {
-        "model_path": "model_data/unet_vgg_voc.pth",
-        "num_classes": 21,
-        "backbone": "vgg",
-        "input_shape": [512, 512],
+        "model_path": SETTINGS["model_path"].default,
+        **MODEL_DEFAULTS,
         "mix_type": 0,
         "cuda": True,
         "device": None,
-        "precision": "fp32",
+        "precision": SETTINGS["precision"].default,
         "channels_last": None,
-        "tile": None,
-        "stride": None,
         "tta": False,
-        "name_classes": None,
     }
 
     def __init__(self, **kwargs):
@@ -219,9 +216,11 @@ class Unet(SegmentationPredictor):
         if self.cuda and self.device is None and not torch.cuda.is_available():
             print("cuda=True but no CUDA GPU is visible: running on the CPU.")
         runtime = resolve_runtime(device, self.precision, channels_last=self.channels_last)
+        use_device(runtime.device)
         self.channels_last = runtime.channels_last
-        self._set_up(runtime, self._forward)
+        self.runtime = runtime
         self.generate()
+        self._set_up(runtime, self._forward)
         layout = "channels-last" if self.channels_last else "NCHW"
         source = f"; settings from {settings_path(self.model_path)}" if saved else ""
         print(f"{self.model_path} model, and classes loaded ({self.num_classes} classes, "
@@ -284,8 +283,7 @@ class Unet(SegmentationPredictor):
 
     def settings(self) -> dict:
         """What is needed to use this model: saved beside weights and in ONNX metadata."""
-        names = ("num_classes", "backbone", "input_shape", "name_classes", "tile", "stride")
-        return {name: getattr(self, name) for name in names}
+        return {name: getattr(self, name) for name in MODEL_KEYS}
 
     def convert_to_onnx(self, simplify: bool, model_path: str, dynamic: bool = False) -> None:
         """Export to ONNX (opset 12, input "images", output "output"), check it with onnx and
@@ -297,7 +295,7 @@ class Unet(SegmentationPredictor):
             raise UserError("exporting needs the onnx package: pip install onnx.") from error
         path = Path(model_path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        net = self.net.float().cpu().eval()
+        net = copy.deepcopy(self.net).float().cpu().eval()  # the predictor stays as it is
         x = torch.rand(1, 3, *self.input_shape)
         free = {0: "batch", 2: "height", 3: "width"}
         axes = {"images": free, "output": free}
@@ -326,7 +324,6 @@ class Unet(SegmentationPredictor):
             entry.key, entry.value = key, json.dumps(value)
         onnx.save(model, str(path))
         print(f"Onnx model save as {path}")
-        self.net = self.runtime.prepare(self.net)
         try:
             import onnxruntime
         except ImportError:
@@ -355,14 +352,9 @@ class Unet_ONNX(SegmentationPredictor):  # noqa: N801 - the reference's name
 
     _defaults = {
         "onnx_path": "model_data/models.onnx",
-        "num_classes": 21,
-        "backbone": "vgg",
-        "input_shape": [512, 512],
+        **MODEL_DEFAULTS,
         "mix_type": 0,
-        "tile": None,
-        "stride": None,
         "tta": False,
-        "name_classes": None,
         "device": "auto",
     }
 
@@ -447,77 +439,3 @@ def onnx_providers(device: str | None, onnxruntime) -> tuple[list, torch.device]
         )
     resolve_device(name)  # an unknown name is refused here
     return ["CPUExecutionProvider"], torch.device("cpu")
-
-
-def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    """The predictor's flags, shared by get_miou.py and predict.py."""
-    flag = parser.add_argument_group("model").add_argument
-    flag(
-        "--model-path",
-        default="model_data/unet_vgg_voc.pth",
-        help="trained weights (default: %(default)s)",
-    )
-    add_model_setting_flags(flag)
-    add_runtime_flags(flag)
-    flag(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="channels-last memory layout for the network (default: on with CUDA or an "
-        "AVX-512 CPU, where it is faster; off otherwise)",
-    )
-    flag(
-        "--tile",
-        type=int,
-        default=None,
-        metavar="PIXELS",
-        help="predict large images in windows of this size, averaging overlaps (default: off)",
-    )
-    flag(
-        "--stride",
-        type=int,
-        default=None,
-        metavar="PIXELS",
-        help="distance between windows (default: tile / 2)",
-    )
-    flag("--tta", action="store_true", help="average with the mirrored prediction")
-
-
-def add_model_setting_flags(flag) -> None:
-    """--num-classes, --backbone and --input-shape, whose defaults come with the weights."""
-    saved = "(default: from the settings file beside the weights, else {})"
-    flag("--num-classes", type=int, default=None,
-         help=f"classes the weights were trained with {saved.format(21)}")  # fmt: skip
-    flag("--backbone", choices=BACKBONES, default=None, help=f"encoder {saved.format('vgg')}")
-    flag("--input-shape", type=int, nargs=2, default=None, metavar=("H", "W"),
-         help=f"network input size {saved.format('512 512')}")  # fmt: skip
-
-
-def add_batch_flags(parser: argparse.ArgumentParser, batch_size: int | None = None) -> None:
-    """``--batch-size`` and ``--num-workers`` for predicting many images (None: by device, see
-    :func:`utils.inference.default_batching`)."""
-    flag = parser.add_argument_group("batching").add_argument
-    flag(
-        "--batch-size",
-        type=int,
-        default=batch_size,
-        help="images per forward pass; each is still post-processed at its own size "
-        + ("(default: %(default)s)" if batch_size else "(default: 8 on CUDA, 1 on the CPU)"),
-    )
-    flag(
-        "--num-workers",
-        type=int,
-        default=None,
-        help="processes that read and letterbox images ahead of the network; 0 reads in the "
-        "main process (default: up to 4 on CUDA, 0 on the CPU, where the network already "
-        "uses every core)",
-    )
-
-
-def predictor_from_args(args: argparse.Namespace, **extra) -> Unet:
-    return Unet(
-        model_path=args.model_path, num_classes=args.num_classes, backbone=args.backbone,
-        input_shape=args.input_shape, device=args.device, precision=args.precision,
-        channels_last=args.channels_last, tile=args.tile, stride=args.stride, tta=args.tta,
-        **extra,
-    )  # fmt: skip

@@ -9,65 +9,20 @@ size from their image, missing images, only background).
 from __future__ import annotations
 
 import argparse
-import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
+from utils.classes import default_class_names, mapping_lines
 from utils.cli import argument_parser
 from utils.dataloader import IMAGE_EXTENSIONS, DatasetLayout, resolve_files
 from utils.errors import UserError, exit_on_user_error
-from utils.utils import read_label_png
-
-SPLITS = ("trainval", "train", "val", "test")
-
-
-def list_labels(dataset_path: str | Path) -> list[str]:
-    """The ids of ``SegmentationClass/*.png``, sorted so the split is the same on every machine."""
-    folder = DatasetLayout.of(dataset_path).labels
-    if not folder.is_dir():
-        raise UserError(f"the label folder {folder} is missing; check --dataset-path.")
-    names = sorted(p.stem for p in folder.iterdir() if p.suffix.lower() == ".png")
-    if not names:
-        raise UserError(f"{folder} holds no .png labels; labels must be PNG files.")
-    return names
-
-
-def write_splits(
-    dataset_path: str | Path,
-    trainval_percent: float = 1.0,
-    train_percent: float = 0.9,
-    seed: int = 0,
-    write: bool = True,
-) -> dict[str, list[str]]:
-    """Split the labelled ids with the reference's sampling and write the four split files
-    (unless ``write`` is off)."""
-    names = list_labels(dataset_path)
-    num = len(names)
-    tv = int(num * trainval_percent)
-    tr = int(tv * train_percent)
-    random.seed(seed)
-    trainval = random.sample(range(num), tv)
-    train = set(random.sample(trainval, tr))
-    trainval = set(trainval)
-    splits: dict[str, list[str]] = {split: [] for split in SPLITS}
-    for i, name in enumerate(names):
-        if i in trainval:
-            splits["trainval"].append(name)
-            splits["train" if i in train else "val"].append(name)
-        else:
-            splits["test"].append(name)
-    if not write:
-        return splits
-    out = DatasetLayout.of(dataset_path).splits
-    out.mkdir(parents=True, exist_ok=True)
-    for split, ids in splits.items():
-        (out / f"{split}.txt").write_text("".join(f"{name}\n" for name in ids))
-    return splits
+from utils.progress import progress
+from utils.splits import list_labels, write_splits
+from utils.utils import read_image, read_label_png
 
 
 @dataclass
@@ -88,11 +43,12 @@ class LabelScan:
 
 
 def scan_labels(dataset_path: str | Path, names: list[str]) -> LabelScan:
-    """Read every label once: values, colour mode, and size against its image's header."""
+    """Read every image and label once, decoding all their pixels: the label's values and
+    colour mode, and its size against its image's."""
     layout = DatasetLayout.of(dataset_path)
     image_paths = resolve_files(layout.images, names, IMAGE_EXTENSIONS, "image")
     scan = LabelScan(label_paths=[layout.labels / f"{name}.png" for name in names])
-    for label_path, image_path in tqdm(
+    for label_path, image_path in progress(
         list(zip(scan.label_paths, image_paths, strict=True)), desc="Checking labels"
     ):
         try:
@@ -101,11 +57,9 @@ def scan_labels(dataset_path: str | Path, names: list[str]) -> LabelScan:
             scan.problems.append(str(error).rstrip("."))
             continue
         try:
-            with Image.open(image_path) as image:
-                size = image.size
-        except OSError as error:
-            reason = str(error).rstrip(".")
-            scan.problems.append(f"image file '{image_path}' cannot be read ({reason})")
+            size = read_image(image_path).size  # decoded whole: truncation shows here
+        except UserError as error:
+            scan.problems.append(str(error).split("; ")[0])
             continue
         if label.shape != (size[1], size[0]):
             scan.problems.append(
@@ -130,7 +84,9 @@ def print_value_table(counts: np.ndarray) -> None:
         print("-" * 37)
 
 
-def fix_binary(scan: LabelScan, dataset_path: str | Path, dry_run: bool = False) -> None:
+def fix_binary(
+    scan: LabelScan, dataset_path: str | Path, names: list[str], dry_run: bool = False
+) -> None:
     """Rewrite 255 as 1 in every label that holds it, keeping each file's mode and palette.
 
     Each original is first copied to ``SegmentationClass_backup/``; ``dry_run`` only says
@@ -146,7 +102,8 @@ def fix_binary(scan: LabelScan, dataset_path: str | Path, dry_run: bool = False)
     verb = "would rewrite" if dry_run else "rewriting"
     print(
         f"--fix-binary: {verb} value 255 as 1 in {len(to_fix)} of {len(scan.label_paths)} "
-        f"labels ({scan.counts[255]} pixels); value 0 stays background."
+        f"labels ({scan.counts[255]} pixels): label 255 becomes class 1 ({names[1]}), the object; "
+        f"label 0 stays class 0 ({names[0]}), the background."
     )
     if dry_run:
         for path in to_fix:
@@ -154,7 +111,7 @@ def fix_binary(scan: LabelScan, dataset_path: str | Path, dry_run: bool = False)
         print(f"--dry-run: nothing was written; without it the originals go to {backup}/.")
         return
     backup.mkdir(exist_ok=True)
-    for path in tqdm(to_fix, desc="Fixing labels"):
+    for path in progress(to_fix, desc="Fixing labels"):
         shutil.copy2(path, backup / path.name)
         with Image.open(path) as image:
             palette = image.getpalette() if image.mode == "P" else None
@@ -169,7 +126,13 @@ def fix_binary(scan: LabelScan, dataset_path: str | Path, dry_run: bool = False)
     scan.counts[255] = 0
 
 
-def check_scan(scan: LabelScan, dataset_path: str | Path, fix: bool, dry_run: bool = False) -> None:
+def check_scan(
+    scan: LabelScan,
+    dataset_path: str | Path,
+    fix: bool,
+    names: list[str],
+    dry_run: bool = False,
+) -> None:
     """Turn what the scan found into one clear error, or fix 0/255 labels when asked."""
     if scan.problems:
         for problem in scan.problems[:10]:
@@ -180,7 +143,7 @@ def check_scan(scan: LabelScan, dataset_path: str | Path, fix: bool, dry_run: bo
         )
     if scan.is_binary_0_255:
         if fix:
-            fix_binary(scan, dataset_path, dry_run)
+            fix_binary(scan, dataset_path, names, dry_run)
             if dry_run:
                 return
             print_value_table(scan.counts)
@@ -200,6 +163,20 @@ def check_scan(scan: LabelScan, dataset_path: str | Path, fix: bool, dry_run: bo
             "every label holds only background (value 0); class indices must be written into "
             "the PNG pixel values (1, 2, ...), not only into its colours."
         )
+
+
+def class_names(scan: LabelScan, given: list[str] | None) -> list[str]:
+    """``given`` (--name-classes), which must name every class the labels hold, or the default
+    names of as many classes as the labels hold (two for 0/255 labels)."""
+    classes = max(max((v for v in scan.values.tolist() if v != 255), default=0) + 1, 2)
+    if given is None:
+        return default_class_names(classes)
+    if len(given) < classes:
+        raise UserError(
+            f"the labels hold label value {classes - 1}, but --name-classes names only "
+            f"{len(given)} classes (0 to {len(given) - 1}); give one name per class."
+        )
+    return given
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -222,6 +199,13 @@ def get_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="rewrite 255 as 1 in labels that hold only 0 and 255 (binary tasks need 0/1); "
         "the originals are copied to SegmentationClass_backup/ first",
+    )
+    parser.add_argument(
+        "--name-classes",
+        nargs="+",
+        default=None,
+        help="class names, to print which label value is which class (default: class_0, "
+        "class_1, ..., or the 21 VOC names for 21 classes)",
     )
     parser.add_argument(
         "--dry-run",
@@ -256,8 +240,11 @@ def main(argv: list[str] | None = None) -> None:
     print("Check datasets format, this may take a while.")
     scan = scan_labels(args.dataset_path, list_labels(args.dataset_path))
     print_value_table(scan.counts)
-    check_scan(scan, args.dataset_path, args.fix_binary, args.dry_run)
+    names = class_names(scan, args.name_classes)
+    check_scan(scan, args.dataset_path, args.fix_binary, names, args.dry_run)
     if not (args.fix_binary and args.dry_run):
+        print("Classes (label value -> class -> name, share of all pixels):")
+        print("\n".join(mapping_lines(scan.counts, names)))
         print("Labels look fine: JPEGImages hold the images, SegmentationClass the class-index "
               "PNGs.")  # fmt: skip
 

@@ -1,6 +1,6 @@
 """Time the training data pipeline (``__getitem__`` + collate, one process) against the original's.
 
-The original's per-sample work is replayed by the test oracle ``tests/reference_impl.py``
+The original's per-sample work is replayed by the test oracle ``oracle/original.py``
 (full-size resize, float64 ``/255``, a float64 ``np.eye`` one-hot, float tensors in collate)
 on the same files, so both columns are measured on this machine in one run::
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tests.reference_impl import ref_collate, ref_getitem
+from oracle.original import ref_collate, ref_getitem
 from utils.dataloader import AUGMENTATIONS, UnetDataset, unet_dataset_collate
 from utils.demo_data import make_sample
 

@@ -1,7 +1,7 @@
 """Prediction speed: the original's pipeline against ours, on this machine's CPU or GPU, in one run.
 
 The original's ``get_miou_png``/``detect_image``/``get_FPS`` are replayed by the test oracle
-``tests/reference_impl.py`` (host softmax, ``cv2.resize``, numpy argmax) around the same
+``oracle/original.py`` (host softmax, ``cv2.resize``, numpy argmax) around the same
 network; ours is ``unet.Unet`` (post-processing on the device, batched evaluation)::
 
     python -m benchmarks.predict_speed                 # the README's table
@@ -37,7 +37,7 @@ from PIL import Image
 
 from nets.unet import Unet as Model
 from nets.unet_training import weights_init
-from tests.reference_impl import RefPredictor
+from oracle.original import RefPredictor
 from unet import Unet
 from utils.device import cpu_has_native_bf16, prefers_channels_last
 from utils.inference import default_batching

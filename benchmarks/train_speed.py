@@ -8,7 +8,7 @@ VGG UNet, CE + Dice, Adam, on generated images. The defaults follow the device: 
     python -m benchmarks.train_speed --device cuda --steps 20
 
 "original" replays the reference's loop: its data pipeline (float64 one-hot built per sample,
-see ``tests/reference_impl.py``), its losses on the one-hot target, ``loss.item()`` and
+see ``oracle/original.py``), its losses on the one-hot target, ``loss.item()`` and
 ``f_score.item()`` every step, in fp32 and (CUDA) with its fp16 switch (autocast + GradScaler).
 "ours" runs ``train.py --benchmark`` in each precision and memory layout. "resident" is the
 same model, loss and optimizer stepping on one batch already on the device, with nothing read
@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 import train
 from nets.unet import Unet
 from nets.unet_training import SegmentationLoss, weights_init
-from tests.reference_impl import ref_ce_loss, ref_collate, ref_dice_loss, ref_getitem
+from oracle.original import ref_ce_loss, ref_collate, ref_dice_loss, ref_getitem
 from utils.dataloader import UnetDataset, read_split
 from utils.demo_data import make_demo_dataset
 from utils.device import cpu_has_native_bf16, resolve_runtime

@@ -11,18 +11,22 @@ fixed order).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+@functools.lru_cache(maxsize=64)
 def interpolation_matrix(
     out_size: int, in_size: int, align_corners: bool, dtype=torch.float32, device=None
 ) -> torch.Tensor:
     """The (out_size, in_size) matrix of 1-D linear interpolation, as ``F.interpolate``.
 
     Built on the CPU in float64 (index_put_ with accumulation is deterministic there), then
-    moved to ``device``.
+    moved to ``device``; cached per size, dtype and device, so a training step copies nothing
+    to the GPU (a UNet step needs a handful of sizes, the same every step).
     """
     out = torch.arange(out_size, dtype=torch.float64)
     if align_corners:
@@ -54,8 +58,9 @@ class _DeterministicBilinear(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         (in_h, in_w), (out_h, out_w) = ctx.in_size, ctx.size
         work = grad if grad.dtype == torch.float64 else grad.float()  # bf16/fp16 summed in fp32
-        rows = interpolation_matrix(out_h, in_h, ctx.align_corners, work.dtype, grad.device)
-        cols = interpolation_matrix(out_w, in_w, ctx.align_corners, work.dtype, grad.device)
+        device = grad.device
+        rows = interpolation_matrix(out_h, in_h, ctx.align_corners, work.dtype, device)
+        cols = interpolation_matrix(out_w, in_w, ctx.align_corners, work.dtype, device)
         grad_in = rows.t() @ (work @ cols)
         return grad_in.to(grad.dtype), None, None
 

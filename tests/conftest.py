@@ -22,12 +22,13 @@ SHARED_DATA = Path(
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``cuda`` need a GPU: skip them cleanly without one."""
+    """Tests marked ``cuda`` need a GPU: skip them cleanly without one (``make test-gpu`` stops
+    with a sentence instead)."""
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run them with make test-gpu on one)")
     for item in items:
-        if "cuda" in item.keywords:
+        if item.get_closest_marker("cuda"):  # the marker, not a test or parameter named cuda
             item.add_marker(skip)
 
 
@@ -52,6 +53,17 @@ def write_voc_pair(root: Path, name: str, image: np.ndarray, label: np.ndarray) 
     (voc / "SegmentationClass").mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(voc / "JPEGImages" / f"{name}.jpg", quality=95)
     Image.fromarray(label).save(voc / "SegmentationClass" / f"{name}.png")
+
+
+def write_video(path: Path, frames: int, fps: float = 5, size: tuple[int, int] = (48, 32)) -> Path:
+    """A short MJPG video of ``frames`` flat grey frames of ``size`` (width, height)."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    for i in range(frames):
+        writer.write(np.full((size[1], size[0], 3), 30 * i % 256, np.uint8))
+    writer.release()
+    return path
 
 
 def save_random_weights(path: Path, num_classes: int, backbone: str = "vgg") -> Path:
@@ -109,3 +121,67 @@ def answer_prompts(monkeypatch):
         monkeypatch.setattr("builtins.input", fake_input)
 
     return answer
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """12 demo images (4 classes): 8 train, 4 val; shared by the training tests, read-only."""
+    root = make_demo_dataset(tmp_path_factory.mktemp("data") / "VOCdevkit", 12, size=(48, 40))
+    splits = root / "VOC2007/ImageSets/Segmentation"
+    ids = [f"{i:04d}" for i in range(12)]
+    (splits / "train.txt").write_text("\n".join(ids[:8]) + "\n")
+    (splits / "val.txt").write_text("\n".join(ids[8:]) + "\n")
+    return root
+
+
+def base_argv(data_root, save_dir, *extra) -> list[str]:
+    return [
+        "--dataset-path", str(data_root), "--num-classes", "4", "--model-path", "",
+        "--input-shape", "32", "32", "--num-workers", "0", "--save-dir", str(save_dir),
+        "--freeze-batch-size", "2", "--unfreeze-batch-size", "2", "--dice-loss",
+        "--device", "cpu", *extra,
+    ]  # fmt: skip
+
+
+#: The class names the ``trained`` model was given at training time.
+TRAINED_NAMES = ["bg", "square", "circle", "triangle"]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """``(data root, logs)``: two epochs of a 4-class VGG UNet at 32x32 on 12 demo images, with
+    named classes and an mIoU each epoch; shared by the tests, read-only."""
+    import train
+
+    base = tmp_path_factory.mktemp("trained")
+    root = make_demo_dataset(base / "VOCdevkit", 12, size=(48, 40))
+    train.main([
+        "--dataset-path", str(root), "--num-classes", "4", "--model-path", "",
+        "--input-shape", "32", "32", "--no-freeze-train", "--unfreeze-epoch", "2",
+        "--unfreeze-batch-size", "2", "--num-workers", "0", "--device", "cpu",
+        "--eval-period", "1", "--name-classes", *TRAINED_NAMES, "--save-dir", str(base / "logs"),
+    ])  # fmt: skip
+    return root, base / "logs"
+
+
+@pytest.fixture(scope="session")
+def onnx_files(trained, tmp_path_factory):
+    """The ``trained`` model exported once: ``static.onnx``, ``dynamic.onnx`` and the text the
+    static export printed (``export.txt``)."""
+    pytest.importorskip("onnxruntime")
+    import contextlib
+    import io
+
+    import predict
+
+    weights = trained[1] / "last_epoch_weights.pth"
+    folder = tmp_path_factory.mktemp("onnx")
+    for name, extra in (("static", []), ("dynamic", ["--dynamic"])):
+        printed = io.StringIO()
+        argv = ["--mode", "export_onnx", "--model-path", str(weights), "--device", "cpu",
+                "--onnx-save-path", str(folder / f"{name}.onnx"), *extra]  # fmt: skip
+        with contextlib.redirect_stdout(printed):
+            predict.main(argv)
+        if name == "static":
+            (folder / "export.txt").write_text(printed.getvalue())
+    return folder

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from oracle.original import ref_get_random_data, ref_letterbox
 from tests.conftest import shared_data, write_voc_pair
-from tests.reference_impl import ref_get_random_data, ref_letterbox
 from utils.dataloader import (
     UnetDataset,
     check_split_size,

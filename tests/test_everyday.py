@@ -16,27 +16,14 @@ import train
 import voc_annotation
 from unet import Unet
 from utils.demo_data import make_demo_dataset
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One epoch of a 4-class VGG UNet at 32x32 on demo data, with named classes."""
-    base = tmp_path_factory.mktemp("trained")
-    root = make_demo_dataset(base / "VOCdevkit", 12, size=(48, 40))
-    train.main([
-        "--dataset-path", str(root), "--num-classes", "4", "--model-path", "",
-        "--input-shape", "32", "32", "--no-freeze-train", "--unfreeze-epoch", "1",
-        "--unfreeze-batch-size", "2", "--num-workers", "0", "--device", "cpu",
-        "--name-classes", "bg", "square", "circle", "triangle", "--save-dir", str(base / "logs"),
-    ])  # fmt: skip
-    return root, base / "logs" / "last_epoch_weights.pth"
-
+from utils.trainer import Trainer
 
 TYPED_OUT = ["--num-classes", "4", "--backbone", "vgg", "--input-shape", "32", "32"]
 
 
 def test_predicting_with_only_the_model_path_equals_typing_every_setting(trained, tmp_path, cli):
-    root, weights = trained
+    root, logs = trained
+    weights = logs / "last_epoch_weights.pth"
     images = root / "VOC2007/JPEGImages"
     outputs = []
     for extra in ([], TYPED_OUT):
@@ -47,12 +34,13 @@ def test_predicting_with_only_the_model_path_equals_typing_every_setting(trained
         assert code == 0, err
         outputs.append({p.name: np.array(Image.open(p)) for p in sorted(out.iterdir())})
     assert "(4 classes, vgg, 32x32" in stdout and "settings from" in stdout
-    assert outputs[0].keys() == outputs[1].keys() and len(outputs[0]) == 12
+    assert outputs[0].keys() == outputs[1].keys() and len(outputs[0]) == 12 + 1  # + legend.png
     assert all(np.array_equal(outputs[0][k], outputs[1][k]) for k in outputs[0])
 
 
 def test_get_miou_and_summary_take_the_settings_too(trained, tmp_path, cli):
-    root, weights = trained
+    root, logs = trained
+    weights = logs / "last_epoch_weights.pth"
     metrics = []
     for extra in ([], TYPED_OUT + ["--name-classes", "bg", "square", "circle", "triangle"]):
         out = tmp_path / f"miou{len(extra)}"
@@ -67,7 +55,7 @@ def test_get_miou_and_summary_take_the_settings_too(trained, tmp_path, cli):
 
 
 def test_the_predictor_class_reads_the_settings_and_a_conflict_names_both_values(trained):
-    _, weights = trained
+    weights = trained[1] / "last_epoch_weights.pth"
     unet = Unet(model_path=str(weights), device="cpu")
     assert (unet.num_classes, unet.input_shape, unet.name_classes[0]) == (4, [32, 32], "bg")
     with pytest.raises(ValueError, match="trained with 4 classes but num_classes is 21"):
@@ -75,23 +63,12 @@ def test_the_predictor_class_reads_the_settings_and_a_conflict_names_both_values
 
 
 def test_weights_without_a_settings_file_use_the_reference_defaults(trained, tmp_path):
-    _, weights = trained
+    weights = trained[1] / "last_epoch_weights.pth"
     plain = tmp_path / "original.pth"
     shutil.copy(weights, plain)  # no .json beside it, like the original's files
     with pytest.raises(ValueError, match="trained with 4 classes but num_classes is 21"):
         Unet(model_path=str(plain), device="cpu")
     assert Unet(model_path=str(plain), num_classes=4, device="cpu").input_shape == [512, 512]
-
-
-@pytest.fixture(scope="module")
-def onnx_files(trained, tmp_path_factory):
-    pytest.importorskip("onnxruntime")
-    _, weights = trained
-    folder = tmp_path_factory.mktemp("onnx")
-    for name, extra in (("static", []), ("dynamic", ["--dynamic"])):
-        predict.main(["--mode", "export_onnx", "--model-path", str(weights), "--device", "cpu",
-                      "--onnx-save-path", str(folder / f"{name}.onnx"), *extra])  # fmt: skip
-    return folder
 
 
 def test_predict_onnx_reads_the_exported_settings(trained, onnx_files, tmp_path, cli):
@@ -133,7 +110,8 @@ def test_a_dynamic_export_takes_any_valid_size(trained, onnx_files, tmp_path, cl
 def test_onnx_predicts_in_batches_with_a_batch_1_export(trained, onnx_files):
     from unet import Unet_ONNX
 
-    root, weights = trained
+    root, logs = trained
+    weights = logs / "last_epoch_weights.pth"
     paths = sorted((root / "VOC2007/JPEGImages").iterdir())[:5]
     onnx = Unet_ONNX(onnx_path=str(onnx_files / "static.onnx"), device="cpu")
     torch_unet = Unet(model_path=str(weights), device="cpu")
@@ -165,14 +143,14 @@ def test_a_file_that_is_not_weights_gets_one_sentence(tmp_path, cli):
 def test_ctrl_c_ends_with_the_resume_command_and_exit_code_130(trained, tmp_path, monkeypatch,
                                                                cli):  # fmt: skip
     root, _ = trained
-    real_end = train.end_of_epoch
+    real_end = Trainer.end_of_epoch
 
-    def interrupt_in_epoch_two(args, **kwargs):
-        if kwargs["epoch"] == 1:
+    def interrupt_in_epoch_two(self, epoch, log, **kwargs):
+        if epoch == 1:
             raise KeyboardInterrupt
-        real_end(args, **kwargs)
+        real_end(self, epoch, log, **kwargs)
 
-    monkeypatch.setattr(train, "end_of_epoch", interrupt_in_epoch_two)
+    monkeypatch.setattr(Trainer, "end_of_epoch", interrupt_in_epoch_two)
     argv = ["--dataset-path", str(root), "--num-classes", "4", "--model-path", "",
             "--input-shape", "32", "32", "--no-freeze-train", "--unfreeze-epoch", "3",
             "--num-workers", "0", "--device", "cpu", "--no-eval-flag",
@@ -210,10 +188,26 @@ def test_a_wrong_dataset_path_says_what_it_found(trained, tmp_path, cli, where, 
     assert code == 2 and message.format(root=root) in err, err
 
 
-def test_training_without_a_val_split_says_so_and_caps_nothing(tmp_path, cli):
+def record_loaders(monkeypatch) -> list[dict]:
+    """The keyword arguments of every ``Loaders`` the trainer builds."""
+    from utils import trainer
+
+    built = []
+    real = trainer.Loaders
+
+    def spy(*args, **kwargs):
+        built.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "Loaders", spy)
+    return built
+
+
+def test_training_without_a_val_split_says_so_and_writes_no_val_loss(tmp_path, monkeypatch, cli):
     root = make_demo_dataset(tmp_path / "VOCdevkit", 6, size=(48, 40))
     assert cli(voc_annotation.main, ["--dataset-path", str(root), "--train-percent", "1"])[0] == 0
     assert (root / "VOC2007/ImageSets/Segmentation/val.txt").read_text() == ""
+    built = record_loaders(monkeypatch)
     argv = ["--dataset-path", str(root), "--num-classes", "4", "--model-path", "",
             "--input-shape", "32", "32", "--no-freeze-train", "--unfreeze-epoch", "1",
             "--num-workers", "0", "--device", "cpu",
@@ -221,18 +215,24 @@ def test_training_without_a_val_split_says_so_and_caps_nothing(tmp_path, cli):
     code, out, err = cli(train.main, argv)
     assert code == 0, err
     assert "No val split" in out and "is empty): training without validation" in out
+    log_dir = next((tmp_path / "logs").glob("loss_*"))
+    assert (log_dir / "epoch_loss.txt").is_file() and not (log_dir / "epoch_val_loss.txt").exists()
+    assert "Val Loss" not in out and [b["val_batch_size"] for b in built] == [None]
 
 
-def test_the_val_batch_is_capped_at_the_val_split(trained, tmp_path, cli):
+def test_the_val_batch_is_capped_at_the_val_split(trained, tmp_path, monkeypatch, cli):
     root, _ = trained  # 12 demo images: 10 train, 2 val after voc_annotation's split
     val = (root / "VOC2007/ImageSets/Segmentation/val.txt").read_text().split()
+    built = record_loaders(monkeypatch)
     argv = ["--dataset-path", str(root), "--num-classes", "4", "--model-path", "",
             "--input-shape", "32", "32", "--no-freeze-train", "--unfreeze-epoch", "1",
             "--unfreeze-batch-size", str(len(val) + 2), "--num-workers", "0", "--device", "cpu",
             "--no-eval-flag", "--save-dir", str(tmp_path)]  # fmt: skip
     code, out, err = cli(train.main, argv)
     assert code == 0, err
-    assert "Val Loss:" in out
+    assert [(b["batch_size"], b["val_batch_size"]) for b in built] == [(len(val) + 2, len(val))]
+    assert "Val Loss:" in out and len((next(tmp_path.glob("loss_*")) / "epoch_val_loss.txt")
+                                     .read_text().split()) == 1  # fmt: skip
 
 
 def test_warnings_come_once_and_name_the_fix(trained, tmp_path, cli):
@@ -262,27 +262,31 @@ def test_devices_are_checked_by_name(cli, device, message):
     assert code == 2 and message in err
 
 
-def test_cuda_n_without_a_gpu_is_a_clear_error(cli):
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_cuda_without_a_gpu_is_a_clear_error(cli, device):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    code, _, err = cli(train.main, ["--device", "cuda:1", "--model-path", ""])
-    assert code == 2 and "--device cuda:1 was asked for but no CUDA GPU is visible" in err
+    code, _, err = cli(train.main, ["--device", device, "--model-path", ""])
+    assert code == 2
+    assert f"--device {device} was asked for but no CUDA GPU is visible; use --device cpu." in err
 
 
 def test_the_prompt_strips_quotes_and_spaces(trained, tmp_path, cli, answer_prompts):
-    root, weights = trained
+    root, logs = trained
+    weights = logs / "last_epoch_weights.pth"
     image = next((root / "VOC2007/JPEGImages").iterdir())
     answer_prompts([f"  '{image}'  ", "", f'"{tmp_path / "gone.jpg"}"'])
     argv = ["--model-path", str(weights), "--device", "cpu", "--dir-save-path", str(tmp_path)]
     code, out, _ = cli(predict.main, argv)
     assert code == 0 and (tmp_path / f"{image.stem}.png").is_file()
+    assert "Open Error! image file '" in out
     assert "gone.jpg' does not exist; check the name and try again" in out
     assert "remove its id" not in out
 
 
 def test_fps_mode_without_the_originals_image_times_a_generated_one(trained, tmp_path,
                                                                     monkeypatch, cli):  # fmt: skip
-    _, weights = trained
+    weights = trained[1] / "last_epoch_weights.pth"
     monkeypatch.chdir(tmp_path)  # no img/street.jpg here
     argv = ["--mode", "fps", "--model-path", str(weights), "--device", "cpu",
             "--test-interval", "1", "--fps-batch-size", "1"]  # fmt: skip
@@ -302,8 +306,10 @@ def test_fix_binary_has_a_dry_run_and_keeps_a_backup(binary_root, cli):
     assert not (binary_root / "VOC2007/ImageSets").exists()
     code, out, _ = cli(voc_annotation.main, argv)
     assert code == 0 and "SegmentationClass_backup" in out
+    assert "rewriting value 255 as 1 in 3 of 3 labels (48 pixels)" in out
     assert (binary_root / "VOC2007/SegmentationClass_backup/a.png").read_bytes() == before
-    assert set(np.unique(np.array(Image.open(labels / "a.png")))) == {0, 1}
+    fixed = np.array(Image.open(labels / "a.png"))
+    assert set(np.unique(fixed)) == {0, 1} and (fixed == 1).sum() == 16
 
 
 def test_voc_annotation_calls_an_unreadable_image_an_image(binary_root, cli):

@@ -17,19 +17,21 @@ import torch
 import train
 from nets.unet import Unet as Model
 from nets.unet_training import SegmentationLoss, weights_init
-from tests.conftest import save_random_weights, shared_data
+from tests.conftest import SHARED_DATA, save_random_weights
 from unet import Unet
 from utils.demo_data import make_demo_dataset, make_sample
-from utils.device import resolve_runtime
+from utils.device import backend_settings, cpu_has_native_bf16, resolve_runtime
 from utils.utils_fit import train_one_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA = pytest.mark.cuda
 
 # (device, precision, channels_last); bf16 on a CPU only runs fast with AVX512-BF16 or AMX
+NATIVE_BF16 = pytest.mark.skipif(not cpu_has_native_bf16(), reason="bf16 is emulated here")
 STEP_SETTINGS = [
     ("cpu", "fp32", False),
     ("cpu", "fp32", True),
+    pytest.param("cpu", "bf16", True, marks=NATIVE_BF16),
     *[pytest.param("cuda", precision, layout, marks=CUDA)
       for precision in ("fp32", "fp16", "bf16") for layout in (False, True)],
 ]  # fmt: skip
@@ -75,22 +77,39 @@ def test_benchmark_times_steps_and_writes_nothing(tmp_path, cli, device):
 
 @CUDA
 def test_prediction_on_cuda_agrees_with_the_cpu(tmp_path):
+    """The same weights give the same classes on CUDA and on the CPU, and batched as one by one.
+
+    Compared with TF32 off: PyTorch lets CUDA fp32 convolutions use TF32 (a 10-bit mantissa) by
+    default, and a CPU simulation of that rounding gave only 99.855% of these pixels the same
+    class. In strict fp32 the devices and batch sizes differ only by the rounding of different
+    kernels (about 1e-6), which flips an argmax only where two classes nearly tie: every pixel
+    whose top two probabilities are more than 1e-3 apart must agree.
+    """
     weights = save_random_weights(tmp_path / "vgg5.pth", num_classes=5)
-    image_path = shared_data("samples", "street.jpg")
-    predictors = {
-        device: Unet(
-            model_path=str(weights), num_classes=5, input_shape=[256, 256], device=device
-        )  # fmt: skip
-        for device in ("cpu", "cuda")
-    }
+    image_path = SHARED_DATA / "samples" / "street.jpg"
+    if not image_path.is_file():  # a generated photo-like picture instead
+        image_path = tmp_path / "street.png"
+        make_sample(np.random.default_rng(0), 640, 480)[0].save(image_path)
     from utils.utils import read_image
 
     image = read_image(image_path)
-    cpu, cuda = (predictors[d].labels(image) for d in ("cpu", "cuda"))
+    with backend_settings(tf32=False):
+        predictors = {
+            device: Unet(
+                model_path=str(weights), num_classes=5, input_shape=[256, 256], device=device
+            )  # fmt: skip
+            for device in ("cpu", "cuda")
+        }
+        probs = {d: predictors[d].probabilities(image) for d in ("cpu", "cuda")}
+        batched = next(predictors["cuda"].predict_files([image_path] * 3, batch_size=2)).labels
+    assert np.abs(probs["cpu"] - probs["cuda"]).max() < 1e-3
+    top2 = np.sort(probs["cpu"], axis=-1)[..., -2:]
+    clear = top2[..., 1] - top2[..., 0] > 1e-3
+    assert clear.mean() > 0.99
+    cpu, cuda = (probs[d].argmax(-1) for d in ("cpu", "cuda"))
     assert len(np.unique(cpu)) > 1
-    assert np.mean(cpu == cuda) >= 0.999
-    batched = next(predictors["cuda"].predict_files([image_path] * 3, batch_size=2)).labels
-    assert np.mean(batched == cuda) >= 0.9999
+    assert np.array_equal(cpu[clear], cuda[clear])
+    assert np.array_equal(batched[clear], cuda[clear])
 
 
 @CUDA
@@ -110,4 +129,4 @@ def test_one_process_torchrun_with_nccl_sync_bn_and_resume(tmp_path):
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
     state = torch.load(tmp_path / "logs/checkpoint_last.pth", weights_only=True)
-    assert state["epoch"] == 2 and state["args"]["precision"] == "fp16"
+    assert state["epoch"] == 2 and state["config"]["precision"] == "fp16"

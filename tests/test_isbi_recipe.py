@@ -2,7 +2,6 @@
 and tiles, keeping the best weights by mIoU, and the pixel error."""
 
 import json
-import re
 
 import numpy as np
 import pytest
@@ -98,26 +97,14 @@ def recipe(cells, tmp_path, *extra):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [(["--tile", "8"], "--tile 8 is smaller than the vgg network's input multiple 16; use"),
-     (["--save-best-by", "miou", "--no-eval-flag"], "--save-best-by miou needs the in-training"),
+     (["--save-best-by", "miou", "--no-eval-flag"],
+      "save_best_by (--save-best-by) miou needs the in-training"),
      (["--train-crop", "40", "40"], "input size 40x40 does not fit the vgg backbone")],
 )  # fmt: skip
 def test_recipe_flags_that_cannot_work_are_refused_before_training(cells, tmp_path, cli, extra,
                                                                    message):  # fmt: skip
     code, out, err = cli(train.main, recipe(cells, tmp_path, "--unfreeze-epoch", "1", *extra))
     assert code == 2 and message in err and "Epoch" not in out
-
-
-def test_best_by_miou_keeps_the_best_epoch_and_names_it(cells, tmp_path, cli):
-    argv = recipe(cells, tmp_path, "--unfreeze-epoch", "3", "--eval-period", "1",
-                  "--save-best-by", "miou", "--augment", "elastic")  # fmt: skip
-    code, _, err = cli(train.main, argv)
-    assert code == 0, err
-    lines = next((tmp_path / "logs").glob("loss_*/epoch_miou.txt")).read_text().splitlines()
-    mious = [float(x) for x in lines if not x.startswith("#")]
-    best = int(np.argmax(mious)) + 1
-    assert re.fullmatch(rf"# best_epoch_weights\.pth: epoch {best}, mIoU [\d.]+", lines[-1])
-    settings = json.loads((tmp_path / "logs/best_epoch_weights.json").read_text())
-    assert settings["dataset_format"] == "medical"
 
 
 def test_tiles_evaluate_in_training_as_get_miou_does_and_the_pixel_error_is_reported(
@@ -150,8 +137,40 @@ def test_save_augmented_draws_the_samples_and_trains_nothing(cells, tmp_path, cl
     assert not list((tmp_path / "logs").glob("*.pth"))
 
 
-def test_make_demo_data_tiles_do_not_change_the_default_voc_flow(tmp_path):
+def test_elastic_augmentation_keeps_the_voc_classes_and_their_ignore_border(tmp_path):
     root = make_demo_dataset(tmp_path / "VOCdevkit", 4, size=(48, 40))
     dataset = UnetDataset(["0000", "0001"], (32, 32), 4, True, root, augment="elastic")
     image, label = dataset[(0, 1)]
-    assert image.shape == (3, 32, 32) and set(label.unique().tolist()) <= {0, 1, 2, 3, 4}
+    assert image.shape == (3, 32, 32)
+    assert 4 in label.unique().tolist()  # the 255 border, as the ignore index
+    assert set(label.unique().tolist()) <= {0, 1, 2, 3, 4}
+
+
+def test_without_tiles_the_in_training_miou_scores_whole_images_as_the_predictor_does(tmp_path):
+    from nets.unet import Unet
+    from nets.unet_training import weights_init
+    from utils.config import resolve_config
+    from utils.device import Runtime, prefers_channels_last
+    from utils.inference import InferencePipeline
+    from utils.trainer import build_data
+    from utils.utils_fit import evaluate_miou
+    from utils.utils_metrics import ConfusionMatrix
+
+    root = make_demo_dataset(tmp_path / "VOCdevkit", 10, size=(80, 56))
+    config = resolve_config({"dataset_path": str(root), "num_classes": 4, "input_shape": [32, 32]})
+    train_set, val_set = build_data(config.data, seed=0, say=lambda *_: None)
+    assert not train_set.crop and train_set.augment == "reference"  # whole resized images
+    torch.manual_seed(0)
+    model = Unet(num_classes=4).eval()
+    weights_init(model, "kaiming")
+    cpu = torch.device("cpu")
+    runtime = Runtime(cpu, "fp32", prefers_channels_last(cpu))
+    model = runtime.prepare(model)
+    expected = ConfusionMatrix(4)
+    whole = InferencePipeline(model, (32, 32), runtime)
+    for index in range(len(val_set)):
+        image, label = val_set.read_pair(index)
+        expected.update(label, whole.labels(image))
+    assert np.array_equal(evaluate_miou(model, val_set, runtime).hist, expected.hist)
+    tiled = evaluate_miou(model, val_set, runtime, tile=32, stride=16)
+    assert not np.array_equal(tiled.hist, expected.hist)  # --tile would change it

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nets.unet_training import CE_Loss, Dice_loss, Focal_Loss, one_hot_target
-from tests.reference_impl import ref_ce_loss, ref_dice_loss, ref_focal_loss
+from oracle.original import ref_ce_loss, ref_dice_loss, ref_focal_loss
 from utils.utils_metrics import f_score
 
 LN3 = math.log(3)

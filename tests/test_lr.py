@@ -64,24 +64,52 @@ def test_set_optimizer_lr_sets_every_group():
     assert [g["lr"] for g in optimizer.param_groups] == [lr, lr]
 
 
-@pytest.mark.parametrize("init_type", ["normal", "xavier", "kaiming", "orthogonal"])
-def test_weights_init_reinitialises_conv_weights_not_biases(init_type):
+def conv_init_statistics(init_type: str) -> dict[str, float]:
+    """Mean, standard deviation and orthogonality error of a big conv's weights after
+    ``weights_init``: (out, in, k, k) = (128, 64, 3, 3), fan_in 576, fan_out 1152."""
     torch.manual_seed(0)
-    model = Unet(num_classes=2, backbone="vgg")
-    bias_before = model.final.bias.clone()
-    weight_before = model.up_concat1.conv1.weight.clone()
-    weights_init(model, init_type=init_type)
-    assert not torch.equal(model.up_concat1.conv1.weight, weight_before)
-    assert torch.equal(model.final.bias, bias_before)
-    if init_type == "normal":
-        assert model.up_concat4.conv1.weight.std().item() == pytest.approx(0.02, rel=0.02)
+    conv = torch.nn.Conv2d(64, 128, 3)
+    conv.bias.data.fill_(0.5)
+    weights_init(torch.nn.Sequential(conv), init_type=init_type)
+    flat = conv.weight.detach().reshape(128, -1).double()
+    gram = flat @ flat.T  # orthogonal rows of norm gain: gain^2 * I
+    return {
+        "mean": flat.mean().item(),
+        "std": flat.std().item(),
+        "ortho": (gram - 0.02**2 * torch.eye(128, dtype=torch.double)).abs().max().item(),
+        "bias": conv.bias.detach().unique().tolist(),
+    }
 
 
-def test_weights_init_batchnorm_is_near_one_and_zero():
+@pytest.mark.parametrize(
+    ("init_type", "std"),
+    [
+        ("normal", 0.02),  # N(0, gain)
+        ("xavier", 0.02 * math.sqrt(2 / (576 + 1152))),  # xavier_normal with gain
+        ("kaiming", math.sqrt(2 / 576)),  # kaiming_normal, fan_in, a=0
+        ("orthogonal", 0.02 / math.sqrt(576)),  # rows of norm gain over 576 entries
+    ],
+)
+def test_each_init_type_draws_its_own_statistics(init_type, std):
+    stats = conv_init_statistics(init_type)
+    assert stats["std"] == pytest.approx(std, rel=0.05)
+    assert abs(stats["mean"]) < 0.05 * std
+    assert stats["bias"] == [0.5]  # biases untouched, as the original's init
+    # only the orthogonal init gives orthogonal rows (the others' rows overlap by chance)
+    assert (stats["ortho"] < 1e-9) == (init_type == "orthogonal"), stats["ortho"]
+
+
+def test_weights_init_draws_batchnorm_weights_near_one_and_zeroes_the_bias():
+    torch.manual_seed(0)
     model = Unet(num_classes=2, backbone="resnet50")
+    batchnorms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in batchnorms:
+        bn.bias.data.fill_(0.3)  # torch starts at weight 1, bias 0: move them off first
     weights_init(model, "kaiming")
-    assert model.resnet.bn1.weight.mean().item() == pytest.approx(1.0, abs=0.01)
-    assert torch.equal(model.resnet.bn1.bias, torch.zeros(64))
+    weights = torch.cat([bn.weight.detach() for bn in batchnorms])
+    assert weights.mean().item() == pytest.approx(1.0, abs=0.002)
+    assert weights.std().item() == pytest.approx(0.02, rel=0.05)  # N(1, 0.02), not all 1
+    assert all(torch.equal(bn.bias, torch.zeros_like(bn.bias)) for bn in batchnorms)
 
 
 def test_unknown_init_type_is_a_clear_error():

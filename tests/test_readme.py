@@ -1,16 +1,22 @@
-"""The README's short commands run as written (``make docs-check`` runs only this file).
+"""The short commands of the README and of docs/*.md run as written (``make docs-check`` runs
+only this file).
 
-Every ``python ...`` line of the README's ```bash blocks runs, in order, in a workspace laid out
-as after ``make demo``: ``demo_data/VOCdevkit`` and its model in ``logs/demo/``, a
-``VOCdevkit/`` of your own, the original's weights files in ``model_data/`` (random weights of
-the right shapes), ``logs/checkpoint_last.pth`` and a ``clip.mp4``. A block after a
-``<!-- docs-check: skip (why) -->`` line is skipped (installs, GPUs, benchmarks). Training
-commands keep every flag they show and get a few appended, so that they finish in seconds:
-32x32 inputs, one epoch, a scratch ``--save-dir`` (a resume gets one more epoch instead).
+Every ``python ...`` line of a page's ```bash blocks runs, in order, in a workspace laid out as
+after ``make demo``: ``demo_data/VOCdevkit`` and its model in ``logs/demo/``, a ``VOCdevkit/``
+of your own with a finished run in ``logs/`` (``checkpoint_last.pth``, ``config.yaml``), a
+medical-layout ``Medical_Datasets/``, the original's weights files in ``model_data/`` (random
+weights of the right shapes), ``recipes/`` and a ``clip.mp4``. Each page gets its own copy of
+that workspace. A block after a ``<!-- docs-check: skip (why) -->`` line is skipped (installs,
+GPUs, torchrun, data outside the workspace, minutes of time). Commands keep every flag they
+show and get a few appended, so that they finish in seconds: training gets 32x32 inputs, one
+epoch and a scratch ``--save-dir`` (a resume gets one more epoch instead), ``--mode fps`` a few
+timed runs.
 """
 
 import importlib
+import os
 import shlex
+import shutil
 from pathlib import Path
 
 import cv2
@@ -25,6 +31,8 @@ from utils.demo_data import make_demo_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIP = "<!-- docs-check: skip"
+PAGES = ["README.md", *sorted(f"docs/{page.name}" for page in (ROOT / "docs").glob("*.md"))]
+TRAINING_SCRIPTS = ("train.py", "train_medical.py")
 
 
 def readme_commands(text: str) -> list[str]:
@@ -50,7 +58,7 @@ def readme_commands(text: str) -> list[str]:
 
 
 def shortened(argv: list[str], workspace: Path) -> list[str]:
-    """A train.py command with flags appended so that it finishes in seconds."""
+    """A training command with flags appended so that it finishes in seconds."""
     if "--resume" in argv:
         return [*argv, "--unfreeze-epoch", "2", "--num-workers", "0"]
     return [*argv, "--input-shape", "32", "32", "--freeze-epoch", "1", "--unfreeze-epoch", "1",
@@ -58,20 +66,50 @@ def shortened(argv: list[str], workspace: Path) -> list[str]:
             "--save-dir", str(workspace / "scratch")]  # fmt: skip
 
 
-def tiny_training(root: Path, save_dir: Path) -> None:
-    train.main(["--dataset-path", str(root), "--num-classes", "4", "--model-path", "",
+def quick(script: str, argv: list[str], workspace: Path) -> list[str]:
+    """The command with flags appended so that it finishes in seconds: training gets
+    :func:`shortened`, ``predict.py --mode fps`` times a few runs only."""
+    if script in TRAINING_SCRIPTS:
+        return shortened(argv, workspace)
+    if script == "predict.py" and "fps" in argv:
+        return [*argv, "--test-interval", "2", "--fps-batch-size", "2"]
+    return argv
+
+
+def tiny_training(root: str, save_dir: str) -> None:
+    train.main(["--dataset-path", root, "--num-classes", "4", "--model-path", "",
                 "--input-shape", "32", "32", "--no-freeze-train", "--unfreeze-epoch", "1",
-                "--num-workers", "0", "--device", "cpu", "--save-dir", str(save_dir)])  # fmt: skip
+                "--num-workers", "0", "--device", "cpu", "--save-dir", save_dir])  # fmt: skip
+
+
+def make_medical_dataset(root: Path, voc: Path) -> None:
+    """The medical layout from a VOC data set: membrane-like dark labels where a shape is."""
+    for name in ("Images", "Labels", "ImageSets/Segmentation"):
+        (root / name).mkdir(parents=True)
+    ids = sorted(p.stem for p in (voc / "VOC2007/JPEGImages").glob("*.jpg"))
+    for id_ in ids:
+        image = cv2.imread(str(voc / f"VOC2007/JPEGImages/{id_}.jpg"))
+        cv2.imwrite(str(root / f"Images/{id_}.png"), image)
+        label = cv2.imread(str(voc / f"VOC2007/SegmentationClass/{id_}.png"), cv2.IMREAD_UNCHANGED)
+        cv2.imwrite(str(root / f"Labels/{id_}.png"), np.where(label == 0, 255, 0).astype(np.uint8))
+    (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(ids[:-3]) + "\n")
+    (root / "ImageSets/Segmentation/val.txt").write_text("\n".join(ids[-3:]) + "\n")
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    """The files the README's examples expect, as after ``make demo``."""
-    ws = tmp_path_factory.mktemp("readme")
-    demo = make_demo_dataset(ws / "demo_data/VOCdevkit", 12, size=(64, 48))
-    tiny_training(demo, ws / "logs/demo")
-    own = make_demo_dataset(ws / "VOCdevkit", 12, size=(64, 48), seed=1)
-    tiny_training(own, ws / "logs")  # logs/checkpoint_last.pth, for the resume example
+def template(tmp_path_factory):
+    """The files the examples expect, as after ``make demo``; every path in them relative."""
+    ws = tmp_path_factory.mktemp("docs_workspace")
+    here = Path.cwd()
+    os.chdir(ws)
+    try:
+        make_demo_dataset("demo_data/VOCdevkit", 12, size=(64, 48))
+        tiny_training("demo_data/VOCdevkit", "logs/demo")
+        make_demo_dataset("VOCdevkit", 12, size=(64, 48), seed=1)
+        tiny_training("VOCdevkit", "logs")  # logs/checkpoint_last.pth and logs/config.yaml
+    finally:
+        os.chdir(here)
+    make_medical_dataset(ws / "Medical_Datasets", ws / "VOCdevkit")
     (ws / "model_data").mkdir()
     save_random_weights(ws / "model_data/unet_vgg_voc.pth", num_classes=21)
     features = {f"features.{k}": v for k, v in make_layers(VGG16_CONFIG).state_dict().items()}
@@ -80,26 +118,56 @@ def workspace(tmp_path_factory):
     for i in range(3):
         writer.write(np.full((48, 64, 3), 60 * i, np.uint8))
     writer.release()
+    (ws / "recipes").symlink_to(ROOT / "recipes", target_is_directory=True)
     return ws
+
+
+def link_or_copy(source: str, target: str) -> None:
+    """Weights files are hard-linked (the scripts only ever replace them whole, never write into
+    them); everything else is copied, so a page never changes the template."""
+    if source.endswith(".pth"):
+        try:
+            os.link(source, target)
+            return
+        except OSError:
+            pass
+    shutil.copy2(source, target)
+
+
+@pytest.fixture
+def workspace(template, tmp_path):
+    """A fresh copy of the template for one page."""
+    ws = tmp_path / "workspace"
+    shutil.copytree(template, ws, symlinks=True, copy_function=link_or_copy)
+    return ws
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_the_pages_check_only_what_runs_here(page):
+    commands = readme_commands((ROOT / page).read_text())
+    assert not any("torchrun" in c or "pip " in c for c in commands), page
+    assert not any("../shared" in c or "isbi2012" in c for c in commands), page
 
 
 def test_the_readme_has_commands_to_check():
     commands = readme_commands((ROOT / "README.md").read_text())
     scripts = {shlex.split(c)[1] for c in commands}
     assert {"train.py", "predict.py", "get_miou.py", "voc_annotation.py", "summary.py"} <= scripts
-    assert not any("torchrun" in c or "pip " in c for c in commands)
 
 
 @pytest.mark.slow
-def test_the_readme_commands_run_as_written(workspace, monkeypatch, cli):
+@pytest.mark.parametrize("page", PAGES)
+def test_the_commands_run_as_written(page, workspace, monkeypatch, cli):
     monkeypatch.chdir(workspace)
     failures = []
-    for command in readme_commands((ROOT / "README.md").read_text()):
+    for command in readme_commands((ROOT / page).read_text()):
         script, *argv = shlex.split(command, comments=True)[1:]
-        module = importlib.import_module(script.removesuffix(".py"))
-        if script == "train.py":
-            argv = shortened(argv, workspace)
-        code, _, err = cli(module.main, argv)
+        if script == "-m":
+            name, *argv = argv
+        else:
+            name = script.removesuffix(".py")
+        module = importlib.import_module(name)
+        code, _, err = cli(module.main, quick(script, argv, workspace))
         if code != 0:
             failures.append(f"{command}\n  -> exit {code}: {err.strip()[-500:]}")
-    assert not failures, "\n".join(failures)
+    assert not failures, f"{page}:\n" + "\n".join(failures)

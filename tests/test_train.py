@@ -1,10 +1,7 @@
 """train.py: phases, LR, output files, resume, NaN stop, bad flags, torchrun."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,37 +12,20 @@ from PIL import Image
 import train
 import train_medical
 from nets.unet import Unet
-from nets.unet_training import SegmentationLoss, get_lr_scheduler
+from nets.unet_training import get_lr_scheduler, weights_init
+from tests.conftest import base_argv
+from utils import trainer
 from utils.demo_data import make_demo_dataset
+from utils.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    """12 demo images (4 classes): 8 train, 4 val."""
-    root = make_demo_dataset(tmp_path_factory.mktemp("data") / "VOCdevkit", 12, size=(48, 40))
-    splits = root / "VOC2007/ImageSets/Segmentation"
-    ids = [f"{i:04d}" for i in range(12)]
-    (splits / "train.txt").write_text("\n".join(ids[:8]) + "\n")
-    (splits / "val.txt").write_text("\n".join(ids[8:]) + "\n")
-    return root
-
-
-def base_argv(data_root, save_dir, *extra) -> list[str]:
-    return [
-        "--dataset-path", str(data_root), "--num-classes", "4", "--model-path", "",
-        "--input-shape", "32", "32", "--num-workers", "0", "--save-dir", str(save_dir),
-        "--freeze-batch-size", "2", "--unfreeze-batch-size", "2", "--dice-loss",
-        "--device", "cpu", *extra,
-    ]  # fmt: skip
 
 
 def test_freeze_then_unfreeze_switches_batch_lr_and_trainable_backbone(
     data_root, tmp_path, monkeypatch, cli
 ):
     seen = []
-    real = train.train_one_epoch
+    real = trainer.train_one_epoch
 
     def spy(model, loader, **kwargs):
         vgg_trainable = any(p.requires_grad for p in model.vgg.parameters())
@@ -53,7 +33,7 @@ def test_freeze_then_unfreeze_switches_batch_lr_and_trainable_backbone(
         seen.append((loader.batch_size, kwargs["steps"], lr, vgg_trainable))
         return real(model, loader, **kwargs)
 
-    monkeypatch.setattr(train, "train_one_epoch", spy)
+    monkeypatch.setattr(trainer, "train_one_epoch", spy)
     argv = base_argv(
         data_root, tmp_path, "--freeze-epoch", "1", "--unfreeze-epoch", "3",
         "--unfreeze-batch-size", "4", "--optimizer-type", "sgd", "--init-lr", "1e-2",
@@ -80,14 +60,14 @@ def test_adam_lr_clamp_is_announced(data_root, tmp_path, cli):
 
 def test_recipe_flags_split_files_flips_and_unfitted_lr(data_root, tmp_path, monkeypatch, cli):
     seen = []
-    real = train.train_one_epoch
+    real = trainer.train_one_epoch
 
     def spy(model, loader, **kwargs):
         seen.append((kwargs["steps"], kwargs["optimizer"].param_groups[0]["lr"],
                      loader.dataset.augment))  # fmt: skip
         return real(model, loader, **kwargs)
 
-    monkeypatch.setattr(train, "train_one_epoch", spy)
+    monkeypatch.setattr(trainer, "train_one_epoch", spy)
     (tmp_path / "a.txt").write_text("0000\n0001\n0002\n0003\n")
     (tmp_path / "b.txt").write_text("0004\n0005\n")
     argv = base_argv(
@@ -111,7 +91,8 @@ def test_writes_the_reference_output_files(data_root, tmp_path, cli):
                      "--save-period", "1", "--eval-period", "1")  # fmt: skip
     assert cli(train.main, argv)[0] == 0
     settings = sorted(p for p in tmp_path.iterdir() if p.suffix == ".json")
-    names = sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".json")
+    assert (tmp_path / "config.yaml").is_file()
+    names = sorted(p.name for p in tmp_path.iterdir() if p.suffix not in (".json", ".yaml"))
     assert len(names) == 6, names
     # every weights file but the checkpoint has its settings beside it
     assert [p.stem for p in settings] == [Path(n).stem for n in names if n.endswith("weights.pth")
@@ -145,7 +126,7 @@ class SimulatedCrashError(Exception):
     "run_flags",
     [
         ["--device", "cpu"],
-        ["--device", "cpu", "--deterministic"],
+        pytest.param(["--device", "cpu", "--deterministic"], marks=pytest.mark.slow),
         pytest.param(["--device", "cuda", "--deterministic"], marks=pytest.mark.cuda),
     ],
     ids=["cpu", "cpu-deterministic", "cuda-deterministic"],
@@ -155,17 +136,17 @@ def test_resume_matches_uninterrupted(data_root, tmp_path, monkeypatch, cli, run
              "--save-period", "10", *run_flags)  # fmt: skip
     assert cli(train.main, base_argv(data_root, tmp_path / "full", *extra))[0] == 0
 
-    real_end = train.end_of_epoch
+    real_end = Trainer.end_of_epoch
 
-    def crash_after_second_epoch(args, **kwargs):
-        real_end(args, **kwargs)
-        if kwargs["epoch"] == 1:
+    def crash_after_second_epoch(self, epoch, log, **kwargs):
+        real_end(self, epoch, log, **kwargs)
+        if epoch == 1:
             raise SimulatedCrashError
 
-    monkeypatch.setattr(train, "end_of_epoch", crash_after_second_epoch)
+    monkeypatch.setattr(Trainer, "end_of_epoch", crash_after_second_epoch)
     with pytest.raises(SimulatedCrashError):
         train.main(base_argv(data_root, tmp_path / "cut", *extra))
-    monkeypatch.setattr(train, "end_of_epoch", real_end)
+    monkeypatch.setattr(Trainer, "end_of_epoch", real_end)
     assert cli(train.main, ["--resume", str(tmp_path / "cut" / "checkpoint_last.pth")])[0] == 0
 
     for name in ("last_epoch_weights.pth", "best_epoch_weights.pth"):
@@ -175,7 +156,7 @@ def test_resume_matches_uninterrupted(data_root, tmp_path, monkeypatch, cli, run
     logs = [next((tmp_path / run).glob("loss_*")) for run in ("full", "cut")]
     for name in ("epoch_loss.txt", "epoch_val_loss.txt", "epoch_miou.txt"):
         assert (logs[0] / name).read_text() == (logs[1] / name).read_text()
-    saved = torch.load(tmp_path / "cut" / "checkpoint_last.pth", weights_only=True)["args"]
+    saved = torch.load(tmp_path / "cut" / "checkpoint_last.pth", weights_only=True)["config"]
     assert saved["deterministic"] == ("--deterministic" in run_flags)
     assert not torch.are_deterministic_algorithms_enabled()  # restored after the run
 
@@ -188,27 +169,6 @@ def test_resume_can_extend_training(data_root, tmp_path, cli):
     assert cli(train.main, ["--resume", checkpoint, "--unfreeze-epoch", "2"])[0] == 0
     state = torch.load(checkpoint, weights_only=True)
     assert state["epoch"] == 2 and len(state["history"]["loss"]) == 2
-
-
-def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(
-    data_root, tmp_path, monkeypatch, cli
-):
-    real_forward = SegmentationLoss.forward
-    calls = {"n": 0}
-
-    def poisoned(self, outputs, labels):
-        calls["n"] += 1
-        loss = real_forward(self, outputs, labels)
-        # epoch 1 is 4 train + 2 val batches: call 8 is epoch 2, step 2
-        return loss * float("nan") if calls["n"] == 8 else loss
-
-    monkeypatch.setattr(SegmentationLoss, "forward", poisoned)
-    argv = base_argv(data_root, tmp_path, "--no-freeze-train", "--unfreeze-epoch", "3",
-                     "--no-eval-flag")  # fmt: skip
-    code, _, err = cli(train.main, argv)
-    assert code == 2
-    assert "the loss became nan at epoch 2, step 2" in err and "Lower --init-lr" in err
-    assert torch.load(tmp_path / "checkpoint_last.pth", weights_only=True)["epoch"] == 1
 
 
 @pytest.fixture(scope="module")
@@ -248,8 +208,8 @@ def test_medical_layout_trains_without_a_val_split(tmp_path):
     del argv[at : at + 2]
     train_medical.main(argv)
     checkpoint = torch.load(tmp_path / "logs/checkpoint_last.pth", weights_only=False)
-    assert checkpoint["args"]["dataset_format"] == "medical"
-    assert checkpoint["args"]["num_classes"] == 2
+    assert checkpoint["config"]["dataset_format"] == "medical"
+    assert checkpoint["config"]["num_classes"] == 2
     names = sorted(p.name for p in (tmp_path / "logs").glob("ep*.pth"))
     assert len(names) == 1 and re.fullmatch(r"ep001-loss\d+\.\d{3}\.pth", names[0])
 
@@ -257,38 +217,35 @@ def test_medical_layout_trains_without_a_val_split(tmp_path):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--cls-weights", "1", "2"], "--cls-weights has 2 values but --num-classes is 4"),
+        (["--cls-weights", "1", "2"],
+         "cls_weights (--cls-weights) has 2 values but num_classes (--num-classes) is 4"),
         (["--init-epoch", "5", "--unfreeze-epoch", "5"], "leaves nothing to train"),
-        (["--freeze-epoch", "10", "--unfreeze-epoch", "5"], "is past --unfreeze-epoch 5"),
+        (["--freeze-epoch", "10", "--unfreeze-epoch", "5"],
+         "is past unfreeze_epoch (--unfreeze-epoch) 5"),
         (["--input-shape", "40", "40"], "multiples of 16"),
         (["--precision", "fp16", "--device", "cpu"], "needs a CUDA GPU"),
         (["--distributed"], "torchrun --nproc_per_node"),
         (["--sync-bn"], "run under torchrun or drop it"),
         (["--model-path", "no/such.pth"], "--model-path 'no/such.pth' does not exist"),
         (["--resume", "no/such.pth"], "--resume 'no/such.pth' does not exist"),
-        (["--min-lr", "1"], "must be above 0 and at most --init-lr"),
+        (["--min-lr", "1"], "must be above 0 and at most init_lr (--init-lr)"),
         (["--unfreeze-batch-size", "9", "--no-freeze-train"],
          "the train split has 8 images, fewer than the batch size 9"),
         (["--lr-decay-type", "step", "--unfreeze-epoch", "5", "--no-freeze-train"],
          "needs at least 10 epochs"),
-        (["--num-classes", "1"], "--num-classes must be at least 2"),
+        (["--num-classes", "1"], "num_classes (--num-classes) must be at least 2, not 1"),
         (["--dataset-path", "no/such/dir"], "--dataset-path 'no/such/dir' does not exist"),
         (["--val-split", "no/val.txt"], "split file 'no/val.txt' does not exist; check the path"),
-        (["--name-classes", "a", "b"], "--name-classes has 2 names but --num-classes is 4"),
-        (["--val-batch-size", "0"], "--val-batch-size must be at least 1, not 0"),
+        (["--name-classes", "a", "b"],
+         "name_classes (--name-classes) has 2 names but num_classes (--num-classes) is 4"),
+        (["--val-batch-size", "0"], "val_batch_size (--val-batch-size) must be at least 1, not 0"),
+        (["--momentum", "1"], "momentum (--momentum) must be below 1, not 1.0"),
     ],
 )  # fmt: skip
 def test_bad_flags_end_in_one_clear_sentence(data_root, tmp_path, cli, extra, message):
     code, _, err = cli(train.main, base_argv(data_root, tmp_path, *extra))
     assert code == 2, err
     assert message in err and "Traceback" not in err
-
-
-def test_cuda_without_a_gpu_is_a_clear_error(data_root, tmp_path, cli):
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
-    code, _, err = cli(train.main, base_argv(data_root, tmp_path, "--device", "cuda"))
-    assert code == 2 and "no CUDA GPU is visible" in err
 
 
 def test_resume_refuses_weights_files_and_shape_changes(data_root, tmp_path, weights_file, cli):
@@ -299,7 +256,7 @@ def test_resume_refuses_weights_files_and_shape_changes(data_root, tmp_path, wei
     assert cli(train.main, argv)[0] == 0
     resume = ["--resume", str(tmp_path / "checkpoint_last.pth"), "--num-classes", "5"]
     code, _, err = cli(train.main, resume)
-    assert code == 2 and "--num-classes 5 differs from the checkpoint's 4" in err
+    assert code == 2 and "num_classes (--num-classes) 5 differs from the checkpoint's 4" in err
 
 
 def test_backbone_weights_of_another_backbone_are_refused(data_root, tmp_path, cli):
@@ -307,22 +264,6 @@ def test_backbone_weights_of_another_backbone_are_refused(data_root, tmp_path, c
     torch.save(Unet(num_classes=4, backbone="resnet50").state_dict(), path)
     code, _, err = cli(train.main, base_argv(data_root, tmp_path, "--model-path", str(path)))
     assert code == 2 and "26 of 26 backbone tensors" in err and "--allow-backbone-mismatch" in err
-
-
-@pytest.mark.slow
-def test_two_process_torchrun_on_cpu(data_root, tmp_path):
-    argv = base_argv(data_root, tmp_path, "--no-freeze-train", "--unfreeze-epoch", "2",
-                     "--eval-period", "1", "--device", "cpu")  # fmt: skip
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node", "2", "train.py", *argv]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("Epoch:2/2") == 1  # only rank 0 reports
-    assert len(list(tmp_path.glob("loss_*"))) == 1
-    log_dir = next(tmp_path.glob("loss_*"))
-    assert len((log_dir / "epoch_miou.txt").read_text().split()) == 2
-    assert (tmp_path / "checkpoint_last.pth").is_file()
 
 
 def test_reference_init_silences_the_input_but_kaiming_does_not():
@@ -334,7 +275,7 @@ def test_reference_init_silences_the_input_but_kaiming_does_not():
     spread = {}
     for init_type in ("normal", "kaiming"):
         model = Unet(num_classes=4).eval()
-        train.weights_init(model, init_type)
+        weights_init(model, init_type)
         with torch.no_grad():
             logits = model(x)
         spread[init_type] = (logits - logits.mean(dim=(2, 3), keepdim=True)).abs().max().item()
@@ -342,10 +283,15 @@ def test_reference_init_silences_the_input_but_kaiming_does_not():
 
 
 @pytest.mark.slow
-def test_training_from_scratch_learns_the_demo_data(tmp_path, cli):
+def test_the_scratch_recipe_learns_the_demo_data(tmp_path, cli):
+    """10 epochs of recipes/scratch.yaml (Adam 1e-3, Dice) at 64x64 on 32 demo images. Measured
+    on a 2-core AMD EPYC Zen 5: mIoU 52.5 against 21.8 for predicting only background, and 50.5
+    at LR 3e-4, so a margin of 10 points leaves room for any CPU's rounding; the original's
+    defaults (Adam clamped to 1e-4) reach only 33.7 here."""
     root = make_demo_dataset(tmp_path / "VOCdevkit", 40, size=(96, 72))  # 32 train / 8 val
-    argv = base_argv(root, tmp_path / "logs", "--no-freeze-train", "--unfreeze-epoch", "10",
-                     "--unfreeze-batch-size", "4", "--eval-period", "10")  # fmt: skip
+    argv = ["--config", str(ROOT / "recipes/scratch.yaml"),
+            *base_argv(root, tmp_path / "logs", "--unfreeze-epoch", "10",
+                       "--unfreeze-batch-size", "4", "--eval-period", "10")]  # fmt: skip
     at = argv.index("--input-shape")
     argv[at + 1 : at + 3] = ["64", "64"]
     assert cli(train.main, argv)[0] == 0

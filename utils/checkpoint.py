@@ -13,31 +13,15 @@ import torch
 from torch import nn
 
 from nets.unet import BACKBONE_PREFIX
+from utils.config import MODEL_DEFAULTS, MODEL_KEYS, SETTINGS, TrainConfig
 from utils.errors import UserError
 from utils.seeding import capture_rng, restore_rng
 
-#: What ``checkpoint_last.pth`` holds: written by :func:`save_training_checkpoint`, read back by
-#: :func:`load_training_checkpoint` (and ``args`` by train.py's flag parsing).
-CHECKPOINT_KEYS = ("model", "optimizer", "scaler", "epoch", "history", "log_dir", "rng", "args")
+#: What ``checkpoint_last.pth`` holds: written by :meth:`CheckpointSaver.save`, read back by
+#: :func:`load_training_checkpoint` (and ``config`` by train.py, under the flags it is given).
+CHECKPOINT_KEYS = ("model", "optimizer", "scaler", "epoch", "history", "log_dir", "rng", "config")
 
 BACKBONE_PREFIXES = tuple(BACKBONE_PREFIX.values())
-
-
-#: What a weights file needs to be used, kept beside it as ``<name>.json`` (see
-#: :func:`save_weights`): the ``.pth`` stays the original's plain state dict.
-SETTINGS_KEYS = (
-    "num_classes", "backbone", "input_shape", "dataset_format", "name_classes", "tile", "stride",
-)  # fmt: skip
-#: The reference's values, for weights files without settings (the original's own files).
-MODEL_DEFAULTS = {
-    "num_classes": 21,
-    "backbone": "vgg",
-    "input_shape": [512, 512],
-    "dataset_format": "voc",
-    "name_classes": None,
-    "tile": None,
-    "stride": None,
-}
 
 
 def atomic_save(obj, path: str | Path) -> None:
@@ -58,7 +42,7 @@ def save_weights(state_dict: dict, path: str | Path, settings: dict) -> None:
     atomic_save(state_dict, path)
     target = settings_path(path)
     tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps({k: settings[k] for k in SETTINGS_KEYS if k in settings}, indent=2))
+    tmp.write_text(json.dumps({k: settings[k] for k in MODEL_KEYS if k in settings}, indent=2))
     os.replace(tmp, target)
 
 
@@ -77,7 +61,7 @@ def read_settings(weights_path: str | Path | None) -> dict:
             f"the settings file '{path}' beside the weights cannot be read ({error}); delete it "
             "and give --num-classes, --backbone and --input-shape."
         ) from error
-    return {key: saved[key] for key in SETTINGS_KEYS if key in saved}
+    return {key: saved[key] for key in MODEL_KEYS if key in saved}
 
 
 def model_settings(weights_path: str | Path | None, **given) -> dict:
@@ -86,7 +70,7 @@ def model_settings(weights_path: str | Path | None, **given) -> dict:
     saved = read_settings(weights_path)
     return {
         key: given[key] if given.get(key) is not None else saved.get(key, MODEL_DEFAULTS[key])
-        for key in SETTINGS_KEYS
+        for key in MODEL_KEYS
     }
 
 
@@ -197,29 +181,69 @@ def load_matching_weights(
     return report
 
 
-def save_training_checkpoint(
-    path: str | Path,
-    *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    epoch: int,
-    history: dict,
-    log_dir: str | Path,
-    args: dict,
-) -> None:
-    """Write everything a run needs to continue after ``epoch`` epochs, atomically."""
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-        "epoch": epoch,
-        "history": history,
-        "log_dir": str(log_dir),
-        "rng": capture_rng(),
-        "args": args,
-    }
-    atomic_save(state, path)
+class CheckpointSaver:
+    """Every file a run saves, decided in one place: ``ep%03d-loss%.3f[-val_loss%.3f].pth`` every
+    ``save_period`` epochs and at the last, ``best_epoch_weights.pth``, ``last_epoch_weights.pth``
+    (each a plain state dict with its settings beside it) and ``checkpoint_last.pth``, everything
+    a run needs to continue. Only rank 0 saves.
+    """
+
+    def __init__(self, config: TrainConfig):
+        self.save_dir = Path(config.output.save_dir)
+        self.save_period = config.output.save_period
+        self.total_epochs = config.schedule.unfreeze_epoch
+        self.best_by = config.evaluation.save_best_by
+        self.settings = config.model_settings()
+        self.config = config.flat()
+
+    def is_best(
+        self, history: dict, *, loss: float, val_loss: float | None, miou: float | None
+    ) -> bool:
+        """Whether this epoch beats the ``history`` of those before it: the highest mIoU (epochs
+        without one do not count), or the original's lowest val loss (train loss without a val
+        split)."""
+        if self.best_by == "miou":
+            return miou is not None and all(miou >= m for m in history["miou"])
+        previous = history["val_loss" if val_loss is not None else "loss"]
+        current = val_loss if val_loss is not None else loss
+        return not previous or current <= min(previous)
+
+    def save(
+        self,
+        epoch: int,
+        *,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        history: dict,
+        log_dir: str | Path,
+        loss: float,
+        val_loss: float | None,
+        best: bool,
+    ) -> None:
+        """Save after ``epoch`` (1-based) epochs: the weights files due, then the checkpoint."""
+        self.save_dir.mkdir(parents=True, exist_ok=True)
+        weights = model.state_dict()
+        if epoch % self.save_period == 0 or epoch == self.total_epochs:
+            name = f"ep{epoch:03d}-loss{loss:.3f}"
+            name += f"-val_loss{val_loss:.3f}.pth" if val_loss is not None else ".pth"
+            save_weights(weights, self.save_dir / name, self.settings)
+        if best:
+            rule = self.best_by if self.best_by == "miou" or val_loss is not None else "train loss"
+            print(f"Save best model to best_epoch_weights.pth (by {rule})")
+            save_weights(weights, self.save_dir / "best_epoch_weights.pth", self.settings)
+        save_weights(weights, self.save_dir / "last_epoch_weights.pth", self.settings)
+        state = {
+            "model": weights,
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "epoch": epoch,
+            "history": history,
+            "log_dir": str(log_dir),
+            "rng": capture_rng(next(model.parameters()).device),
+            "config": self.config,
+        }
+        atomic_save(state, self.save_dir / "checkpoint_last.pth")
 
 
 def read_training_checkpoint(path: str | Path) -> dict:
@@ -230,6 +254,9 @@ def read_training_checkpoint(path: str | Path) -> dict:
             f"--resume '{path}' does not exist; point it at <save-dir>/checkpoint_last.pth."
         )
     state = load_torch_file(path, "--resume")
+    if isinstance(state, dict) and "args" in state and "config" not in state:
+        # written before recipe files: the settings were the flags' namespace
+        state["config"] = {k: v for k, v in state.pop("args").items() if k in SETTINGS}
     if not isinstance(state, dict) or not set(CHECKPOINT_KEYS) <= set(state):
         raise UserError(
             f"--resume '{path}' is a weights file, not a training checkpoint; resume from "
@@ -240,11 +267,52 @@ def read_training_checkpoint(path: str | Path) -> dict:
 
 @dataclass(frozen=True)
 class Resumed:
-    """Where a resumed run continues: epochs done, the logged history and its log folder."""
+    """Where a resumed run continues: epochs done, the logged history, its log folder, and
+    what changed on the way in (to tell the user)."""
 
     epoch: int
     history: dict
     log_dir: Path
+    notes: tuple[str, ...] = ()
+
+
+#: Optimizer options that describe the implementation (fused kernels...), not the training:
+#: they follow the device a run resumes on, not the one it was saved on.
+IMPLEMENTATION_FLAGS = ("fused", "foreach", "capturable", "differentiable")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """Load ``saved`` into ``optimizer`` as it was built here: with its own implementation
+    flags (``optimizer.load_state_dict`` would copy the saved ``fused``, and place the step
+    counters by it), and every per-parameter state in its parameter's device, dtype and memory
+    layout, so a resume on another device or with another --channels-last works."""
+    groups = [
+        {**group, **{k: ours[k] for k in IMPLEMENTATION_FLAGS if k in ours}}
+        for group, ours in zip(saved["param_groups"], optimizer.param_groups, strict=False)
+    ]
+    optimizer.load_state_dict({**saved, "param_groups": groups})
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if (
+                    isinstance(value, torch.Tensor)
+                    and value.shape == param.shape
+                    and value.stride() != param.stride()
+                ):
+                    state[key] = torch.empty_like(param).copy_(value)
+
+
+def load_scaler_state(scaler: torch.amp.GradScaler, saved: dict) -> str | None:
+    """Restore the GradScaler, or start a fresh one (and say so) when the run was not fp16
+    before; a scaler that is off (bf16, fp32) ignores a saved fp16 state."""
+    if scaler.is_enabled() and not saved:
+        return (
+            "the checkpoint was trained without fp16, so its GradScaler starts fresh at "
+            f"scale {scaler.get_scale():g}"
+        )
+    scaler.load_state_dict(saved)
+    return None
 
 
 def load_training_checkpoint(
@@ -253,10 +321,17 @@ def load_training_checkpoint(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
+    device: torch.device,
 ) -> Resumed:
-    """Restore what :func:`save_training_checkpoint` wrote (its ``args`` are read earlier)."""
+    """Restore what :meth:`CheckpointSaver.save` wrote (its ``config`` is read earlier), onto
+    this run's device, layout and precision."""
     model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scaler.load_state_dict(checkpoint["scaler"])
-    restore_rng(checkpoint["rng"])
-    return Resumed(checkpoint["epoch"], checkpoint["history"], Path(checkpoint["log_dir"]))
+    load_optimizer_state(optimizer, checkpoint["optimizer"])
+    note = load_scaler_state(scaler, checkpoint["scaler"])
+    restore_rng(checkpoint["rng"], device)
+    return Resumed(
+        checkpoint["epoch"],
+        checkpoint["history"],
+        Path(checkpoint["log_dir"]),
+        notes=(note,) if note else (),
+    )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from utils.config import SETTINGS, add_setting_flags
+
 HELP_WIDTH = 100
 
 
@@ -37,3 +39,65 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def argument_parser(description: str | None) -> argparse.ArgumentParser:
     """An ``ArgumentParser`` with :class:`HelpFormatter`."""
     return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+
+
+#: How the predicting scripts show the defaults of the settings that come with the weights.
+FROM_WEIGHTS = "from the settings file beside the weights, else {}"
+
+
+def add_model_flags(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
+    """The flags that build a predictor (predict.py, get_miou.py): --model-path, the settings
+    ``names`` that come with the weights (:data:`~utils.config.MODEL_KEYS`), the runtime
+    settings, --channels-last and --tta. Settings not given are None: the predictor then takes
+    them from the settings file beside the weights."""
+    flag = parser.add_argument_group("model").add_argument
+    flag(
+        "--model-path",
+        default=SETTINGS["model_path"].default,
+        help="trained weights (default: %(default)s)",
+    )
+    shown = {name: FROM_WEIGHTS.format(SETTINGS[name].shown_default()) for name in names}
+    add_setting_flags(parser, [*names, "device", "precision", "tf32"], **shown)
+    parser.set_defaults(
+        **dict.fromkeys(names),
+        device=SETTINGS["device"].default,
+        precision=SETTINGS["precision"].default,
+        tf32=SETTINGS["tf32"].default,
+    )
+    flag(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="channels-last memory layout for the network (default: on with CUDA or an "
+        "AVX-512 CPU, where it is faster; off otherwise)",
+    )
+    flag("--tta", action="store_true", help="average with the mirrored prediction (default: off)")
+
+
+def add_batch_flags(parser: argparse.ArgumentParser, batch_size: int | None = None) -> None:
+    """``--batch-size`` and ``--num-workers`` for predicting many images (None: by device, see
+    :func:`utils.inference.default_batching`)."""
+    flag = parser.add_argument_group("batching").add_argument
+    shown = batch_size if batch_size else "8 on CUDA, 1 on the CPU"
+    flag(
+        "--batch-size",
+        type=int,
+        default=batch_size,
+        help=f"images per forward pass; each is still post-processed at its own size "
+        f"(default: {shown})",
+    )
+    flag(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="processes that read and letterbox images ahead of the network; 0 reads in the "
+        "main process (default: up to 4 on CUDA, 0 on the CPU, where the network already "
+        "uses every core)",
+    )
+
+
+def predictor_kwargs(args: argparse.Namespace, predictor: type, **extra) -> dict:
+    """The keyword arguments of ``predictor`` (``unet.Unet`` or ``unet.Unet_ONNX``) that the
+    parsed command line holds, plus ``extra``."""
+    known = vars(args)
+    return {**{k: known[k] for k in predictor._defaults if k in known}, **extra}

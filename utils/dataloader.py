@@ -91,13 +91,15 @@ def read_split(dataset_path: str | Path, split: str, dataset_format: str = "voc"
 
 
 def explain_dataset_path(dataset_path: str | Path, dataset_format: str = "voc") -> str:
-    """What is wrong with a --dataset-path whose split files are not where the layout puts them,
+    """What is wrong with a --dataset-path whose files are not where the layout puts them,
     judged from what is there, and the fix."""
     root = Path(dataset_path)
     medical = ("Images", "Labels")
     voc = ("JPEGImages", "SegmentationClass")
     if not root.is_dir():
         return f"--dataset-path '{root}' does not exist; check it."
+    if dataset_format == "voc" and (root / "VOCdevkit" / "VOC2007").is_dir():
+        return f"--dataset-path '{root}' holds VOCdevkit/; point it at '{root / 'VOCdevkit'}'."
     if dataset_format == "voc" and all((root / name).is_dir() for name in voc):
         return (
             f"--dataset-path '{root}' is the VOC2007 folder itself; point it at its parent "
@@ -109,17 +111,17 @@ def explain_dataset_path(dataset_path: str | Path, dataset_format: str = "voc") 
         )
     if dataset_format == "medical" and (root / "VOC2007").is_dir():
         return f"'{root}' holds VOC2007/, the VOC layout; use --dataset-format voc."
-    expected = (
-        "VOC2007/ImageSets/Segmentation/"
-        if dataset_format == "voc"
-        else ("ImageSets/Segmentation/")
-    )
+    layout = DatasetLayout.of(root, dataset_format)
+    expected = layout.splits.relative_to(root).as_posix() + "/"
     found = sorted(entry.name + ("/" if entry.is_dir() else "") for entry in root.iterdir())
     listing = ", ".join(found[:8]) + (", ..." if len(found) > 8 else "") if found else "nothing"
-    return (
-        f"--dataset-path '{root}' should hold {expected} (found: {listing}); run "
-        f"voc_annotation.py --dataset-path '{root}' to write the split files."
-    )
+    if dataset_format == "voc" and layout.labels.is_dir():
+        fix = f"run voc_annotation.py --dataset-path '{root}' to write the split files"
+    elif dataset_format == "voc":
+        fix = "point --dataset-path at the folder that holds VOC2007/ (usually VOCdevkit)"
+    else:
+        fix = "write the ids to train on in ImageSets/Segmentation/train.txt, one per line"
+    return f"--dataset-path '{root}' should hold {expected} (found: {listing}); {fix}."
 
 
 def check_split_size(num_images: int, batch_size: int, split: str) -> None:
@@ -164,6 +166,25 @@ def resolve_files(
             f"{folder / name}{extensions[0]}; {hint}."
         )
     return paths
+
+
+def read_class_label(path: Path, num_classes: int, dataset_format: str = "voc") -> np.ndarray:
+    """A label file as (H, W) uint8 class indices: the pixel values (255: ignored), checked
+    against ``num_classes``; in the medical layout, 1 where the grey label is <= 127.5."""
+    if dataset_format == "medical":
+        return (read_label_png(path, grayscale=True) <= 127.5).astype(np.uint8)
+    label = read_label_png(path)
+    # 255 marks pixels to ignore; any other value past the last class is a mistake.
+    if label.max(initial=0) >= num_classes:
+        bad = label[(label >= num_classes) & (label != 255)]
+        if bad.size:
+            value = int(bad.max())
+            raise UserError(
+                f"label {path} holds class {value} but num_classes is {num_classes}; set "
+                f"--num-classes to at least {value + 1} or fix the label (255 marks pixels to "
+                "ignore)."
+            )
+    return label.astype(np.uint8)
 
 
 def rand(rng: np.random.Generator, a: float = 0, b: float = 1) -> float:
@@ -360,25 +381,7 @@ class UnetDataset(Dataset):
         """The RGB image and its checked class-index label (medical: 1 where <= 127.5)."""
         image = read_image(self.image_paths[index])
         label_path = self.label_paths[index]
-        if self.dataset_format == "medical":
-            raw = read_label_png(label_path, grayscale=True)
-            label = (raw <= 127.5).astype(np.uint8)
-        else:
-            label = read_label_png(label_path)
-            # 255 marks pixels to ignore; any other value past the last class is a mistake.
-            bad = (
-                label[(label >= self.num_classes) & (label != 255)]
-                if label.max() >= self.num_classes
-                else label[:0]
-            )
-            if bad.size:
-                value = int(bad.max())
-                raise UserError(
-                    f"label {label_path} holds class {value} but num_classes is "
-                    f"{self.num_classes}; set --num-classes to at least {value + 1} "
-                    "or fix the label (255 marks pixels to ignore)."
-                )
-            label = label.astype(np.uint8)
+        label = read_class_label(label_path, self.num_classes, self.dataset_format)
         if label.shape != (image.height, image.width):
             raise UserError(
                 f"label {label_path} is {label.shape[1]}x{label.shape[0]} but image "
@@ -388,12 +391,16 @@ class UnetDataset(Dataset):
         return image, label
 
     def check(self, sample: int = CHECK_SAMPLE) -> None:
-        """Fully read an evenly spread sample of pairs and look at their label values together."""
+        """Fully read an evenly spread sample of pairs and look at their label values together
+        (kept in ``label_counts`` for the table of which value is which class)."""
         indices = np.unique(np.linspace(0, len(self) - 1, min(sample, len(self))).astype(int))
-        seen = np.zeros(256, dtype=bool)
+        counts = np.zeros(256, dtype=np.int64)
         for index in indices:
             _, label = self.read_pair(int(index))
-            seen[np.unique(label)] = True
+            counts += np.bincount(label.reshape(-1), minlength=256)
+        #: pixels per label value (medical: per class) in the checked sample, and how many
+        self.label_counts, self.checked = counts, len(indices)
+        seen = counts > 0
         if self.dataset_format == "voc" and seen[255] and seen[0] and not seen[1:255].any():
             raise UserError(
                 f"the labels in {self.layout.labels} hold only 0 and 255 (checked "

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from utils.cli import argument_parser
+from utils.splits import write_splits
 from utils.utils import voc_palette
 
 CLASSES = ["background", "square", "circle", "triangle"]
@@ -70,8 +71,6 @@ def make_demo_dataset(
 
     Image sizes vary around ``size`` (width, height) so the letterbox has work to do.
     """
-    from voc_annotation import write_splits
-
     root = Path(root)
     images_dir = root / "VOC2007" / "JPEGImages"
     labels_dir = root / "VOC2007" / "SegmentationClass"

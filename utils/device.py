@@ -50,21 +50,6 @@ class Runtime:
         return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
 
-def add_runtime_flags(add_argument) -> None:
-    """``--device`` and ``--precision``, the same for training, evaluation and prediction."""
-    add_argument(
-        "--device",
-        default="auto",
-        metavar="{auto,cpu,cuda,cuda:N}",
-        help="auto = CUDA when available; cuda:N picks a GPU, as does CUDA_VISIBLE_DEVICES "
-        "(default: %(default)s)",
-    )
-    add_argument("--precision", choices=PRECISIONS, default="fp32",
-                 help="fp32 gives the reference's numbers; bf16: autocast on CPU or CUDA (fast "
-                      "only with native bf16: AVX512-BF16/AMX or a GPU); fp16: CUDA autocast, "
-                      "with a GradScaler when training (default: %(default)s)")  # fmt: skip
-
-
 def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
     """``auto`` is CUDA when available, else the CPU; ``cuda:N`` is GPU N; under torchrun each
     rank takes its own GPU."""
@@ -136,30 +121,91 @@ def prefers_channels_last(device: torch.device) -> bool:
 
 #: The cuBLAS workspace that torch's reproducibility notes require for deterministic matmuls.
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"
+#: The values of ``CUBLAS_WORKSPACE_CONFIG`` that make cuBLAS deterministic.
+DETERMINISTIC_CUBLAS = (":4096:8", ":16:8")
+
+
+def use_device(device: torch.device) -> None:
+    """Make a CUDA device the current one, so that pinned memory, streams and events use it
+    instead of opening a stray context on GPU 0 (``--device cuda:N``, or a torchrun rank)."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+
+
+def _tf32_flags() -> tuple:
+    """Where the TF32 switches live: torch 2.9 and later have ``fp32_precision`` ("tf32",
+    "ieee" or "none" for the default), and mixing it with the older ``allow_tf32`` flags is an
+    error there; earlier versions have only ``allow_tf32``."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        return (conv, "fp32_precision"), (torch.backends.cuda.matmul, "fp32_precision")
+    return (torch.backends.cudnn, "allow_tf32"), (torch.backends.cuda.matmul, "allow_tf32")
+
+
+def tf32_state() -> tuple:
+    """The TF32 switches of convolutions and matmuls, exactly as they are (to restore them)."""
+    return tuple(getattr(owner, name) for owner, name in _tf32_flags())
+
+
+def tf32_enabled() -> bool:
+    """Whether fp32 convolutions on CUDA may use TF32 (PyTorch's default: they may)."""
+    conv = tf32_state()[0]
+    return conv != "ieee" if isinstance(conv, str) else bool(conv)
+
+
+def set_tf32(enabled: bool | tuple) -> None:
+    """TF32 for CUDA fp32 convolutions and matmuls, on or off (strict fp32); or a
+    :func:`tf32_state` to restore."""
+    if isinstance(enabled, tuple):
+        values = enabled
+    else:
+        new_api = _tf32_flags()[0][1] == "fp32_precision"
+        values = (("tf32" if enabled else "ieee") if new_api else enabled,) * 2
+    for (owner, name), value in zip(_tf32_flags(), values, strict=True):
+        setattr(owner, name, value)
+
+
+def deterministic_cublas() -> None:
+    """Set the cuBLAS workspace deterministic matmuls need; a nondeterministic value the user
+    set is replaced, with a note (it is read when CUDA starts)."""
+    workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    if workspace not in (None, *DETERMINISTIC_CUBLAS):
+        print(f"--deterministic: CUBLAS_WORKSPACE_CONFIG={workspace} is not deterministic; "
+              f"using {CUBLAS_WORKSPACE_CONFIG} instead.")  # fmt: skip
+    if workspace not in DETERMINISTIC_CUBLAS:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE_CONFIG
 
 
 @contextlib.contextmanager
-def determinism(deterministic: bool) -> Iterator[None]:
-    """``--deterministic``: deterministic algorithms only (an op without one is an error), cuDNN
-    without autotuning, and the cuBLAS workspace set (before CUDA starts, when called first).
-    Otherwise cuDNN autotunes its algorithms, which pays off for training's fixed input shape.
-    The previous settings come back on exit.
+def backend_settings(deterministic: bool | None = None, tf32: bool = True) -> Iterator[None]:
+    """The numerics of a run, restored on exit.
+
+    ``deterministic``: deterministic algorithms only (an op without one is an error), cuDNN
+    without autotuning, and a deterministic cuBLAS workspace (:func:`deterministic_cublas`;
+    call this before CUDA starts). Off: cuDNN autotunes its algorithms, which pays off for
+    training's fixed input shape. None leaves all of that as it is. ``tf32`` off keeps CUDA
+    fp32 convolutions and matmuls strict; on keeps PyTorch's default, TF32 convolutions.
     """
     previous = (
         torch.are_deterministic_algorithms_enabled(),
         torch.backends.cudnn.benchmark,
         torch.backends.cudnn.deterministic,
     )
+    previous_tf32 = tf32_state()
     if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
-    torch.use_deterministic_algorithms(deterministic)
-    torch.backends.cudnn.benchmark = not deterministic
-    torch.backends.cudnn.deterministic = deterministic
+        deterministic_cublas()
+    if deterministic is not None:
+        torch.use_deterministic_algorithms(deterministic)
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = deterministic
+    if tf32 != tf32_enabled():
+        set_tf32(tf32)
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(previous[0])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = previous[1:]
+        set_tf32(previous_tf32)
 
 
 def cpu_has_native_bf16() -> bool:

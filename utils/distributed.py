@@ -14,15 +14,16 @@ TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 @dataclass(frozen=True)
 class DistInfo:
-    """This process's place among the training processes (one process: rank 0 of 1)."""
+    """This process's place among the training processes (one process: rank 0 of 1).
+
+    ``enabled``: a process group runs (torchrun started this process, whatever the number of
+    processes), so the model trains under DistributedDataParallel.
+    """
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
+    enabled: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -37,13 +38,18 @@ def launched_by_torchrun() -> bool:
 
 
 def init_distributed(device_type: str) -> DistInfo:
-    """Join the process group torchrun describes (nccl on CUDA, gloo on CPU), if any."""
+    """Join the process group torchrun describes (nccl on CUDA, gloo on CPU), if any: as
+    torchvision's references do, whenever torchrun started the process, one process included,
+    so a one-GPU torchrun runs NCCL, DDP and SyncBatchNorm as many GPUs do."""
     if not launched_by_torchrun():
         return DistInfo()
     info = DistInfo(
-        int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+        int(os.environ["RANK"]),
+        int(os.environ["WORLD_SIZE"]),
+        int(os.environ["LOCAL_RANK"]),
+        enabled=True,
     )
-    if info.enabled and not dist.is_initialized():
+    if not dist.is_initialized():
         if device_type == "cuda":
             torch.cuda.set_device(info.local_rank)
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
@@ -70,6 +76,16 @@ def all_reduce_(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(tensor)
     return tensor
+
+
+def all_gather_rows(row: torch.Tensor) -> torch.Tensor:
+    """(world_size, n): ``row`` (n,) of every rank, in rank order, on each rank (``row[None]``
+    with one process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return row[None]
+    rows = [torch.empty_like(row) for _ in range(dist.get_world_size())]
+    dist.all_gather(rows, row)
+    return torch.stack(rows)
 
 
 def barrier() -> None:

@@ -23,21 +23,25 @@ def seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
-def capture_rng() -> dict:
-    """The Python, NumPy, torch and CUDA generator states, in a form ``torch.save`` keeps."""
+def capture_rng(device: torch.device | None = None) -> dict:
+    """The Python, NumPy, torch and (on CUDA) ``device``'s generator states, in a form
+    ``torch.save`` keeps. Only the run's own GPU: a resume may see another number of GPUs."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     numpy_state = np.random.get_state()
     state["numpy"] = (numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:])
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def restore_rng(state: dict) -> None:
-    """Undo :func:`capture_rng`."""
+def restore_rng(state: dict, device: torch.device | None = None) -> None:
+    """Undo :func:`capture_rng`, the CUDA state onto ``device`` (when it is a GPU)."""
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is not None and device is not None and device.type == "cuda":
+        if isinstance(cuda, list | tuple):  # older checkpoints kept every visible GPU's state
+            cuda = cuda[0]
+        torch.cuda.set_rng_state(cuda, device)

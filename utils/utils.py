@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -112,3 +113,18 @@ def voc_palette(num_colors: int = 256) -> list[tuple[int, int, int]]:
             c >>= 3
         palette.append((r, g, b))
     return palette
+
+
+_NOTED: set[str] = set()
+
+
+def optional_import(module: str, package: str, what: str):
+    """``importlib.import_module(module)``, or None with a note, once per process, of what is
+    left out without it (the GPU check runs where only torch and a few packages are)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        if package not in _NOTED:
+            _NOTED.add(package)
+            print(f"note: {package} is not installed, so {what} (pip install {package}).")
+        return None

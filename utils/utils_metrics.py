@@ -16,7 +16,7 @@ import torch
 
 from nets.unet_training import dice_score, resize_to, target_size
 from utils.errors import UserError
-from utils.utils import read_label_png
+from utils.utils import optional_import, read_label_png
 
 
 def f_score(
@@ -203,9 +203,13 @@ def draw_plot_func(
     x_label: str,
     output_path,
     tick_font_size: int = 12,
-) -> None:
-    """Horizontal bar chart of one value per class, saved to ``output_path`` (no display)."""
-    from matplotlib.figure import Figure
+) -> bool:
+    """Horizontal bar chart of one value per class, saved to ``output_path`` (no display);
+    False when matplotlib is missing."""
+    figure = optional_import("matplotlib.figure", "matplotlib", "no charts are drawn")
+    if figure is None:
+        return False
+    Figure = figure.Figure
 
     values = np.asarray(values, dtype=np.float64)
     shown = np.nan_to_num(values, nan=0.0)
@@ -221,6 +225,7 @@ def draw_plot_func(
         axes.text(shown[i], i, text, color="royalblue", va="center", fontweight="bold")
     fig.tight_layout()
     fig.savefig(output_path)
+    return True
 
 
 def show_results(
@@ -242,8 +247,8 @@ def show_results(
         (Precision, f"mPrecision = {nanmean(Precision) * 100:.2f}%", "Precision", "Precision.png"),
     ]
     for values, title, x_label, file_name in charts:
-        draw_plot_func(values, name_classes, title, x_label, out / file_name, tick_font_size)
-        print(f"Save {file_name[:-4]} out to {out / file_name}")
+        if draw_plot_func(values, name_classes, title, x_label, out / file_name, tick_font_size):
+            print(f"Save {file_name[:-4]} out to {out / file_name}")
     with open(out / "confusion_matrix.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow([" "] + [str(c) for c in name_classes])

@@ -1,6 +1,6 @@
-"""Test oracle: the seed's reference code for the VGG UNet and the losses, nearly verbatim.
-
-Our modules must reproduce these numbers; it is never imported by the project itself.
+"""The oracle: the seed's reference code for the VGG UNet, the losses, the data pipeline and the
+predictor, nearly verbatim. The tests check our numbers against it and the benchmarks time ours
+against it; the project itself never imports it.
 """
 
 import numpy as np

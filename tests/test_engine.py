@@ -1,0 +1,246 @@
+"""What a first GPU run needs right, shown on the CPU wherever the CPU can show it: resume across
+memory layouts, precisions and devices, DDP as torchvision runs it, a NaN on one rank, TF32,
+determinism, the interpolation cache, one layout for evaluation, and a GPU check that fails
+only for the right reasons."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+import unet
+from nets.interpolate import _DeterministicBilinear, interpolation_matrix
+from nets.unet import Unet
+from tests.conftest import base_argv, save_random_weights
+from utils import seeding, utils_fit
+from utils.checkpoint import load_optimizer_state, load_scaler_state
+from utils.device import Runtime, backend_settings, tf32_enabled, tf32_state, use_device
+from utils.trainer import build_data
+
+ROOT = Path(__file__).resolve().parents[1]
+CHANNELS_LAST = torch.channels_last
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+
+
+def one_epoch(data_root, save_dir, cli, *extra) -> Path:
+    argv = base_argv(data_root, save_dir, "--no-freeze-train", "--unfreeze-epoch", "1",
+                     "--no-eval-flag", *extra)  # fmt: skip
+    code, _, err = cli(train.main, argv)
+    assert code == 0, err
+    return save_dir / "checkpoint_last.pth"
+
+
+@pytest.mark.parametrize("layouts", [("--no-channels-last", "--channels-last"),
+                                     pytest.param(("--channels-last", "--no-channels-last"),
+                                                  marks=pytest.mark.slow)])  # fmt: skip
+def test_a_resume_in_the_other_memory_layout_converts_the_optimizer_state(
+    data_root, tmp_path, cli, layouts
+):
+    checkpoint = one_epoch(data_root, tmp_path, cli, layouts[0])
+    argv = ["--resume", str(checkpoint), "--unfreeze-epoch", "2", layouts[1]]
+    code, _, err = cli(train.main, argv)
+    assert code == 0, err
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["epoch"] == 2 and state["config"]["channels_last"] == (
+        layouts[1] == "--channels-last"
+    )
+    first_conv = state["optimizer"]["state"][0]  # vgg.features.0.weight, (64, 3, 3, 3)
+    wanted = CHANNELS_LAST if state["config"]["channels_last"] else torch.contiguous_format
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert first_conv[key].is_contiguous(memory_format=wanted), key
+
+
+def adam_state(model: torch.nn.Module) -> dict:
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    model(torch.rand(1, 3, 32, 32)).sum().backward()
+    optimizer.step()
+    return optimizer.state_dict()
+
+
+def test_the_optimizer_state_takes_this_runs_fused_flag_and_layout():
+    torch.manual_seed(0)
+    saved = adam_state(Unet(num_classes=2))  # a CPU run: fused is None
+    model = Unet(num_classes=2).to(memory_format=CHANNELS_LAST)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3, fused=True)  # as built on CUDA
+    load_optimizer_state(optimizer, saved)
+    assert optimizer.param_groups[0]["fused"] is True  # plain load_state_dict makes it None
+    weight = model.final.weight
+    state = optimizer.state[weight]
+    assert state["step"].dtype == torch.float32 and state["step"].device == weight.device
+    assert state["exp_avg"].stride() == weight.stride()
+    assert torch.equal(state["exp_avg"], saved["state"][len(saved["state"]) - 2]["exp_avg"])
+
+
+def test_a_resume_in_another_precision_gets_a_fresh_scaler_and_says_so(data_root, tmp_path, cli):
+    assert "fresh" in load_scaler_state(torch.amp.GradScaler("cpu", enabled=True), {})
+    fp16_state = torch.amp.GradScaler("cpu", enabled=True).state_dict()
+    assert load_scaler_state(torch.amp.GradScaler("cpu", enabled=False), fp16_state) is None
+    checkpoint = one_epoch(data_root, tmp_path, cli)
+    code, _, err = cli(train.main, ["--resume", str(checkpoint), "--unfreeze-epoch", "2",
+                                    "--precision", "bf16"])  # fmt: skip
+    assert code == 0, err
+    assert torch.load(checkpoint, weights_only=True)["config"]["precision"] == "bf16"
+
+
+def test_the_checkpoint_keeps_only_the_runs_own_gpu_rng(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: calls.append(device) or "s")
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: pytest.fail("every GPU"))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append(state))
+    state = seeding.capture_rng(torch.device("cuda", 1))
+    assert state["cuda"] == "s" and calls == [torch.device("cuda", 1)]
+    seeding.restore_rng({**state, "cuda": ["gpu0", "gpu1"]}, torch.device("cuda", 0))
+    assert calls[-1] == "gpu0"  # an older checkpoint's list: this run's GPU only
+    assert "cuda" not in seeding.capture_rng(torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_one_process_torchrun_runs_ddp_and_resumes(data_root, tmp_path):
+    argv = base_argv(data_root, tmp_path, "--freeze-epoch", "1", "--unfreeze-epoch", "2",
+                     "--no-eval-flag")  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for extra in (argv, ["--resume", str(tmp_path / "checkpoint_last.pth"), "--unfreeze-epoch",
+                         "3"]):  # fmt: skip
+        command = [*TORCHRUN, "--nproc_per_node", "1", "train.py", *extra]
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                                timeout=240)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "1 process(es) under torchrun (DDP over gloo)" in result.stdout
+    assert torch.load(tmp_path / "checkpoint_last.pth", weights_only=True)["epoch"] == 3
+
+
+@pytest.mark.slow
+def test_a_nan_on_one_rank_stops_every_rank_with_the_same_sentence(data_root, tmp_path):
+    # 8 train images, batch 2 over 2 processes: 4 steps an epoch; rank 1's 6th training loss
+    # is epoch 2, step 2
+    argv = base_argv(data_root, tmp_path, "--no-freeze-train", "--unfreeze-epoch", "3",
+                     "--no-eval-flag")  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "POISON_CALL": "6", "POISON_RANK": "1"}
+    command = [*TORCHRUN, "--nproc_per_node", "2", "tests/train_driver.py", *argv]
+    start = time.monotonic()
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert time.monotonic() - start < 90  # not the collective timeout of a stuck rank
+    assert result.returncode != 0
+    sentence = "error: the loss became nan at epoch 2, step 2 on rank 1; the last good weights"
+    assert result.stderr.count(sentence) == 2, result.stderr[-3000:]  # each rank says it
+    assert torch.load(tmp_path / "checkpoint_last.pth", weights_only=True)["epoch"] == 1
+
+
+def test_tf32_is_pytorchs_default_and_no_tf32_keeps_fp32_strict_until_the_run_ends():
+    before = tf32_state()
+    assert tf32_enabled()  # PyTorch's default for CUDA convolutions
+    with backend_settings(tf32=False):
+        assert not tf32_enabled()
+    assert tf32_state() == before  # matmuls back at their own default too, not at TF32
+
+
+def test_deterministic_replaces_a_nondeterministic_cublas_workspace(monkeypatch, capsys):
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":0:0")
+    with backend_settings(deterministic=True):
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert torch.are_deterministic_algorithms_enabled()
+    assert (
+        "CUBLAS_WORKSPACE_CONFIG=:0:0 is not deterministic; using :4096:8"
+        in capsys.readouterr().out
+    )
+    assert not torch.are_deterministic_algorithms_enabled()
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # deterministic too: kept
+    with backend_settings(deterministic=True):
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+
+
+def test_the_interpolation_matrices_are_built_once_per_size_dtype_and_device():
+    interpolation_matrix.cache_clear()
+    x = torch.rand(1, 2, 5, 7, requires_grad=True)
+    for _ in range(3):  # three training steps
+        _DeterministicBilinear.apply(x, (10, 14), True).sum().backward()
+    info = interpolation_matrix.cache_info()
+    assert (info.misses, info.hits) == (2, 4)  # rows and columns, built in the first step only
+
+
+def test_the_in_training_miou_runs_weights_and_inputs_in_one_layout(data_root, monkeypatch):
+    monkeypatch.setattr(utils_fit, "prefers_channels_last", lambda device: True)
+    seen = []
+    real_forward = Unet.forward
+
+    def spy(self, x):
+        seen.append((self, x.is_contiguous(memory_format=CHANNELS_LAST),
+                     self.final.weight.is_contiguous(memory_format=CHANNELS_LAST)))  # fmt: skip
+        return real_forward(self, x)
+
+    monkeypatch.setattr(Unet, "forward", spy)
+    from utils.config import resolve_config
+
+    config = resolve_config({"dataset_path": str(data_root), "num_classes": 4,
+                             "input_shape": [32, 32]})  # fmt: skip
+    _, val_set = build_data(config.data, seed=0, say=lambda *a: None)
+    model = Unet(num_classes=4)  # trained in NCHW
+    utils_fit.evaluate_miou(model, val_set, Runtime(torch.device("cpu"), "fp32", False))
+    assert seen and all(copy is not model and x_cl and w_cl for copy, x_cl, w_cl in seen)
+    assert model.final.weight.is_contiguous()  # the training model is left as it was
+    seen.clear()
+    utils_fit.evaluate_miou(model, val_set, Runtime(torch.device("cpu"), "fp32", True))
+    assert seen and all(copy is model for copy, _, _ in seen)  # the same layout: no copy
+
+
+def test_the_predictor_makes_its_gpu_the_current_device(tmp_path, monkeypatch):
+    current = []
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    use_device(torch.device("cuda", 1))
+    use_device(torch.device("cpu"))
+    assert current == [torch.device("cuda", 1)]
+    used = []
+    monkeypatch.setattr(unet, "use_device", used.append)
+    weights = save_random_weights(tmp_path / "w.pth", num_classes=3)
+    unet.Unet(model_path=str(weights), num_classes=3, input_shape=[32, 32], device="cpu")
+    assert used == [torch.device("cpu")]
+
+
+def test_the_gpu_check_and_make_test_gpu_stop_with_a_sentence_without_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    env = {**os.environ, "PYTHON": sys.executable}
+    result = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 2
+    assert "sees no CUDA GPU here; run it on a GPU machine" in result.stderr + result.stdout
+    result = subprocess.run(["make", "-s", "test-gpu", f"PYTHON={sys.executable}"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode != 0 and "make test-gpu: torch sees no CUDA GPU" in result.stderr
+
+
+BLOCKER = """
+import sys
+
+BLOCKED = {"yaml", "tensorboard", "matplotlib", "onnx", "onnxruntime", "torchvision"}
+
+
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+
+
+sys.meta_path.insert(0, Blocker())
+"""
+
+
+@pytest.mark.slow
+def test_every_cuda_test_is_collected_with_only_the_gpu_checks_packages(tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER)
+    command = [sys.executable, "-m", "pytest", "-m", "cuda", "--collect-only", "-q",
+               "-p", "no:cacheprovider"]  # fmt: skip
+    counts = []
+    for extra_path in ([], [str(tmp_path)]):
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([*extra_path, str(ROOT)])}
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                                timeout=300)  # fmt: skip
+        assert result.returncode == 0, result.stdout[-3000:]
+        counts.append(len([line for line in result.stdout.splitlines() if "::" in line]))
+    assert counts[0] >= 10 and counts[1] == counts[0], counts

@@ -1,0 +1,807 @@
+"""Every setting of train.py, declared once, with the original's default and a line of help.
+
+Each setting is a field of one section dataclass; the section is its group in ``--help``. From
+these declarations come the flags (:func:`add_setting_flags`), the recipe files that
+``train.py --config`` reads (:func:`read_config_file`), validation (:func:`validate`), the
+``config.yaml`` a run writes (:func:`write_config`), the settings that travel beside the weights
+(:data:`MODEL_KEYS`, :data:`MODEL_DEFAULTS`), the settings a resumed run cannot change
+(:data:`FIXED_ON_RESUME`) and the docs' tables (:func:`markdown_table`).
+
+A recipe file is a flat YAML mapping of setting names (the original's constants in snake_case)
+to values, the block of constants the original's users edit at the top of its ``train.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import math
+import re
+import sys
+import textwrap
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nets.unet import BACKBONES, check_input_shape, check_tile
+from nets.unet_training import INIT_TYPES, LR_DECAY_TYPES, get_lr_scheduler
+from utils.dataloader import AUGMENTATIONS, DATASET_FORMATS
+from utils.device import PRECISIONS
+from utils.errors import UserError
+
+
+def setting(default: Any, help: str, **options: Any) -> Any:
+    """A dataclass field for one setting. Options: ``original`` (the original's constant),
+    ``choices``, ``metavar``, ``minimum``, ``shown`` (the default as --help shows it),
+    ``below`` (an exclusive upper bound), ``travels`` (saved beside the weights) and ``fixed``
+    (a resumed run cannot change it)."""
+    metadata = {"help": help, **options}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+# fmt: off
+@dataclass(frozen=True)
+class DataSettings:
+    """data and model"""
+
+    dataset_path: str = setting(
+        "VOCdevkit", "data set root: VOCdevkit/ (voc) or the folder with Images/ and Labels/ "
+        "(medical)", original="VOCdevkit_path")
+    dataset_format: str = setting(
+        "voc", "voc: VOC2007/JPEGImages + SegmentationClass; medical: Images + Labels, class 1 "
+        "where the label is <= 127.5", choices=DATASET_FORMATS, travels=True, fixed=True)
+    num_classes: int = setting(
+        21, "number of classes including background: your classes + 1, e.g. 2 + 1",
+        original="num_classes", minimum=2, travels=True, fixed=True)
+    name_classes: list[str] | None = setting(
+        None, "class names, for charts, counts and legends; saved beside the weights",
+        shown="the 21 VOC names for 21 classes, else class_0, class_1, ...", travels=True)
+    train_split: str = setting(
+        "train", "ids to train on: a split name under ImageSets/Segmentation, or a path to a "
+        "file of ids, one per line")
+    val_split: str = setting(
+        "val", "ids to validate on, as --train-split; without it training goes on without "
+        "validation")
+    augment: str = setting(
+        "reference", "training augmentation: reference = random scale, aspect, placement, flip "
+        "and HSV jitter; flip = left-right and up-down flips; elastic = the U-Net paper's "
+        "elastic deformation with flips, turns and brightness/contrast; none",
+        choices=AUGMENTATIONS)
+    train_crop: list[int] | None = setting(
+        None, "train on random H x W crops at native resolution instead of whole images "
+        "resized to --input-shape; pair it with --tile", metavar=("H", "W"), shown="off")
+    backbone: str = setting(
+        "vgg", "encoder", original="backbone", choices=BACKBONES, travels=True, fixed=True)
+    pretrained: bool = setting(
+        False, "start the encoder from ImageNet weights in model_data/ (downloaded if missing)",
+        original="pretrained")
+    model_path: str = setting(
+        "model_data/unet_vgg_voc.pth", "weights to start from; matching tensors are loaded, so "
+        "another num_classes only resets the head; '' for none (then pretrained, or from "
+        "scratch: see recipes/scratch.yaml)", original="model_path")
+    allow_backbone_mismatch: bool = setting(
+        False, "train even when backbone tensors of --model-path do not fit the model")
+    input_shape: list[int] = setting(
+        [512, 512], "network input size; multiples of 16 (vgg) or 32 (resnet50)",
+        original="input_shape", metavar=("H", "W"), travels=True, fixed=True)
+    init_type: str = setting(
+        "kaiming", "weight init when not --pretrained; the original's 'normal' (N(0, 0.02)) "
+        "leaves a VGG UNet trained from scratch predicting one class", choices=INIT_TYPES)
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    """schedule"""
+
+    init_epoch: int = setting(0, "first epoch", original="Init_Epoch", minimum=0)
+    freeze_epoch: int = setting(
+        50, "epochs with a frozen backbone", original="Freeze_Epoch", minimum=0)
+    freeze_batch_size: int = setting(
+        2, "batch size while frozen; lower it when the GPU runs out of memory",
+        original="Freeze_batch_size", minimum=1)
+    unfreeze_epoch: int = setting(
+        100, "total number of epochs", original="UnFreeze_Epoch", minimum=1)
+    unfreeze_batch_size: int = setting(
+        2, "batch size once unfrozen", original="Unfreeze_batch_size", minimum=1)
+    freeze_train: bool = setting(
+        True, "freeze the backbone for the first --freeze-epoch epochs", original="Freeze_Train")
+    val_batch_size: int | None = setting(
+        None, "batch size of the val loss", minimum=1,
+        shown="the phase's batch size, capped at the val split's size")
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """optimizer"""
+
+    init_lr: float = setting(
+        1e-4, "largest LR, before adapting to the batch size", original="Init_lr", minimum=0)
+    min_lr: float | None = setting(
+        None, "smallest LR", original="Min_lr", minimum=0, shown="--init-lr * 0.01")
+    lr_fit: bool = setting(
+        True, "scale the LRs by batch/16 and clamp them to the original's limits (adam: 1e-4 "
+        "exactly; sgd: 5e-4 to 0.1); --no-lr-fit uses --init-lr and --min-lr as given")
+    optimizer_type: str = setting(
+        "adam", "adam, or sgd with Nesterov momentum", original="optimizer_type",
+        choices=("adam", "sgd"))
+    momentum: float = setting(
+        0.9, "SGD momentum / Adam beta1", original="momentum", minimum=0, below=1)
+    weight_decay: float = setting(0.0, "weight decay", original="weight_decay", minimum=0)
+    lr_decay_type: str = setting(
+        "cos", "per-epoch LR schedule", original="lr_decay_type", choices=LR_DECAY_TYPES)
+
+    @property
+    def final_lr(self) -> float:
+        """--min-lr, or the original's ``Init_lr * 0.01`` when it is not given."""
+        return self.init_lr * 0.01 if self.min_lr is None else self.min_lr
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """loss"""
+
+    dice_loss: bool = setting(
+        False, "add the Dice loss; the original recommends it for a few classes, or many "
+        "classes with a batch of 10 or more", original="dice_loss")
+    focal_loss: bool = setting(
+        False, "use Focal loss instead of cross entropy, against unbalanced classes",
+        original="focal_loss")
+    cls_weights: list[float] | None = setting(
+        None, "one weight per class for CE/Focal", original="cls_weights", metavar="W",
+        shown="all 1")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """evaluation"""
+
+    eval_flag: bool = setting(
+        True, "compute the val mIoU as get_miou.py does during training", original="eval_flag")
+    eval_period: int = setting(
+        5, "epochs between mIoU evaluations", original="eval_period", minimum=1)
+    save_best_by: str = setting(
+        "val_loss", "what best_epoch_weights.pth is best at: the lowest val loss, as the "
+        "original, or the highest in-training mIoU", choices=("val_loss", "miou"))
+    tile: int | None = setting(
+        None, "predict and evaluate in windows of this size at native resolution, averaging "
+        "overlaps; saved beside the weights", metavar="PIXELS",
+        shown="whole images", travels=True)
+    stride: int | None = setting(
+        None, "distance between the --tile windows", metavar="PIXELS", shown="tile / 2",
+        travels=True)
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """runtime"""
+
+    num_workers: int = setting(
+        4, "data-loading processes; 0 loads in the main process; lower it on a machine with "
+        "little memory", original="num_workers", minimum=0)
+    seed: int = setting(11, "random seed", original="seed", minimum=0)
+    device: str = setting(
+        "auto", "auto = CUDA when available; cuda:N picks a GPU, as does CUDA_VISIBLE_DEVICES",
+        original="Cuda", metavar="{auto,cpu,cuda,cuda:N}")
+    precision: str = setting(
+        "fp32", "fp32 gives the original's numbers; bf16: autocast on CPU or CUDA (fast only "
+        "with native bf16: AVX512-BF16/AMX or a GPU); fp16: CUDA autocast with a GradScaler "
+        "(--fp16 is the same)", original="fp16", choices=PRECISIONS)
+    channels_last: bool = setting(
+        False, "channels-last memory format for the model and batches (faster with bf16)")
+    tf32: bool = setting(
+        True, "let CUDA fp32 convolutions use TF32 tensor cores, PyTorch's default and the "
+        "original's behaviour; --no-tf32 keeps fp32 strict (no effect on a CPU)")
+    deterministic: bool = setting(
+        False, "deterministic algorithms only, cuDNN without autotuning: a resumed run then "
+        "reproduces an uninterrupted one bit for bit on CUDA too, at some speed")
+    sync_bn: bool = setting(
+        False, "SyncBatchNorm across torchrun processes (CUDA)", original="sync_bn")
+    distributed: bool = setting(
+        False, "the original's switch; multi-GPU training runs under torchrun, which this flag "
+        "only checks for", original="distributed")
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """output"""
+
+    save_period: int = setting(
+        5, "save ep*.pth weights every this many epochs", original="save_period", minimum=1)
+    save_dir: str = setting("logs", "where weights and logs go", original="save_dir")
+# fmt: on
+
+#: The sections of :class:`TrainConfig`, in --help order.
+SECTIONS: dict[str, type] = {
+    "data": DataSettings,
+    "schedule": ScheduleSettings,
+    "optimizer": OptimizerSettings,
+    "loss": LossSettings,
+    "evaluation": EvalSettings,
+    "runtime": RuntimeSettings,
+    "output": OutputSettings,
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """All of train.py's settings, one typed section per group."""
+
+    data: DataSettings = field(default_factory=DataSettings)
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
+    loss: LossSettings = field(default_factory=LossSettings)
+    evaluation: EvalSettings = field(default_factory=EvalSettings)
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from ``{setting name: value}``; missing settings take their defaults."""
+        unknown = sorted(set(values) - set(SETTINGS))
+        if unknown:
+            raise UserError(unknown_key_message(unknown[0], "the settings"))
+        sections = {
+            name: section(**{k: values[k] for k in _names(section) if k in values})
+            for name, section in SECTIONS.items()
+        }
+        return cls(**sections)
+
+    def flat(self) -> dict[str, Any]:
+        """``{setting name: value}`` over every section, in declaration order."""
+        return {
+            k: v for name in SECTIONS for k, v in dataclasses.asdict(getattr(self, name)).items()
+        }
+
+    def model_settings(self) -> dict[str, Any]:
+        """What travels beside the weights (:data:`MODEL_KEYS`)."""
+        flat = self.flat()
+        return {key: flat[key] for key in MODEL_KEYS}
+
+
+@dataclass(frozen=True)
+class SettingInfo:
+    """One declared setting: where it lives, its type, default and help."""
+
+    name: str
+    group: str
+    type: Any
+    default: Any
+    help: str
+    options: dict
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def optional(self) -> bool:
+        return type(None) in typing.get_args(self.type)
+
+    @property
+    def value_type(self) -> Any:
+        """The type without ``| None``: ``int``, ``list[int]``..."""
+        args = [a for a in typing.get_args(self.type) if a is not type(None)]
+        return args[0] if isinstance(self.type, types.UnionType) else self.type
+
+    @property
+    def item_type(self) -> type:
+        """The scalar type: the element type of a list."""
+        value = self.value_type
+        return typing.get_args(value)[0] if typing.get_origin(value) is list else value
+
+    @property
+    def is_list(self) -> bool:
+        return typing.get_origin(self.value_type) is list
+
+    @property
+    def length(self) -> int | None:
+        """The fixed length of a list setting (H W pairs), else None."""
+        metavar = self.options.get("metavar")
+        return len(metavar) if isinstance(metavar, tuple) else None
+
+    def shown_default(self) -> str:
+        """The default as --help and the docs show it."""
+        if "shown" in self.options:
+            return self.options["shown"]
+        return format_value(self.default)
+
+    def describe(self) -> str:
+        """Its name and flag, as every message about it says: ``num_classes (--num-classes)``."""
+        return f"{self.name} ({self.flag})"
+
+
+def _names(section: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(section)]
+
+
+def _declared() -> dict[str, SettingInfo]:
+    out = {}
+    for section in SECTIONS.values():
+        hints = typing.get_type_hints(section)
+        for f in dataclasses.fields(section):
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            options = {k: v for k, v in f.metadata.items() if k != "help"}
+            out[f.name] = SettingInfo(
+                f.name,
+                section.__doc__,
+                hints[f.name],
+                default,
+                f.metadata["help"],
+                options,
+            )
+    return out
+
+
+#: Every setting by name, in declaration order.
+SETTINGS: dict[str, SettingInfo] = _declared()
+#: The settings saved beside every weights file (``<name>.json``) and in ONNX metadata.
+MODEL_KEYS = tuple(name for name, info in SETTINGS.items() if info.options.get("travels"))
+#: Their defaults: what weights without a settings file (the original's own) are used with.
+MODEL_DEFAULTS = {key: SETTINGS[key].default for key in MODEL_KEYS}
+#: Settings that shape the model; a resumed run cannot change them.
+FIXED_ON_RESUME = tuple(name for name, info in SETTINGS.items() if info.options.get("fixed"))
+
+
+def format_value(value: Any) -> str:
+    """A value as a user types it on the command line."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None:
+        return "none"
+    if isinstance(value, list | tuple):
+        return " ".join(format_value(v) for v in value)
+    if value == "":
+        return "''"
+    return str(value)
+
+
+def unknown_key_message(key: str, where: str) -> str:
+    close = difflib.get_close_matches(key, list(SETTINGS), n=1, cutoff=0.5)
+    hint = f"did you mean '{close[0]}'?" if close else "see train.py --help for the settings."
+    return f"{where} set '{key}', which is not a setting of train.py; {hint}"
+
+
+def add_setting_flags(
+    parser: argparse.ArgumentParser, names: list[str] | None = None, **shown: str
+) -> None:
+    """Add the flags of ``names`` (default: every setting) to ``parser``, by group.
+
+    Their defaults are ``argparse.SUPPRESS``, so the parsed namespace holds only what the
+    command line gave (see :func:`resolve_config`); --help shows the declared default, or
+    ``shown[name]`` where the caller's default differs (predict.py's "from the weights").
+    """
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for name in names or list(SETTINGS):
+        info = SETTINGS[name]
+        if info.group not in groups:
+            groups[info.group] = parser.add_argument_group(info.group)
+        default = shown.get(name, info.shown_default())
+        unset = "; none unsets it" if info.optional and name not in shown else ""
+        kwargs: dict[str, Any] = {
+            "default": argparse.SUPPRESS,
+            "help": f"{info.help}{unset} (default: {default.replace('%', '%%')})",
+        }
+        if info.value_type is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs.update(
+                type=_or_none(info.item_type) if info.optional else info.item_type,
+                choices=info.options.get("choices"),
+                metavar=info.options.get("metavar"),
+            )
+            if info.is_list and info.optional:
+                kwargs.update(nargs="+", action=_list_or_none(info.length))
+            elif info.is_list:
+                kwargs["nargs"] = info.length or "+"
+        groups[info.group].add_argument(info.flag, **kwargs)
+        if name == "precision":
+            groups[info.group].add_argument(
+                "--fp16",
+                dest="precision",
+                action="store_const",
+                const="fp16",
+                default=argparse.SUPPRESS,
+                help="the original's switch: the same as --precision fp16 (default: off)",
+            )
+
+
+def _or_none(kind: type):
+    """An argparse type: ``none`` (or ``null``) is None, for settings whose default is None, so
+    a flag can unset what a recipe file or a resumed run set."""
+
+    def parse(text: str):
+        return None if text.lower() in ("none", "null") else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def _list_or_none(length: int | None) -> type[argparse.Action]:
+    """The argparse action of an optional list setting: ``length`` values (any number when
+    None), or ``none`` alone for None (``--train-crop none``)."""
+
+    class ListOrNone(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            if values == [None]:
+                values = None
+            elif None in values or (length and len(values) != length):
+                count = f"{length} values" if length else "values"
+                parser.error(f"argument {option_string}: expected {count}, or none alone")
+            setattr(namespace, self.dest, values)
+
+    return ListOrNone
+
+
+def coerce(info: SettingInfo, value: Any, where: str) -> Any:
+    """A value read from a file, checked against the setting's type, or one sentence."""
+    if value is None and info.optional:
+        return None
+    expected = _expected(info)
+    problem = f"{where}: {info.name} must be {expected}, not {value!r}"
+    if info.is_list:
+        if not isinstance(value, list) or (info.length and len(value) != info.length):
+            raise UserError(f"{problem}; write it as a list, e.g. {info.name}: {_example(info)}.")
+        return [_scalar(info, item, problem) for item in value]
+    return _scalar(info, value, problem)
+
+
+def _scalar(info: SettingInfo, value: Any, problem: str) -> Any:
+    kind = info.item_type
+    if kind is float and isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise UserError(f"{problem}; e.g. {info.name}: {_example(info)}.")
+    return value
+
+
+def _expected(info: SettingInfo) -> str:
+    names = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+    kind = names[info.item_type]
+    if info.is_list:
+        count = f"{info.length} values" if info.length else "a list of values"
+        kind = f"{count}, each {kind}"
+    return kind + (" or null" if info.optional else "")
+
+
+def _example(info: SettingInfo) -> str:
+    value = info.default if info.default is not None else _EXAMPLES.get(info.item_type)
+    if info.is_list and not isinstance(value, list):
+        value = [value] * (info.length or 2)
+    return yaml_value(value)
+
+
+_EXAMPLES = {int: 1, float: 1.0, str: "name", bool: True}
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The settings of a recipe file, each checked by name and type, or one sentence."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--config '{path}' does not exist; point it at a recipe .yaml file.")
+    values = load_yaml(path)
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise UserError(
+            f"--config '{path}' must be a mapping of 'setting: value' lines, not a "
+            f"{type(values).__name__}."
+        )
+    out = {}
+    for key, value in values.items():
+        if key not in SETTINGS:
+            raise UserError(unknown_key_message(str(key), f"--config '{path}'"))
+        out[key] = coerce(SETTINGS[key], value, f"--config '{path}'")
+    return out
+
+
+def load_yaml(path: Path) -> Any:
+    """PyYAML's ``safe_load`` of a recipe file. Without PyYAML (a bare GPU machine), the flat
+    ``setting: value`` files that recipes and config.yaml are still read, as PyYAML would."""
+    try:
+        import yaml
+    except ImportError:
+        return read_flat_yaml(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(
+            f"--config '{path}' is not valid YAML{where} ({getattr(error, 'problem', error)}); "
+            "write one 'setting: value' per line."
+        ) from None
+
+
+_FLAT_LINE = re.compile(
+    r"""([A-Za-z_]\w*):[ \t]*("(?:[^"\\]|\\.)*"|'(?:[^']|'')*'|\[[^\]]*\]|[^#]*?)"""
+    r"[ \t]*(?:#.*)?"
+)
+_FLAT_ITEM = re.compile(r"""\s*("(?:[^"\\]|\\.)*"|'(?:[^']|'')*'|[^,\[\]"']*?)\s*(?:,|$)""")
+_YAML_CONSTANTS = {"null": None, "~": None, "": None, "true": True, "yes": True, "on": True,
+                   "false": False, "no": False, "off": False}  # fmt: skip
+
+
+def read_flat_yaml(path: Path) -> dict[str, Any]:
+    """``key: value`` lines (comments and blank lines aside), each value a YAML scalar or a flow
+    list of scalars; anything else needs PyYAML, and says so."""
+    values = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        found = _FLAT_LINE.fullmatch(line)
+        text = found.group(2) if found else ""
+        if not found or (text.startswith("[") != text.endswith("]")):
+            raise UserError(
+                f"--config '{path}' line {number} is more than 'setting: value'; reading it "
+                "needs PyYAML: pip install pyyaml."
+            )
+        if text.startswith("["):
+            items = [m.group(1) for m in _FLAT_ITEM.finditer(text[1:-1]) if m.group(0)]
+            values[found.group(1)] = [_flat_scalar(item) for item in items if item]
+        else:
+            values[found.group(1)] = _flat_scalar(text)
+    return values
+
+
+def _flat_scalar(text: str) -> Any:
+    if text.startswith('"'):
+        return json.loads(text)
+    if text.startswith("'"):
+        return text[1:-1].replace("''", "'")
+    if text.lower() in _YAML_CONSTANTS:
+        return _YAML_CONSTANTS[text.lower()]
+    if re.fullmatch(r"[-+]?\d+", text):
+        return int(text)
+    if re.fullmatch(r"[-+]?(\d*\.\d*([eE][-+]?\d+)?|\.inf|\.nan)", text, re.IGNORECASE):
+        return float(text.lower().replace(".inf", "inf").replace(".nan", "nan"))
+    return text  # as PyYAML, 1e-3 without a dot stays text (coerce() reads it as a number)
+
+
+def resolve_config(*layers: dict[str, Any]) -> TrainConfig:
+    """The declared defaults, overridden by each layer in turn: train.py passes a resumed
+    run's saved settings, then the recipe files, then the command line."""
+    values = {name: info.default for name, info in SETTINGS.items()}
+    for layer in layers:
+        values.update(layer)
+    return TrainConfig.from_flat(values)
+
+
+def render_yaml(values: dict[str, Any], header: str = "", show_defaults: bool = True) -> str:
+    """A recipe file: every setting of ``values`` under its group, each after its help (and
+    its default, with ``show_defaults``)."""
+    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
+    group = None
+    for name, value in values.items():
+        info = SETTINGS[name]
+        if info.group != group:
+            group = info.group
+            lines += ["", f"## {group}"]
+        if show_defaults:
+            comment = f"{info.help} (default: {info.shown_default()})"
+        elif value is None and "shown" in info.options:
+            comment = f"{info.help} (null: {info.options['shown']})"
+        else:
+            comment = info.help
+        lines += textwrap.wrap(
+            comment, 99, initial_indent="# ", subsequent_indent="# ", break_on_hyphens=False
+        )
+        lines.append(f"{name}: {yaml_value(value)}")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+#: Plain YAML scalars that are not text: they must be quoted to stay strings.
+_YAML_WORDS = {"null", "true", "false", "yes", "no", "on", "off", "y", "n", "~"}
+
+
+def yaml_value(value: Any) -> str:
+    """One setting's value in YAML's flow style, as PyYAML's ``safe_load`` reads it back; written
+    without PyYAML, so training needs it only to read --config files."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        text = repr(value)
+        mantissa, e, exponent = text.partition("e")
+        if e and "." not in mantissa:  # YAML 1.1 floats need a dot: 1e-06 -> 1.0e-06
+            text = f"{mantissa}.0e{exponent}"
+        return text if math.isfinite(value) else {"inf": ".inf", "-inf": "-.inf"}.get(text, ".nan")
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(yaml_value(item) for item in value) + "]"
+    text = str(value)
+    plain = re.fullmatch(r"[A-Za-z_./][A-Za-z0-9_./-]*", text) and text.lower() not in _YAML_WORDS
+    return text if plain else json.dumps(text)
+
+
+def write_config(config: TrainConfig, path: str | Path) -> Path:
+    """Write the resolved settings as ``config.yaml``, which ``--config`` reads back as is."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = (
+        f"The settings of this run, resolved from the defaults, recipe files and flags.\n"
+        f"Train again with: python train.py --config {path}"
+    )
+    path.write_text(render_yaml(config.flat(), header))
+    return path
+
+
+def check_fixed_on_resume(saved: dict[str, Any], changed: dict[str, Any]) -> None:
+    """A resumed run keeps the model's shape: ``changed`` (flags and files) may not differ from
+    the checkpoint's ``saved`` settings in :data:`FIXED_ON_RESUME`."""
+    for key in FIXED_ON_RESUME:
+        if key in changed and key in saved and changed[key] != saved[key]:
+            info = SETTINGS[key]
+            raise UserError(
+                f"{info.describe()} {format_value(changed[key])} differs from the checkpoint's "
+                f"{format_value(saved[key])}; a resumed run keeps the model's shape (start a new "
+                "run with --model-path to change it)."
+            )
+
+
+def validate(config: TrainConfig) -> None:
+    """Refuse settings that cannot train, each in one sentence naming the setting and its
+    flag. Nothing is rewritten: derived defaults (--min-lr, --cls-weights) are computed where
+    they are used."""
+    flat = config.flat()
+    for name, value in flat.items():
+        _check_one(SETTINGS[name], value)
+    _check_schedule(config.schedule)
+    _check_lengths(config)
+    opt = config.optimizer
+    if not 0 < opt.final_lr <= opt.init_lr:
+        raise UserError(
+            f"min_lr (--min-lr) {opt.final_lr:g} must be above 0 and at most init_lr "
+            f"(--init-lr) {opt.init_lr:g}."
+        )
+    data, evaluation = config.data, config.evaluation
+    check_input_shape(data.input_shape[0], data.input_shape[1], data.backbone)
+    if data.train_crop:
+        check_input_shape(data.train_crop[0], data.train_crop[1], data.backbone)
+    check_tile(evaluation.tile, evaluation.stride, data.backbone)
+    _check_best_by(config)
+    get_lr_scheduler(opt.lr_decay_type, opt.init_lr, opt.final_lr, config.schedule.unfreeze_epoch)
+
+
+def _check_one(info: SettingInfo, value: Any) -> None:
+    choices = info.options.get("choices")
+    if choices and value not in choices:
+        raise UserError(
+            f"{info.describe()} is {value!r}; use one of {', '.join(map(str, choices))}."
+        )
+    minimum, below = info.options.get("minimum"), info.options.get("below")
+    values = value if isinstance(value, list) else [value]
+    for item in values:
+        if isinstance(item, float) and not math.isfinite(item):
+            raise UserError(f"{info.describe()} must be a finite number, not {item}.")
+        if minimum is not None and item is not None and item < minimum:
+            raise UserError(
+                f"{info.describe()} must be at least {minimum}, not {format_value(item)}."
+            )
+        if below is not None and item is not None and item >= below:
+            raise UserError(f"{info.describe()} must be below {below}, not {format_value(item)}.")
+
+
+def _check_schedule(schedule: ScheduleSettings) -> None:
+    if schedule.init_epoch >= schedule.unfreeze_epoch:
+        raise UserError(
+            f"init_epoch (--init-epoch) {schedule.init_epoch} leaves nothing to train before "
+            f"unfreeze_epoch (--unfreeze-epoch) {schedule.unfreeze_epoch}, the total; raise "
+            "--unfreeze-epoch."
+        )
+    if schedule.freeze_train and schedule.freeze_epoch > schedule.unfreeze_epoch:
+        raise UserError(
+            f"freeze_epoch (--freeze-epoch) {schedule.freeze_epoch} is past unfreeze_epoch "
+            f"(--unfreeze-epoch) {schedule.unfreeze_epoch}, the total number of epochs; lower "
+            "--freeze-epoch or pass --no-freeze-train."
+        )
+
+
+def _check_lengths(config: TrainConfig) -> None:
+    classes = config.data.num_classes
+    for info, values, what in (
+        (SETTINGS["name_classes"], config.data.name_classes, "names"),
+        (SETTINGS["cls_weights"], config.loss.cls_weights, "values"),
+    ):
+        if values is not None and len(values) != classes:
+            raise UserError(
+                f"{info.describe()} has {len(values)} {what} but num_classes (--num-classes) is "
+                f"{classes}; give one per class."
+            )
+
+
+def _check_best_by(config: TrainConfig) -> None:
+    evaluation = config.evaluation
+    if evaluation.save_best_by != "miou":
+        return
+    if not evaluation.eval_flag:
+        raise UserError(
+            "save_best_by (--save-best-by) miou needs the in-training mIoU, which --no-eval-flag "
+            "turns off; drop one of the two."
+        )
+    if evaluation.eval_period > config.schedule.unfreeze_epoch:
+        raise UserError(
+            f"save_best_by (--save-best-by) miou never gets an mIoU: --eval-period "
+            f"{evaluation.eval_period} is past --unfreeze-epoch "
+            f"{config.schedule.unfreeze_epoch}; lower --eval-period."
+        )
+
+
+def markdown_table(originals_only: bool = False) -> str:
+    """The docs' table of settings: key, flag, default and help, or (``originals_only``) the
+    original's constants with the key and flag that replace each."""
+    if originals_only:
+        rows = [
+            "| the original's constant | setting (recipe key) | flag | default |",
+            "| --- | --- | --- | --- |",
+        ]
+        for info in SETTINGS.values():
+            if info.options.get("original"):
+                rows.append(
+                    f"| `{info.options['original']}` | `{info.name}` | `{info.flag}` | "
+                    f"{_cell(info.shown_default())} |"
+                )
+        return "\n".join(rows) + "\n"
+    rows = []
+    for section in SECTIONS.values():
+        rows += [
+            "",
+            f"**{section.__doc__}**",
+            "",
+            "| setting (recipe key) | flag | default | what it does |",
+            "| --- | --- | --- | --- |",
+        ]
+        for name in _names(section):
+            info = SETTINGS[name]
+            rows.append(
+                f"| `{name}` | `{info.flag}` | {_cell(info.shown_default())} | {_cell(info.help)} |"
+            )
+    return "\n".join(rows).lstrip("\n") + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+#: The head of recipes/voc.yaml, which :func:`voc_recipe` writes whole.
+VOC_RECIPE_HEADER = """\
+The original's train.py, every constant at its default, one comment each: the block of
+constants its users edit. Copy this file, change what you need, and run
+    python train.py --config my_recipe.yaml
+Flags given with --config win over the file. Each setting's flag is its name in kebab-case
+(num_classes -> --num-classes); docs/migrating.md maps the original's constant names.
+This file is generated: python -m utils.config voc > recipes/voc.yaml"""
+
+
+def voc_recipe() -> str:
+    """recipes/voc.yaml: every setting at its default, under its help."""
+    defaults = {name: info.default for name, info in SETTINGS.items()}
+    return render_yaml(defaults, VOC_RECIPE_HEADER, show_defaults=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m utils.config table|originals|voc``: print a docs table, or recipes/voc.yaml."""
+    what = (argv if argv is not None else sys.argv[1:]) or ["voc"]
+    if what[0] == "table":
+        print(markdown_table(), end="")
+    elif what[0] == "originals":
+        print(markdown_table(originals_only=True), end="")
+    else:
+        print(voc_recipe(), end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,504 @@
+"""The training loop behind train.py: data, model, optimizer, the original's two phases, and an
+epoch's training, validation, mIoU, logs and saved files.
+
+Every function here takes the typed sections of :class:`~utils.config.TrainConfig` or plain
+keywords; the command line stops in train.py's ``main``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from nets.unet import Unet
+from nets.unet_training import (
+    SegmentationLoss,
+    describe_lr,
+    fit_lr,
+    get_lr_scheduler,
+    set_optimizer_lr,
+    weights_init,
+)
+from utils.callbacks import TrainingLog
+from utils.checkpoint import CheckpointSaver, load_matching_weights, load_training_checkpoint
+from utils.classes import (
+    class_colors,
+    comparison_strip,
+    default_class_names,
+    grid,
+    mapping_lines,
+)
+from utils.config import (
+    DataSettings,
+    OptimizerSettings,
+    ScheduleSettings,
+    TrainConfig,
+)
+from utils.dataloader import Loaders, UnetDataset, check_split_size, read_split, split_path
+from utils.device import Runtime
+from utils.distributed import SINGLE_PROCESS, DistInfo, barrier
+from utils.errors import UserError
+from utils.utils_fit import evaluate_loss, evaluate_miou, train_one_epoch
+
+Say = Callable[..., None]
+
+
+def _silent(*_args, **_kwargs) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Phase:
+    """The original's two phases: a frozen backbone at one batch size, then unfrozen."""
+
+    frozen: bool
+    batch_size: int
+
+    @classmethod
+    def at(cls, schedule: ScheduleSettings, epoch: int) -> Phase:
+        frozen = schedule.freeze_train and epoch < schedule.freeze_epoch
+        size = schedule.freeze_batch_size if frozen else schedule.unfreeze_batch_size
+        return cls(frozen, size)
+
+    @property
+    def name(self) -> str:
+        return "Freeze" if self.frozen else "Unfreeze"
+
+
+def build_data(
+    data: DataSettings, seed: int, say: Say = print
+) -> tuple[UnetDataset, UnetDataset | None]:
+    """The train and val datasets; without a val split (the default one missing or empty, as
+    voc_annotation.py --train-percent 1 writes it), training goes on without."""
+    common = dict(
+        num_classes=data.num_classes,
+        dataset_path=data.dataset_path,
+        dataset_format=data.dataset_format,
+        seed=seed,
+    )
+    train = UnetDataset(
+        read_split(data.dataset_path, data.train_split, data.dataset_format),
+        input_shape=data.train_crop or data.input_shape,
+        train=True,
+        augment=data.augment,
+        crop=bool(data.train_crop),
+        **common,
+    )
+    val_path = split_path(data.dataset_path, data.val_split, data.dataset_format)
+    if data.val_split == "val" and (not val_path.is_file() or not val_path.read_text().split()):
+        state = "is empty" if val_path.is_file() else "does not exist"
+        say(
+            f"No val split ('{val_path}' {state}): training without validation, so no val loss "
+            "or mIoU, and best_epoch_weights.pth follows the train loss."
+        )
+        return train, None
+    lines = read_split(data.dataset_path, data.val_split, data.dataset_format)
+    return train, UnetDataset(lines, input_shape=data.input_shape, train=False, **common)
+
+
+def build_model(data: DataSettings, runtime: Runtime, say: Say = print) -> Unet:
+    """The UNet: ImageNet encoder or ``init_type`` weights, then ``model_path``'s matching
+    tensors, on the runtime's device and layout."""
+    model = Unet(num_classes=data.num_classes, pretrained=data.pretrained, backbone=data.backbone)
+    if not data.pretrained:
+        weights_init(model, init_type=data.init_type)
+    if data.model_path:
+        report = load_matching_weights(model, data.model_path, data.allow_backbone_mismatch)
+        say(f"Weights from {data.model_path}:")
+        say("\n".join(report.lines()))
+        if report.mismatched and all(k.startswith("final.") for k in report.mismatched):
+            say("  (the head follows --num-classes, so it starts fresh: that is expected)")
+    return runtime.prepare(model)
+
+
+def build_optimizer(
+    model: nn.Module, settings: OptimizerSettings, lr: float, device: torch.device
+) -> torch.optim.Optimizer:
+    """Adam with betas (momentum, 0.999), or SGD with Nesterov momentum, as the original.
+
+    On CUDA the fused implementations: one kernel per step, and with fp16 the GradScaler's
+    inf check stays on the GPU instead of waiting for it every step.
+    """
+    fused = device.type == "cuda" or None
+    if settings.optimizer_type == "adam":
+        return torch.optim.Adam(
+            model.parameters(),
+            lr,
+            betas=(settings.momentum, 0.999),
+            weight_decay=settings.weight_decay,
+            fused=fused,
+        )
+    return torch.optim.SGD(
+        model.parameters(),
+        lr,
+        momentum=settings.momentum,
+        nesterov=True,
+        weight_decay=settings.weight_decay,
+        fused=fused,
+    )
+
+
+def build_criterion(config: TrainConfig, device: torch.device) -> SegmentationLoss:
+    loss = config.loss
+    criterion = SegmentationLoss(
+        config.data.num_classes, loss.cls_weights, loss.dice_loss, loss.focal_loss
+    )
+    return criterion.to(device)
+
+
+def phase_lrs(settings: OptimizerSettings, phase: Phase) -> tuple[float, float]:
+    """The phase's first and last LR after the original's batch-size fit."""
+    return fit_lr(
+        settings.init_lr,
+        settings.final_lr,
+        phase.batch_size,
+        settings.optimizer_type,
+        settings.lr_fit,
+    )
+
+
+def val_batch_size(
+    requested: int | None, phase: Phase, val_set: UnetDataset | None, dist_info: DistInfo
+) -> int | None:
+    """``requested``, else the phase's batch, capped at the val split and a multiple of the
+    process count: a small val split is never refused for the batch size."""
+    if val_set is None:
+        return None
+    size = min(requested or phase.batch_size, len(val_set))
+    size -= size % dist_info.world_size
+    if size == 0:
+        raise UserError(
+            f"the val split has {len(val_set)} image(s), fewer than the {dist_info.world_size} "
+            "processes; add val images or run fewer processes."
+        )
+    return size
+
+
+def check_batches(
+    config: TrainConfig, train_set, val_set, start_epoch: int, dist_info: DistInfo
+) -> None:
+    """Before the first epoch: every phase's batch must fit the train split and the processes,
+    and the val batch the val split."""
+    schedule = config.schedule
+    phases = {Phase.at(schedule, epoch) for epoch in range(start_epoch, schedule.unfreeze_epoch)}
+    for phase in sorted(phases, key=lambda p: p.batch_size):
+        check_split_size(len(train_set), phase.batch_size, "train")
+        if phase.batch_size % dist_info.world_size:
+            raise UserError(
+                f"batch size {phase.batch_size} cannot be split evenly over "
+                f"{dist_info.world_size} processes; use a multiple of the process count."
+            )
+        val_batch_size(schedule.val_batch_size, phase, val_set, dist_info)
+    if config.evaluation.save_best_by == "miou" and val_set is None:
+        raise UserError(
+            "save_best_by (--save-best-by) miou needs the mIoU of a val split, and there is "
+            "none; give --val-split or use --save-best-by val_loss."
+        )
+
+
+class TrainingInterruptedError(Exception):
+    """Ctrl-C during training, at 1-based ``epoch``, with the checkpoint to resume from."""
+
+    def __init__(self, epoch: int, checkpoint: Path):
+        super().__init__(epoch, checkpoint)
+        self.epoch, self.checkpoint = epoch, checkpoint
+
+    def message(self) -> str:
+        if self.checkpoint.is_file():
+            return (
+                f"interrupted at epoch {self.epoch}; resume with: python train.py --resume "
+                f"{shlex.quote(str(self.checkpoint))}"
+            )
+        return (
+            f"interrupted at epoch {self.epoch}, before the first checkpoint; start again "
+            "with the same command"
+        )
+
+
+class Trainer:
+    """One training run: built from a :class:`TrainConfig`, optionally resumed, then
+    :meth:`fit` runs its epochs.
+
+    Rank 0 logs and saves; every rank trains its share of each batch.
+    """
+
+    def __init__(self, config: TrainConfig, runtime: Runtime, dist_info: DistInfo = SINGLE_PROCESS):
+        self.config, self.runtime, self.dist_info = config, runtime, dist_info
+        self.say = print if dist_info.is_main else _silent
+        self.train_set, self.val_set = build_data(config.data, config.runtime.seed, self.say)
+        model = build_model(config.data, runtime, self.say)
+        if config.runtime.sync_bn and dist_info.enabled:
+            if runtime.device.type != "cuda":
+                raise UserError(
+                    "sync_bn (--sync-bn) synchronises BatchNorm across GPUs and needs CUDA; "
+                    "drop it on the CPU."
+                )
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model
+        self.model_train: nn.Module = model  # wrapped in DDP per phase (see start_phase)
+        self.criterion = build_criterion(config, runtime.device)
+        first = Phase.at(config.schedule, config.schedule.init_epoch)
+        self.optimizer = build_optimizer(
+            model, config.optimizer, phase_lrs(config.optimizer, first)[0], runtime.device
+        )
+        self.scaler = runtime.grad_scaler()
+        self.start_epoch, self.history = config.schedule.init_epoch, None
+        self.log_dir = (
+            Path(config.output.save_dir) / f"loss_{datetime.datetime.now():%Y_%m_%d_%H_%M_%S}"
+        )
+        self.saver = CheckpointSaver(config)
+        self._warned: set[str] = set()  # warnings given once per run
+
+    def resume(self, checkpoint: dict, path: str) -> None:
+        """Continue where ``checkpoint`` stopped: weights, optimizer, scaler, RNG and logs."""
+        resumed = load_training_checkpoint(
+            checkpoint,
+            model=self.model,
+            optimizer=self.optimizer,
+            scaler=self.scaler,
+            device=self.runtime.device,
+        )
+        self.start_epoch, self.history = resumed.epoch, resumed.history
+        self.log_dir = resumed.log_dir
+        for note in resumed.notes:
+            self.say(f"note: {note}")
+        self._warned.add("lr clamp")  # said when the run began
+        total = self.config.schedule.unfreeze_epoch
+        if self.start_epoch >= total:
+            raise UserError(
+                f"the checkpoint already finished {self.start_epoch} epochs; raise "
+                "--unfreeze-epoch to train longer."
+            )
+        self.say(f"Resuming from {path} at epoch {self.start_epoch + 1}/{total}")
+
+    def fit(self) -> None:
+        """Run the epochs from the start (or resumed) epoch to ``unfreeze_epoch``."""
+        config, dist_info = self.config, self.dist_info
+        check_batches(config, self.train_set, self.val_set, self.start_epoch, dist_info)
+        self._announce()
+        names = config.data.name_classes or default_class_names(config.data.num_classes)
+        log = TrainingLog(self.log_dir, self.history, names) if dist_info.is_main else None
+        phase = loaders = scheduler = None
+        epoch = self.start_epoch
+        try:
+            for epoch in range(self.start_epoch, config.schedule.unfreeze_epoch):
+                if phase != Phase.at(config.schedule, epoch):
+                    phase = Phase.at(config.schedule, epoch)
+                    loaders, scheduler = self.start_phase(phase)
+                set_optimizer_lr(self.optimizer, scheduler, epoch)
+                loaders.set_epoch(epoch)
+                self.run_epoch(epoch, loaders, log)
+                barrier()
+        except KeyboardInterrupt:
+            path = Path(config.output.save_dir) / "checkpoint_last.pth"
+            raise TrainingInterruptedError(epoch + 1, path) from None
+        finally:
+            if log is not None:
+                log.close()
+
+    def _announce(self) -> None:
+        config, runtime = self.config, self.runtime
+        data = config.data
+        height, width = data.input_shape
+        processes = f"{self.dist_info.world_size} process(es)"
+        if self.dist_info.enabled:
+            processes += f" under torchrun (DDP over {dist.get_backend()})"
+        self.say(
+            f"Training {data.backbone} UNet, {data.num_classes} classes, {len(self.train_set)} "
+            f"train / {len(self.val_set) if self.val_set else 0} val images, {height}x{width}, "
+            f"{runtime.device.type} {runtime.precision}, {processes}"
+        )
+        names = data.name_classes or default_class_names(data.num_classes)
+        counts = self.train_set.label_counts
+        counts = counts[:2] if data.dataset_format == "medical" else counts
+        self.say(
+            f"Classes (label value -> class -> name, share of the pixels in "
+            f"{self.train_set.checked} checked train labels):"
+        )
+        self.say("\n".join(mapping_lines(counts, names, data.dataset_format)))
+        frozen = Phase.at(config.schedule, self.start_epoch).frozen
+        if frozen and not data.pretrained and not data.model_path:
+            self.say(
+                "warning: the backbone is frozen for the first --freeze-epoch epochs but "
+                "holds no trained weights (--model-path '' and no --pretrained), so those "
+                "epochs train only the decoder on a random encoder; pass --no-freeze-train, "
+                "--pretrained or a --model-path."
+            )
+
+    def start_phase(self, phase: Phase) -> tuple[Loaders, Callable[[int], float]]:
+        """Freeze or unfreeze the backbone; the phase's loaders and LR schedule."""
+        config = self.config
+        (self.model.freeze_backbone if phase.frozen else self.model.unfreeze_backbone)()
+        if self.dist_info.enabled:
+            self.model_train = self._distributed()
+        loaders = Loaders(
+            self.train_set,
+            self.val_set,
+            batch_size=phase.batch_size,
+            val_batch_size=val_batch_size(
+                config.schedule.val_batch_size, phase, self.val_set, self.dist_info
+            ),
+            num_workers=config.runtime.num_workers,
+            seed=config.runtime.seed,
+            dist_info=self.dist_info,
+            pin_memory=self.runtime.device.type == "cuda",
+        )
+        opt = config.optimizer
+        init_lr, min_lr = phase_lrs(opt, phase)
+        text, warning = describe_lr(
+            opt.init_lr, opt.final_lr, phase.batch_size, opt.optimizer_type, opt.lr_fit, phase.name
+        )
+        self.say(text)
+        if warning and "lr clamp" not in self._warned:
+            self.say(warning)
+            self._warned.add("lr clamp")
+        schedule = get_lr_scheduler(
+            opt.lr_decay_type, init_lr, min_lr, config.schedule.unfreeze_epoch
+        )
+        return loaders, schedule
+
+    def _distributed(self) -> nn.Module:
+        """The model under DistributedDataParallel for this phase, as torchvision wraps it: DDP
+        takes the parameters that train when it is built, so the frozen phase synchronises the
+        decoder's gradients only, and no step searches the graph for unused parameters."""
+        cuda = self.runtime.device.type == "cuda"
+        device_ids = [self.runtime.device.index] if cuda else None
+        return nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+
+    def run_epoch(self, epoch: int, loaders: Loaders, log: TrainingLog | None) -> None:
+        """Train one epoch, then the val loss, the mIoU when due, and (rank 0) save."""
+        config, runtime = self.config, self.runtime
+        loss, _ = train_one_epoch(
+            self.model_train,
+            loaders.train,
+            optimizer=self.optimizer,
+            scaler=self.scaler,
+            criterion=self.criterion,
+            runtime=runtime,
+            steps=loaders.train_steps,
+            epoch=epoch,
+            total_epochs=config.schedule.unfreeze_epoch,
+            dist_info=self.dist_info,
+        )
+        val_loss = None
+        if loaders.val is not None:
+            val_loss, _ = evaluate_loss(
+                self.model,
+                loaders.val,
+                criterion=self.criterion,
+                runtime=runtime,
+                steps=loaders.val_steps,
+                dist_info=self.dist_info,
+            )
+        evaluation = config.evaluation
+        due = evaluation.eval_flag and (epoch + 1) % evaluation.eval_period == 0
+        scores = self.evaluate() if due and self.val_set is not None else {}
+        if log is not None:
+            self.end_of_epoch(epoch, log, loss=loss, val_loss=val_loss, **scores)
+
+    #: Fixed val images shown in TensorBoard beside their label and prediction at every mIoU.
+    SAMPLES = 3
+
+    def evaluate(self) -> dict:
+        """The val mIoU as get_miou.py computes it, each class's IoU and (rank 0) a picture of
+        a few fixed val images: image, label and prediction side by side."""
+        evaluation, val_set = self.config.evaluation, self.val_set
+        shown = list(range(0, len(val_set), self.dist_info.world_size))[: self.SAMPLES]
+        predictions = dict.fromkeys(shown) if self.dist_info.is_main else None
+        matrix = evaluate_miou(
+            self.model,
+            val_set,
+            self.runtime,
+            self.dist_info,
+            tile=evaluation.tile,
+            stride=evaluation.stride,
+            samples=predictions,
+        )
+        scores = {"miou": matrix.miou * 100, "class_iou": matrix.iou}
+        if predictions:
+            colors = class_colors(self.config.data.num_classes)
+            strips = []
+            for index, prediction in predictions.items():
+                image, label = val_set.read_pair(index)
+                strips.append([comparison_strip(np.asarray(image), label, prediction, colors)])
+            scores["samples"] = grid(strips)
+        return scores
+
+    def end_of_epoch(
+        self,
+        epoch: int,
+        log: TrainingLog,
+        *,
+        loss: float,
+        val_loss: float | None = None,
+        miou: float | None = None,
+        class_iou: np.ndarray | None = None,
+        samples: np.ndarray | None = None,
+    ) -> None:
+        """Rank 0: log the epoch, then save the original's weights files and the checkpoint."""
+        best = self.saver.is_best(log.history, loss=loss, val_loss=val_loss, miou=miou)
+        log.append_loss(epoch + 1, loss, val_loss, lr=self.optimizer.param_groups[0]["lr"])
+        if miou is not None:
+            by_miou = self.config.evaluation.save_best_by == "miou"
+            log.append_miou(epoch + 1, miou, best=best if by_miou else None, class_iou=class_iou)
+            print(f"Epoch {epoch + 1} mIoU: {miou:.2f}")
+        if samples is not None:
+            log.add_samples(epoch + 1, samples)
+        text = f"Total Loss: {loss:.3f}"
+        text += f" || Val Loss: {val_loss:.3f}" if val_loss is not None else ""
+        print(f"Epoch:{epoch + 1}/{self.config.schedule.unfreeze_epoch}\n{text}")
+        self.saver.save(
+            epoch + 1,
+            model=self.model,
+            optimizer=self.optimizer,
+            scaler=self.scaler,
+            history=log.history,
+            log_dir=log.log_dir,
+            loss=loss,
+            val_loss=val_loss,
+            best=best,
+        )
+
+
+def benchmark(config: TrainConfig, runtime: Runtime, steps: int) -> str:
+    """Time ``steps`` training steps at the first epoch's phase, data loading included, after 2
+    warm-up steps; return the line that says s/step and img/s."""
+    trainer = Trainer(config, runtime)
+    phase = Phase.at(config.schedule, config.schedule.init_epoch)
+    loaders, scheduler = trainer.start_phase(phase)
+    if loaders.train_steps < steps + 2:
+        raise UserError(
+            f"--benchmark {steps} needs {steps + 2} batches of train data; there are "
+            f"{loaders.train_steps}."
+        )
+    set_optimizer_lr(trainer.optimizer, scheduler, config.schedule.init_epoch)
+    loaders.set_epoch(config.schedule.init_epoch)
+    batches = iter(loaders.train)
+    for count in (2, steps):  # warm-up, then the timed steps
+        start = time.perf_counter()
+        train_one_epoch(
+            trainer.model,
+            batches,
+            optimizer=trainer.optimizer,
+            scaler=trainer.scaler,
+            criterion=trainer.criterion,
+            runtime=runtime,
+            steps=count,
+        )  # reads the loss back: synced
+        seconds = (time.perf_counter() - start) / count
+    data = config.data
+    layout = " + channels_last" if runtime.channels_last else ""
+    return (
+        f"benchmark: {data.backbone} {data.input_shape[0]}x{data.input_shape[1]}, batch "
+        f"{phase.batch_size}, {runtime.precision}{layout} on {runtime.device.type}: "
+        f"{seconds:.3f} s/step, {phase.batch_size / seconds:.2f} img/s ({steps} steps)"
+    )
