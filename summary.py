@@ -15,8 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nets.unet import Unet, check_input_shape
 from utils.checkpoint import model_settings
-from utils.cli import FROM_WEIGHTS, argument_parser
-from utils.config import SETTINGS, add_setting_flags
+from utils.cli import add_weights_setting_flags, argument_parser
 from utils.errors import exit_on_user_error
 
 
@@ -52,13 +51,7 @@ def get_parser() -> argparse.ArgumentParser:
         default=None,
         help="weights whose settings file (beside them) gives the flags below (default: none)",
     )
-    names = ["num_classes", "backbone", "input_shape"]
-    add_setting_flags(
-        parser,
-        names,
-        **{name: FROM_WEIGHTS.format(SETTINGS[name].shown_default()) for name in names},
-    )
-    parser.set_defaults(**dict.fromkeys(names))
+    add_weights_setting_flags(parser, ["num_classes", "backbone", "input_shape"])
     return parser
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 from utils.config import SETTINGS, add_setting_flags
 
@@ -45,6 +46,16 @@ def argument_parser(description: str | None) -> argparse.ArgumentParser:
 FROM_WEIGHTS = "from the settings file beside the weights, else {}"
 
 
+def add_weights_setting_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    """The flags of settings that come with the weights (``names``, of
+    :data:`~utils.config.MODEL_KEYS`): None when not given, so the settings file beside the
+    weights, else the original's default, fills them in (see
+    :func:`utils.checkpoint.model_settings`)."""
+    shown = {name: FROM_WEIGHTS.format(SETTINGS[name].shown_default()) for name in names}
+    add_setting_flags(parser, list(names), **shown)
+    parser.set_defaults(**dict.fromkeys(names))
+
+
 def add_model_flags(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
     """The flags that build a predictor (predict.py, get_miou.py): --model-path, the settings
     ``names`` that come with the weights (:data:`~utils.config.MODEL_KEYS`), the runtime
@@ -56,10 +67,9 @@ def add_model_flags(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> 
         default=SETTINGS["model_path"].default,
         help="trained weights (default: %(default)s)",
     )
-    shown = {name: FROM_WEIGHTS.format(SETTINGS[name].shown_default()) for name in names}
-    add_setting_flags(parser, [*names, "device", "precision", "tf32"], **shown)
+    add_weights_setting_flags(parser, names)
+    add_setting_flags(parser, ["device", "precision", "tf32"])
     parser.set_defaults(
-        **dict.fromkeys(names),
         device=SETTINGS["device"].default,
         precision=SETTINGS["precision"].default,
         tf32=SETTINGS["tf32"].default,

@@ -569,10 +569,15 @@ def _flat_scalar(text: str) -> Any:
     return text  # as PyYAML, 1e-3 without a dot stays text (coerce() reads it as a number)
 
 
+def defaults() -> dict[str, Any]:
+    """``{setting name: its declared default}``, a fresh dict."""
+    return {name: info.default for name, info in SETTINGS.items()}
+
+
 def resolve_config(*layers: dict[str, Any]) -> TrainConfig:
     """The declared defaults, overridden by each layer in turn: train.py passes a resumed
     run's saved settings, then the recipe files, then the command line."""
-    values = {name: info.default for name, info in SETTINGS.items()}
+    values = defaults()
     for layer in layers:
         values.update(layer)
     return TrainConfig.from_flat(values)
@@ -788,8 +793,7 @@ This file is generated: python -m utils.config voc > recipes/voc.yaml"""
 
 def voc_recipe() -> str:
     """recipes/voc.yaml: every setting at its default, under its help."""
-    defaults = {name: info.default for name, info in SETTINGS.items()}
-    return render_yaml(defaults, VOC_RECIPE_HEADER, show_defaults=False)
+    return render_yaml(defaults(), VOC_RECIPE_HEADER, show_defaults=False)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -90,9 +90,11 @@ def read_split(dataset_path: str | Path, split: str, dataset_format: str = "voc"
     return names
 
 
-def explain_dataset_path(dataset_path: str | Path, dataset_format: str = "voc") -> str:
-    """What is wrong with a --dataset-path whose files are not where the layout puts them,
-    judged from what is there, and the fix."""
+def explain_dataset_path(
+    dataset_path: str | Path, dataset_format: str = "voc", missing: Path | None = None
+) -> str:
+    """What is wrong with a --dataset-path whose ``missing`` folder (default: the split files')
+    is not where the layout puts it, judged from what is there, and the fix."""
     root = Path(dataset_path)
     medical = ("Images", "Labels")
     voc = ("JPEGImages", "SegmentationClass")
@@ -112,7 +114,7 @@ def explain_dataset_path(dataset_path: str | Path, dataset_format: str = "voc") 
     if dataset_format == "medical" and (root / "VOC2007").is_dir():
         return f"'{root}' holds VOC2007/, the VOC layout; use --dataset-format voc."
     layout = DatasetLayout.of(root, dataset_format)
-    expected = layout.splits.relative_to(root).as_posix() + "/"
+    expected = (missing or layout.splits).relative_to(root).as_posix() + "/"
     found = sorted(entry.name + ("/" if entry.is_dir() else "") for entry in root.iterdir())
     listing = ", ".join(found[:8]) + (", ..." if len(found) > 8 else "") if found else "nothing"
     if dataset_format == "voc" and layout.labels.is_dir():

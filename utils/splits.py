@@ -15,10 +15,8 @@ def list_labels(dataset_path: str | Path) -> list[str]:
     """The ids of ``SegmentationClass/*.png``, sorted so the split is the same on every machine."""
     folder = DatasetLayout.of(dataset_path).labels
     if not folder.is_dir():
-        found = explain_dataset_path(dataset_path)
-        if found.startswith(f"--dataset-path '{dataset_path}' should hold"):
-            found = f"--dataset-path '{dataset_path}' should be the folder that holds VOC2007/."
-        raise UserError(f"the label folder {folder} is missing; {found}")
+        why = explain_dataset_path(dataset_path, missing=folder)
+        raise UserError(f"the label folder {folder} is missing; {why}")
     names = sorted(p.stem for p in folder.iterdir() if p.suffix.lower() == ".png")
     if not names:
         raise UserError(f"{folder} holds no .png labels; labels must be PNG files.")

@@ -256,6 +256,8 @@ class Trainer:
             Path(config.output.save_dir) / f"loss_{datetime.datetime.now():%Y_%m_%d_%H_%M_%S}"
         )
         self.saver = CheckpointSaver(config)
+        data = config.data
+        self.class_names = data.name_classes or default_class_names(data.num_classes)
         self._warned: set[str] = set()  # warnings given once per run
 
     def resume(self, checkpoint: dict, path: str) -> None:
@@ -285,8 +287,9 @@ class Trainer:
         config, dist_info = self.config, self.dist_info
         check_batches(config, self.train_set, self.val_set, self.start_epoch, dist_info)
         self._announce()
-        names = config.data.name_classes or default_class_names(config.data.num_classes)
-        log = TrainingLog(self.log_dir, self.history, names) if dist_info.is_main else None
+        log = (
+            TrainingLog(self.log_dir, self.history, self.class_names) if dist_info.is_main else None
+        )
         phase = loaders = scheduler = None
         epoch = self.start_epoch
         try:
@@ -317,14 +320,13 @@ class Trainer:
             f"train / {len(self.val_set) if self.val_set else 0} val images, {height}x{width}, "
             f"{runtime.device.type} {runtime.precision}, {processes}"
         )
-        names = data.name_classes or default_class_names(data.num_classes)
         counts = self.train_set.label_counts
         counts = counts[:2] if data.dataset_format == "medical" else counts
         self.say(
             f"Classes (label value -> class -> name, share of the pixels in "
             f"{self.train_set.checked} checked train labels):"
         )
-        self.say("\n".join(mapping_lines(counts, names, data.dataset_format)))
+        self.say("\n".join(mapping_lines(counts, self.class_names, data.dataset_format)))
         frozen = Phase.at(config.schedule, self.start_epoch).frozen
         if frozen and not data.pretrained and not data.model_path:
             self.say(

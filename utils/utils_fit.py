@@ -11,6 +11,7 @@ the ranks share what they noted, so a NaN on one rank stops them all with the sa
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Iterable
 
@@ -209,7 +210,7 @@ def evaluate_miou(
     model.eval()
     channels_last = prefers_channels_last(runtime.device)
     if channels_last != runtime.channels_last:  # one layout for the weights and the inputs
-        runtime = Runtime(runtime.device, runtime.precision, channels_last)
+        runtime = dataclasses.replace(runtime, channels_last=channels_last)
         with torch.no_grad():
             model = copy.deepcopy(model).to(memory_format=runtime.memory_format)
     pipeline = InferencePipeline(model, dataset.input_shape, runtime, tile=tile, stride=stride)
