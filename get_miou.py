@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
             args.dataset_format,
             check_sample=0,
         )
-        with backend_settings(tf32=args.tf32):
+        with backend_settings(deterministic=False, tf32=args.tf32):
             unet = Unet(**predictor_kwargs(args, Unet))
             predict_split(unet, dataset, pred_dir, args.batch_size, args.num_workers)
     if args.miou_mode in (0, 2):

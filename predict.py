@@ -310,7 +310,7 @@ def fps(unet, args) -> None:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = get_args(argv)
-    with backend_settings(tf32=args.tf32):
+    with backend_settings(deterministic=False, tf32=args.tf32):
         predictor = Unet_ONNX if args.mode == "predict_onnx" else Unet
         unet = predictor(**predictor_kwargs(args, predictor))
         if args.mode in ("predict", "predict_onnx"):

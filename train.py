@@ -165,7 +165,7 @@ def main(
     with backend_settings(deterministic=settings.deterministic, tf32=settings.tf32):
         local_rank = int(os.environ["LOCAL_RANK"]) if launched_by_torchrun() else None
         runtime = resolve_runtime(
-            settings.device, settings.precision, local_rank, settings.channels_last
+            settings.device, settings.precision, local_rank, settings.channels_last, training=True
         )
         use_device(runtime.device)  # --device cuda:N, or this rank's GPU
         dist_info = init_distributed(runtime.device.type)

@@ -1,21 +1,25 @@
-"""Confusion counts on the device: our ``scatter_add_`` against ``torch.bincount`` and a one-hot
-sum, for the in-training f-score and mIoU, on CPU or CUDA::
+"""Counting on the device, on uniform and on skewed labels: the Dice/f-score per-class sums of
+every training step (``class_sums``: compare-and-sum against scatter) and the confusion counts
+of the mIoU (our ``scatter_add_`` against ``torch.bincount`` and a one-hot sum)::
 
     python -m benchmarks.counting --device cuda
 
-``scatter_add_`` adds N*H*W ones into C*C+1 slots: on a GPU that is atomics on a handful of
-addresses, which can serialise. ``bincount`` reads its output size back to the host (a sync);
-the one-hot sum builds an (N*H*W, C+1) matrix. This prints ms per call of each, on a batch of
-8 labels of 512x512 with 21 classes (the GPU recipe's shape), and whether they agree.
+On a GPU, scatters add into a few addresses with atomics, which serialise when most labels
+fall in one of them, as real labels do (mostly background): the "skewed" rows put 90% of the
+labels in class 0. ``bincount`` reads its output size back to the host (a sync); the one-hot sum
+builds an (N*H*W, C*C+1) matrix. This prints ms per call of each, on a batch of 8 labels of
+512x512 with 21 classes (the GPU recipe's shape) and with 2, and whether the ways agree.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import torch
 
+from nets.unet_training import class_sums
 from utils.utils_metrics import fast_hist
 
 
@@ -30,7 +34,7 @@ def by_one_hot(labels: torch.Tensor, preds: torch.Tensor, n: int) -> torch.Tenso
     return one_hot.sum(0)[:-1].reshape(n, n)
 
 
-def milliseconds(function, device: torch.device, repeats: int) -> float:
+def milliseconds(function: Callable[[], object], device: torch.device, repeats: int) -> float:
     function()  # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -42,26 +46,57 @@ def milliseconds(function, device: torch.device, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats * 1e3
 
 
+def make_labels(shape, n: int, skewed: bool, generator, device) -> torch.Tensor:
+    """Labels in [0, n] (n: ignored), uniform or with 90% in class 0."""
+    labels = torch.randint(0, n + 1, shape, generator=generator)
+    if skewed:
+        labels = torch.where(torch.rand(shape, generator=generator) < 0.9, 0, labels)
+    return labels.to(device)
+
+
+def dice_rows(labels: torch.Tensor, n: int, device, repeats: int) -> list[str]:
+    """The two per-class sums of a Dice step (counts, and sums of the picked probabilities)."""
+    flat = labels.reshape(-1)
+    values = torch.rand(flat.shape, device=device)
+    rows = []
+    for name, compare in (("compare-and-sum", True), ("scatter", False)):
+        ms = milliseconds(lambda c=compare: (class_sums(flat, n + 1, compare=c),
+                                             class_sums(flat.clamp(max=n - 1), n, values, c)),
+                          device, repeats)  # fmt: skip
+        rows.append(f"{name} {ms:.3f} ms")
+    same = torch.equal(
+        class_sums(flat, n + 1, compare=True), class_sums(flat, n + 1, compare=False)
+    )
+    chosen = "compare-and-sum" if flat.is_cuda and n + 1 <= 32 else "scatter"
+    counts = "the same counts" if same else "DIFFERENT counts"
+    return [f"    dice class sums: {'; '.join(rows)} ({counts}; ours: {chosen})"]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--batch", type=int, nargs=3, default=[8, 512, 512], metavar=("N", "H", "W")
     )
-    parser.add_argument("--num-classes", type=int, default=21)
+    parser.add_argument("--num-classes", type=int, nargs="+", default=[21, 2])
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args(argv)
-    device, n = torch.device(args.device), args.num_classes
+    device = torch.device(args.device)
     generator = torch.Generator().manual_seed(0)
-    labels = torch.randint(0, n + 1, args.batch, generator=generator).to(device)  # n: ignored
-    preds = torch.randint(0, n, args.batch, generator=generator).to(device)
-    expected = fast_hist(labels, preds, n)
-    print(f"confusion counts of {'x'.join(map(str, args.batch))} labels, {n} classes, {device}:")
-    for name, function in (("scatter_add_ (ours)", fast_hist), ("bincount", by_bincount),
-                           ("one-hot-sum", by_one_hot)):  # fmt: skip
-        same = torch.equal(function(labels, preds, n), expected)
-        ms = milliseconds(lambda f=function: f(labels, preds, n), device, args.repeats)
-        print(f"  {name}: {ms:.3f} ms ({'the same counts' if same else 'DIFFERENT counts'})")
+    print(f"counting over {'x'.join(map(str, args.batch))} labels on {device}:")
+    for n in args.num_classes:
+        for skewed in (False, True):
+            labels = make_labels(args.batch, n, skewed, generator, device)
+            preds = make_labels(args.batch, n - 1, skewed, generator, device)
+            print(f"  {n} classes, {'skewed (90% class 0)' if skewed else 'uniform'} labels:")
+            print("\n".join(dice_rows(labels, n, device, args.repeats)))
+            expected = fast_hist(labels, preds, n)
+            for name, function in (("scatter_add_ (ours)", fast_hist), ("bincount", by_bincount),
+                                   ("one-hot-sum", by_one_hot)):  # fmt: skip
+                same = torch.equal(function(labels, preds, n), expected)
+                ms = milliseconds(lambda f=function: f(labels, preds, n), device, args.repeats)
+                print(f"    confusion {name}: {ms:.3f} ms "
+                      f"({'the same counts' if same else 'DIFFERENT counts'})")  # fmt: skip
 
 
 if __name__ == "__main__":

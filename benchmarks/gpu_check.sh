@@ -1,30 +1,39 @@
 #!/usr/bin/env bash
-# The GPU check: estimated at 4 minutes on one GPU, checkpoint writes included (this version
-# has not run on a GPU yet); no network, nothing to install. It uses whatever python3 has torch
-# (2.11 or newer), numpy, Pillow, OpenCV, SciPy, tqdm and pytest; PyYAML, TensorBoard,
-# matplotlib, onnx, onnxruntime and torchvision are optional (what needs them is skipped, and
-# said so; the recipe files are read without PyYAML).
+# The GPU check, within 8 minutes on one GPU: every step has a time limit (seconds, below), and
+# their sum with the preflight is under 480 s. No network, nothing to install. It uses whatever
+# python3 has torch (2.11 or newer), numpy, Pillow, OpenCV, SciPy, tqdm and pytest; PyYAML,
+# TensorBoard, matplotlib, onnx, onnxruntime and torchvision are optional (what needs them is
+# skipped, and said so; the recipe files are read without PyYAML).
 #
 #   DATA=gpu_data bash benchmarks/gpu_check.sh    # DATA: a copy of ../shared/data (for step 4)
-#   ISBI_EPOCHS=0 bash benchmarks/gpu_check.sh    # without the data: steps 1-3 and 5
+#   ISBI_EPOCHS=0 bash benchmarks/gpu_check.sh    # skip step 4
+#   DEVICE=cpu bash benchmarks/gpu_check.sh       # a rehearsal on the CPU, at toy sizes
 #
 # Steps: 1 the cuda tests, 2 the training step against the original's, 3 prediction against
-# the original's, 4 the ISBI 2012 recipe at 512x512 for ISBI_EPOCHS epochs, 5 the confusion
-# counts three ways. Each step's whole output is kept in $OUT/<step>.txt; a step that fails
-# prints its last lines. It ends with a table: each step, its figure, pass or fail.
+# the original's, 4 the ISBI 2012 recipe at 512x512 for ISBI_EPOCHS epochs (needs DATA; without
+# it the step is skipped, saying so), 5 the counting of the Dice loss and the mIoU. Each step's
+# whole output is kept in $OUT/<step>.txt, its time is printed as it ends, and a step that fails
+# prints its last lines. It ends with a table: each step, pass, fail or skipped, its seconds and
+# its figure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-gpu_check_out}
 DATA=${DATA:-../shared/data}
-ISBI_EPOCHS=${ISBI_EPOCHS:-20}
+DEVICE=${DEVICE:-cuda}
+ISBI_EPOCHS=${ISBI_EPOCHS:-$([ "$DEVICE" = cuda ] && echo 20 || echo 2)}  # 2 in a rehearsal
 ISBI="$DATA/isbi2012_cells"
 export UNET_SHARED_DATA="$DATA"  # the tests' and benchmarks' street.jpg and ISBI images
 
-# Before anything: the modules, the GPU and the data, each in one sentence.
-$PY - <<'PYTHON' || exit 2
+# Before anything: the modules, the GPU (with what torch and the driver say when torch sees
+# none) and the shared memory the DataLoader workers pass batches through.
+DEVICE=$DEVICE $PY - <<'PYTHON' || exit 2
 import importlib.util
+import os
+import shutil
+import subprocess
 import sys
+import warnings
 
 required = ["torch", "numpy", "PIL", "cv2", "scipy", "tqdm", "pytest"]
 optional = {"yaml": "recipe-file tests (recipes still read)", "tensorboard": "TensorBoard logs",
@@ -36,56 +45,96 @@ if missing:
              "PYTHON= to a python that has them.")
 import torch
 
-if not torch.cuda.is_available():
-    sys.exit(f"gpu_check: torch {torch.__version__} sees no CUDA GPU here; run it on a GPU "
-             "machine (nvidia-smi should list one).")
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    available = torch.cuda.is_available()
+said = " ".join(str(w.message).split()) if caught else "no warning"
+if shutil.which("nvidia-smi"):
+    query = ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"]
+    found = subprocess.run(query, capture_output=True, text=True)
+    driver = (found.stdout.strip() or found.stderr.strip() or "no answer").splitlines()[0]
+else:
+    driver = "nvidia-smi not found"
+cuda = f"torch {torch.__version__} built for CUDA {torch.version.cuda}; driver: {driver}"
+if os.environ["DEVICE"] == "cuda" and not available:
+    sys.exit(f"gpu_check: torch sees no CUDA GPU here ({cuda}; torch says: {said}); run it on a "
+             "GPU machine whose driver supports that CUDA version (nvidia-smi should list a GPU).")
+shm = shutil.disk_usage("/dev/shm").total / 2**20 if os.path.isdir("/dev/shm") else 0
+note = ("; under 1 GiB: DataLoader workers may die with 'Bus error', lower --num-workers or "
+        "give the container --shm-size" if shm < 1024 else "")
 absent = [f"{name} ({why})" for name, why in optional.items()
           if importlib.util.find_spec(name) is None]
-print(f"gpu_check: torch {torch.__version__} on {torch.cuda.get_device_name()}; "
+device = torch.cuda.get_device_name() if available and os.environ["DEVICE"] == "cuda" else "CPU"
+print(f"gpu_check on {device}: {cuda}; /dev/shm {shm:.0f} MiB{note}; "
       f"{'without ' + ', '.join(absent) + ': skipped' if absent else 'every optional module'}")
 PYTHON
-if [ "$ISBI_EPOCHS" -gt 0 ] && [ ! -d "$ISBI/Images" ]; then
-  echo "gpu_check: DATA=$DATA holds no isbi2012_cells/Images; copy ../shared/data there and" \
-    "give DATA=<that folder>, or skip step 4 with ISBI_EPOCHS=0."
-  exit 2
-fi
 mkdir -p "$OUT"
 : > "$OUT/steps.txt"
 status=0
 
-step() {  # step NAME COMMAND...: run it, keep its output, note its exit code and seconds
-  local name=$1
-  shift
-  echo "== $name"
+step() {  # step NAME LIMIT COMMAND...: run it for at most LIMIT (x SCALE) seconds, keep its
+  local name=$1 limit=$(($2 * SCALE))  # output, note its exit code and seconds
+  shift 2
+  echo "== $name (at most $limit s)"
   local start=$SECONDS
-  "$@" > "$OUT/$name.txt" 2>&1
+  timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.txt" 2>&1
   local code=$?
-  echo "$name $code $((SECONDS - start))" >> "$OUT/steps.txt"
-  if [ "$code" -ne 0 ]; then
+  local seconds=$((SECONDS - start))
+  echo "$name $code $seconds" >> "$OUT/steps.txt"
+  if [ "$code" -eq 124 ] || [ "$code" -eq 137 ]; then
     status=1
-    echo "-- $name failed (exit $code); the last lines of $OUT/$name.txt:"
+    echo "-- $name ran past its $limit s and was stopped; the last lines of $OUT/$name.txt:"
+    tail -n 20 "$OUT/$name.txt"
+  elif [ "$code" -ne 0 ]; then
+    status=1
+    echo "-- $name failed (exit $code) after $seconds s; the last lines of $OUT/$name.txt:"
     tail -n 40 "$OUT/$name.txt"
+  else
+    echo "   done in $seconds s"
   fi
 }
 
-step cuda_tests $PY -m pytest -m cuda -q -p no:cacheprovider --basetemp="$OUT/pytest_tmp" \
+skip() {  # skip NAME WHY
+  echo "== $1: skipped, $2"
+  echo "$1 skipped 0 $2" >> "$OUT/steps.txt"
+}
+
+if [ "$DEVICE" = cuda ]; then  # the sizes of the GPU tables
+  SCALE=1
+  TRAIN=(--steps 6)
+  PREDICT=(--repeats 2 --eval-images 64 --eval-size 512 512)
+  ISBI_SIZE=()
+  COUNT=()
+else  # a rehearsal: every step's wiring, at toy sizes, with 4 times the time on a CPU
+  SCALE=4
+  TRAIN=(--size 64 --steps 1)
+  PREDICT=(--input-shape 64 64 --num-classes 3 --repeats 1 --eval-images 4)
+  ISBI_SIZE=(--input-shape 64 64 --precision fp32 --num-workers 0)
+  COUNT=(--batch 2 64 64 --repeats 2)
+fi
+
+step cuda_tests 150 $PY -m pytest -m cuda -q -p no:cacheprovider --basetemp="$OUT/pytest_tmp" \
   -o tmp_path_retention_policy=none
-step train_speed env TRAIN_SPEED_JSON="$OUT/train_speed.json" \
-  $PY -m benchmarks.train_speed --device cuda --steps 10
-step predict_speed env PREDICT_SPEED_JSON="$OUT/predict_speed.json" \
-  $PY -m benchmarks.predict_speed --device cuda --repeats 3 --eval-images 96 --eval-size 512 512
-if [ "$ISBI_EPOCHS" -gt 0 ]; then
-  # the GPU recipe, shortened; weights files every 10 epochs (each epoch still writes
+step train_speed 100 env TRAIN_SPEED_JSON="$OUT/train_speed.json" \
+  $PY -m benchmarks.train_speed --device "$DEVICE" "${TRAIN[@]}"
+step predict_speed 80 env PREDICT_SPEED_JSON="$OUT/predict_speed.json" \
+  $PY -m benchmarks.predict_speed --device "$DEVICE" "${PREDICT[@]}"
+if [ "$ISBI_EPOCHS" -le 0 ]; then
+  skip isbi_train "ISBI_EPOCHS=$ISBI_EPOCHS"
+elif [ ! -d "$ISBI/Images" ]; then
+  skip isbi_train "DATA=$DATA holds no isbi2012_cells/Images (copy ../shared/data there)"
+else
+  # the GPU recipe, shortened; weights files every 10 epochs (each epoch writes
   # last_epoch_weights.pth and checkpoint_last.pth, about 0.4 GB)
   every=$((ISBI_EPOCHS < 10 ? ISBI_EPOCHS : 10))
-  step isbi_train $PY train.py --config recipes/isbi2012/gpu.yaml --dataset-path "$ISBI" \
+  step isbi_train 90 $PY train.py --config recipes/isbi2012/gpu.yaml --dataset-path "$ISBI" \
     --unfreeze-epoch "$ISBI_EPOCHS" --eval-period "$every" --save-period "$every" \
-    --save-dir "$OUT/isbi"
-  step isbi_miou $PY get_miou.py --dataset-path "$ISBI" --split recipes/isbi2012/val.txt \
-    --device cuda --model-path "$OUT/isbi/last_epoch_weights.pth" \
+    --device "$DEVICE" "${ISBI_SIZE[@]}" --save-dir "$OUT/isbi"
+  step isbi_miou 20 $PY get_miou.py --dataset-path "$ISBI" --split recipes/isbi2012/val.txt \
+    --device "$DEVICE" --model-path "$OUT/isbi/last_epoch_weights.pth" \
     --miou-out-path "$OUT/isbi/miou_out"
 fi
-step counting $PY -m benchmarks.counting --device cuda
+step counting 20 $PY -m benchmarks.counting --device "$DEVICE" "${COUNT[@]}"
 
 echo "== summary"
 $PY - "$OUT" <<'PYTHON'
@@ -104,7 +153,8 @@ def text(name):
 
 def figure(name):
     if name == "cuda_tests":
-        found = re.findall(r"\d+ (?:passed|failed|skipped|errors?)", text("cuda_tests.txt"))
+        found = re.findall(r"\d+ (?:passed|failed|skipped|deselected|errors?)",
+                           text("cuda_tests.txt"))
         return ", ".join(found) or "no result"
     if name == "train_speed" and text("train_speed.json"):
         rows = {row[0]: row[1] for row in json.loads(text("train_speed.json"))["rows"]}
@@ -118,14 +168,23 @@ def figure(name):
         found = re.findall(r"===> mIoU: [\d.]+", text("isbi_miou.txt"))
         return found[-1].removeprefix("===> ") if found else "no mIoU"
     if name == "counting":
-        return "; ".join(re.findall(r"(\S+(?: \(ours\))?: [\d.]+ ms)", text("counting.txt")))
+        found = re.findall(r"skewed.*\n\s+dice class sums: (.*)", text("counting.txt"))
+        return f"skewed dice sums: {found[0]}" if found else "no result"
     return ""
 
 
-print(f"{'step':<14} {'result':<6} {'s':>5}  figure")
+print(f"{'step':<14} {'result':<8} {'s':>5}  figure")
+total = 0
 for line in text("steps.txt").splitlines():
-    name, code, seconds = line.split()
-    result = "pass" if code == "0" else f"FAIL {code}"
-    print(f"{name:<14} {result:<6} {seconds:>5}  {figure(name)}")
+    name, code, seconds, *why = line.split()
+    total += int(seconds)
+    if code == "skipped":
+        result, shown = "skipped", " ".join(why)
+    else:
+        stopped = code in ("124", "137")
+        result = "pass" if code == "0" else ("TIMEOUT" if stopped else f"FAIL {code}")
+        shown = figure(name)
+    print(f"{name:<14} {result:<8} {seconds:>5}  {shown}")
+print(f"{'all steps':<14} {'':<8} {total:>5}")
 PYTHON
 exit $status

@@ -14,6 +14,11 @@ from utils.device import CUBLAS_WORKSPACE_CONFIG
 
 # train.py --deterministic sets it before CUDA starts; in one pytest process, set it first.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
+# Under pytest-xdist (make test runs 2 processes) the processes share the cores instead of each
+# starting a thread per core: the tests' tiny models gain nothing from more threads.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
 
 #: ``../shared/data``, or where ``UNET_SHARED_DATA`` says (a copy on a GPU machine).
 SHARED_DATA = Path(
@@ -30,6 +35,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("cuda"):  # the marker, not a test or parameter named cuda
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _outputs_stay_in_tmp_path(tmp_path, monkeypatch):
+    """Every test runs in its own temporary folder, so whatever a script writes to its default
+    place (img_out/, miou_out/, logs/) lands there and never in the working tree."""
+    monkeypatch.chdir(tmp_path)
 
 
 def shared_data(*parts: str) -> Path:

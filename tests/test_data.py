@@ -1,5 +1,6 @@
 """The data layer: letterbox, augmentation, per-sample randomness, data checks, speed-ups."""
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -9,13 +10,16 @@ from torch.utils.data import DataLoader
 from oracle.original import ref_get_random_data, ref_letterbox
 from tests.conftest import shared_data, write_voc_pair
 from utils.dataloader import (
+    Loaders,
     UnetDataset,
     check_split_size,
     random_transform,
     read_split,
     unet_dataset_collate,
 )
+from utils.device import Runtime
 from utils.errors import UserError
+from utils.inference import InferencePipeline
 from utils.utils import letterbox
 
 
@@ -92,7 +96,7 @@ def test_flip_augmentation_flips_image_and_label_together_and_nothing_else(tmp_p
         out, out_label = dataset[0]
         flips = [dims for dims in ((), (2,), (1,), (1, 2)) if torch.equal(out, plain.flip(dims))]
         assert len(flips) == 1, f"epoch {epoch}: not a flip of the letterboxed image"
-        expected = torch.from_numpy(label.astype(np.int64)).flip([d - 1 for d in flips[0]])
+        expected = torch.from_numpy(label).flip([d - 1 for d in flips[0]])
         assert torch.equal(out_label, expected)
         seen.add(flips[0])
     assert len(seen) == 4  # both flips, alone and together, and none
@@ -133,11 +137,45 @@ def test_every_worker_draws_different_augmentation_and_workers_do_not_change_it(
     assert all(torch.equal(x, y) for x, y in zip(batches[0], batches[2], strict=True))
 
 
+class OpenCVThreads(UnetDataset):
+    """Samples whose label holds the number of OpenCV threads where they were made."""
+
+    def __getitem__(self, item):
+        image, label = super().__getitem__(item)
+        return image, torch.full_like(label, cv2.getNumThreads())
+
+
+def read_threads(path) -> tuple[Image.Image, int]:
+    return Image.new("RGB", (8, 8)), cv2.getNumThreads()
+
+
+def test_loader_workers_send_uint8_labels_and_run_opencv_on_one_thread(voc_root, request):
+    """Labels cross from the workers as uint8 (a batch of 8 at 512x512 is 2 MB, not 16 MB of
+    int64 in a 64 MB Docker /dev/shm), and each worker runs one OpenCV thread, set before the
+    fork: the main process's pool has run (a large resize), where setting it in a worker would
+    hang."""
+    request.addfinalizer(lambda threads=cv2.getNumThreads(): cv2.setNumThreads(threads))
+    cv2.setNumThreads(2)
+    cv2.resize(np.zeros((1000, 1000, 3), np.float32), (1500, 1500))
+    names = read_split(voc_root, "train")
+    dataset = OpenCVThreads(names, (64, 96), 4, True, voc_root)
+    loaders = Loaders(dataset, None, batch_size=2, num_workers=2)
+    loaders.set_epoch(0)
+    images, labels = next(iter(loaders.train))
+    assert labels.dtype == torch.uint8 and labels.shape == (2, 64, 96)
+    assert labels.unique().tolist() == [1]  # set in the workers
+    runtime = Runtime(torch.device("cpu"))
+    assert runtime.labels(labels).dtype == torch.int64  # made long on the device, for the loss
+    pipeline = InferencePipeline(lambda x: x, (8, 8), runtime)
+    seen = [sample.extra for sample, _ in pipeline.predict([0, 1], read_threads, num_workers=2)]
+    assert seen == [1, 1]
+
+
 def test_samples_and_batches_have_the_documented_types(voc_root):
     dataset = UnetDataset(read_split(voc_root, "val"), (64, 96), 4, False, voc_root)
     image, label = dataset[0]
     assert image.shape == (3, 64, 96) and image.dtype == torch.uint8
-    assert label.shape == (64, 96) and label.dtype == torch.int64
+    assert label.shape == (64, 96) and label.dtype == torch.uint8
     assert set(label.unique().tolist()) <= {0, 1, 2, 3, 4}  # the 255 border became 4
     assert (label == 4).any()
     images, labels = unet_dataset_collate([dataset[0], dataset[1]])
@@ -154,7 +192,7 @@ def test_medical_layout_gives_class_1_exactly_where_the_label_is_dark(tmp_path):
     Image.fromarray(raw).save(root / "Labels/a.png")
     dataset = UnetDataset(["a"], (32, 32), 2, False, root, dataset_format="medical")
     image, label = dataset[0]
-    assert torch.equal(label, torch.from_numpy((raw <= 127.5).astype(np.int64)))
+    assert torch.equal(label, torch.from_numpy((raw <= 127.5).astype(np.uint8)))
     assert image.shape == (3, 32, 32)  # grayscale converted to RGB
 
 
@@ -165,7 +203,7 @@ def test_isbi_cells_load_in_the_medical_layout():
     dataset = UnetDataset(lines[:2], (256, 256), 2, False, root, dataset_format="medical")
     _, label = dataset[0]
     raw = np.array(Image.open(root / "Labels" / f"{lines[0]}.png").resize((256, 256), 0))
-    assert torch.equal(label, torch.from_numpy((raw <= 127.5).astype(np.int64)))
+    assert torch.equal(label, torch.from_numpy((raw <= 127.5).astype(np.uint8)))
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ determinism, the interpolation cache, one layout for evaluation, and a GPU check
 only for the right reasons."""
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -132,12 +133,32 @@ def test_a_nan_on_one_rank_stops_every_rank_with_the_same_sentence(data_root, tm
     assert torch.load(tmp_path / "checkpoint_last.pth", weights_only=True)["epoch"] == 1
 
 
-def test_tf32_is_pytorchs_default_and_no_tf32_keeps_fp32_strict_until_the_run_ends():
-    before = tf32_state()
-    assert tf32_enabled()  # PyTorch's default for CUDA convolutions
-    with backend_settings(tf32=False):
-        assert not tf32_enabled()
-    assert tf32_state() == before  # matmuls back at their own default too, not at TF32
+def both_tf32_apis() -> tuple:
+    """What convolutions and matmuls read, through torch's old and new (2.9+) flags; reading an
+    old flag raises when the new ones were left inconsistent."""
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    legacy = (torch.backends.cudnn.allow_tf32, matmul.allow_tf32)
+    new = (conv.fp32_precision, torch.backends.cudnn.rnn.fp32_precision, matmul.fp32_precision)
+    assert legacy[0] == (new[0] == "tf32") and legacy[1] == (new[2] == "tf32")
+    return legacy, new
+
+
+@pytest.mark.parametrize("user_matmul_tf32", [False, True])
+def test_tf32_is_pytorchs_default_and_no_tf32_keeps_fp32_strict_until_the_run_ends(
+    user_matmul_tf32,
+):
+    torch.backends.cuda.matmul.allow_tf32 = user_matmul_tf32  # PyTorch's default: False
+    try:
+        before = both_tf32_apis()
+        assert tf32_enabled()  # PyTorch's default for CUDA convolutions
+        with backend_settings(tf32=False):
+            assert not tf32_enabled() and both_tf32_apis()[0] == (False, False)
+        assert both_tf32_apis() == before  # matmuls back at what they were too
+        with backend_settings(tf32=True):
+            assert both_tf32_apis() == before  # --tf32 is the default: nothing changes
+        assert tf32_state() == before[0]
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def test_deterministic_replaces_a_nondeterministic_cublas_workspace(monkeypatch, capsys):
@@ -202,17 +223,66 @@ def test_the_predictor_makes_its_gpu_the_current_device(tmp_path, monkeypatch):
     assert used == [torch.device("cpu")]
 
 
-def test_the_gpu_check_and_make_test_gpu_stop_with_a_sentence_without_a_gpu():
+def test_nccl_binds_each_rank_to_its_gpu_when_the_group_starts(monkeypatch):
+    """``device_id``: NCCL knows the rank's GPU at once instead of guessing at the first
+    barrier (and gloo, on the CPU, takes none)."""
+    from utils import distributed
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set", device)))
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group",
+                        lambda backend, **kw: calls.append((backend, kw)))  # fmt: skip
+    for name, value in (("RANK", "3"), ("WORLD_SIZE", "4"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(name, value)
+    info = distributed.init_distributed("cuda")
+    assert (info.rank, info.world_size, info.local_rank, info.enabled) == (3, 4, 1, True)
+    gpu = torch.device("cuda", 1)
+    assert calls == [("set", gpu), ("nccl", {"device_id": gpu})]
+    calls.clear()
+    distributed.init_distributed("cpu")
+    assert calls == [("gloo", {})]
+
+
+def test_the_gpu_check_and_make_test_gpu_stop_with_a_sentence_without_a_gpu(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     env = {**os.environ, "PYTHON": sys.executable}
     result = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert result.returncode == 2
-    assert "sees no CUDA GPU here; run it on a GPU machine" in result.stderr + result.stdout
-    result = subprocess.run(["make", "-s", "test-gpu", f"PYTHON={sys.executable}"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert result.returncode != 0 and "make test-gpu: torch sees no CUDA GPU" in result.stderr
+    said = result.stderr + result.stdout
+    assert result.returncode == 2 and "Traceback" not in said
+    assert "gpu_check: torch sees no CUDA GPU here (torch " in said
+    assert f"built for CUDA {torch.version.cuda}; driver: " in said and "torch says: " in said
+    # a .venv brought from another machine: its python is a link to nowhere
+    dead = tmp_path / "venv"
+    (dead / "bin").mkdir(parents=True)
+    (dead / "bin/python").symlink_to(tmp_path / "gone/python")
+    for python, expected in ((sys.executable, "make test-gpu: torch sees no CUDA GPU here"),
+                             (sys._base_executable, "imports torch; run make venv")):  # fmt: skip
+        if python == sys._base_executable and "torch" in subprocess.run(
+            [python, "-c", "import torch; print('torch')"], capture_output=True, text=True
+        ).stdout:
+            continue  # this machine's own python has torch: nothing to refuse
+        result = subprocess.run(["make", "-s", "test-gpu", f"VENV={dead}", f"PYTHON={python}"],
+                                cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert result.returncode != 0 and expected in result.stderr, result.stderr
+        assert "No such file or directory" not in result.stderr
+
+
+@pytest.mark.slow
+def test_the_gpu_check_rehearses_every_step_on_the_cpu_and_skips_isbi_without_data(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "OUT": str(tmp_path / "out"),
+           "DATA": str(tmp_path / "no_data"), "OMP_NUM_THREADS": "1"}  # fmt: skip
+    result = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:]
+    table = result.stdout.split("== summary")[1]
+    for name in ("cuda_tests", "train_speed", "predict_speed", "counting"):
+        assert re.search(rf"^{name} +pass +\d+ ", table, re.MULTILINE), table
+    assert re.search(r"^isbi_train +skipped +0 +DATA=.*no_data holds no isbi2012_cells", table,
+                     re.MULTILINE), table  # fmt: skip
+    assert "done in" in result.stdout and "/dev/shm" in result.stdout
 
 
 BLOCKER = """

@@ -13,9 +13,11 @@ import train
 import train_medical
 from nets.unet import Unet
 from nets.unet_training import get_lr_scheduler, weights_init
+from oracle.original import RefVggUnet
 from tests.conftest import base_argv
 from utils import trainer
 from utils.demo_data import make_demo_dataset
+from utils.device import resolve_runtime
 from utils.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,6 +118,48 @@ def test_writes_the_reference_output_files(data_root, tmp_path, cli):
     assert len((log_dir / "epoch_miou.txt").read_text().split()) == 2
     weights = torch.load(tmp_path / "last_epoch_weights.pth", weights_only=True)
     Unet(num_classes=4).load_state_dict(weights, strict=True)
+
+
+def test_each_epochs_weights_are_written_once_and_the_other_names_link_to_them(
+    data_root, tmp_path, monkeypatch, cli
+):
+    written = []
+    real_save = torch.save
+
+    def counting_save(obj, path, *args, **kwargs):
+        written.append(Path(path).name)
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", counting_save)
+    argv = base_argv(data_root, tmp_path, "--no-freeze-train", "--unfreeze-epoch", "2",
+                     "--save-period", "1", "--no-eval-flag")  # fmt: skip
+    assert cli(train.main, argv)[0] == 0
+    # per epoch: the weights once, then the checkpoint (each to a temporary name, then renamed)
+    assert written == ["last_epoch_weights.pth.tmp", "checkpoint_last.pth.tmp"] * 2
+    files = {p.name[:5]: p for p in tmp_path.glob("*.pth")}
+    inode = {name: path.stat().st_ino for name, path in files.items()}
+    assert inode["ep002"] == inode["last_"] != inode["ep001"]
+    assert inode["best_"] in (inode["ep001"], inode["ep002"])
+    checkpoint = torch.load(files["check"], weights_only=True)
+    assert checkpoint["epoch"] == 2
+    for name in ("ep001", "ep002", "best_", "last_"):
+        state = torch.load(files[name], weights_only=True)
+        RefVggUnet(num_classes=4).load_state_dict(state, strict=True)  # the original's model
+        if name in ("ep002", "last_"):
+            assert all(torch.equal(state[k], checkpoint["model"][k]) for k in state)
+
+
+def test_a_resumed_run_lets_go_of_the_checkpoint_once_loaded(data_root, tmp_path, cli):
+    argv = base_argv(data_root, tmp_path, "--no-freeze-train", "--unfreeze-epoch", "1",
+                     "--no-eval-flag")  # fmt: skip
+    assert cli(train.main, argv)[0] == 0
+    config, _, checkpoint = train.get_config(
+        ["--resume", str(tmp_path / "checkpoint_last.pth"), "--unfreeze-epoch", "2"]
+    )
+    assert "model" in checkpoint and "optimizer" in checkpoint
+    model_trainer = Trainer(config, resolve_runtime("cpu", training=True))
+    model_trainer.resume(checkpoint, str(tmp_path / "checkpoint_last.pth"))
+    assert checkpoint == {} and model_trainer.start_epoch == 1  # the tensors are not kept
 
 
 class SimulatedCrashError(Exception):
@@ -234,6 +278,7 @@ def test_medical_layout_trains_without_a_val_split(tmp_path):
         (["--lr-decay-type", "step", "--unfreeze-epoch", "5", "--no-freeze-train"],
          "needs at least 10 epochs"),
         (["--num-classes", "1"], "num_classes (--num-classes) must be at least 2, not 1"),
+        (["--num-classes", "300"], "num_classes (--num-classes) must be below 256, not 300"),
         (["--dataset-path", "no/such/dir"], "--dataset-path 'no/such/dir' does not exist"),
         (["--val-split", "no/val.txt"], "split file 'no/val.txt' does not exist; check the path"),
         (["--name-classes", "a", "b"],
@@ -300,3 +345,9 @@ def test_the_scratch_recipe_learns_the_demo_data(tmp_path, cli):
     pixels = np.concatenate([x.ravel() for x in labels])
     single_class = 100 * np.mean(pixels[pixels != 255] == 0) / 4  # all background: IoU_bg / 4
     assert miou > single_class + 10, (miou, single_class)
+
+
+def test_the_sync_bn_help_says_what_it_costs_and_when_it_pays():
+    text = " ".join(train.get_parser().format_help().split())
+    assert "every BatchNorm layer of every step then waits for all of them" in text
+    assert "worth it only when each GPU's share of the batch is small" in text

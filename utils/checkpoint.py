@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,21 @@ def save_weights(state_dict: dict, path: str | Path, settings: dict) -> None:
     tmp = target.with_name(target.name + ".tmp")
     tmp.write_text(json.dumps({k: settings[k] for k in MODEL_KEYS if k in settings}, indent=2))
     os.replace(tmp, target)
+
+
+def duplicate_weights(source: Path, target: Path) -> None:
+    """``target`` (and its settings file) become the same weights as ``source``: a hard link,
+    so nothing is written twice, or a copy where the filesystem has no links. Each file is
+    replaced whole (a link made beside it, then renamed), so the other names of the target's
+    old contents keep them."""
+    for src, dst in ((source, target), (settings_path(source), settings_path(target))):
+        tmp = dst.with_name(dst.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
 
 
 def read_settings(weights_path: str | Path | None) -> dict:
@@ -221,18 +237,22 @@ class CheckpointSaver:
         val_loss: float | None,
         best: bool,
     ) -> None:
-        """Save after ``epoch`` (1-based) epochs: the weights files due, then the checkpoint."""
+        """Save after ``epoch`` (1-based) epochs: the weights once, as ``last_epoch_weights.pth``,
+        linked as the best and periodic files when they are due, then the checkpoint. The
+        weights come to the host once (no copy at all on the CPU), and the checkpoint holds
+        those same tensors."""
         self.save_dir.mkdir(parents=True, exist_ok=True)
-        weights = model.state_dict()
+        weights = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+        last = self.save_dir / "last_epoch_weights.pth"
+        save_weights(weights, last, self.settings)
         if epoch % self.save_period == 0 or epoch == self.total_epochs:
             name = f"ep{epoch:03d}-loss{loss:.3f}"
             name += f"-val_loss{val_loss:.3f}.pth" if val_loss is not None else ".pth"
-            save_weights(weights, self.save_dir / name, self.settings)
+            duplicate_weights(last, self.save_dir / name)
         if best:
             rule = self.best_by if self.best_by == "miou" or val_loss is not None else "train loss"
             print(f"Save best model to best_epoch_weights.pth (by {rule})")
-            save_weights(weights, self.save_dir / "best_epoch_weights.pth", self.settings)
-        save_weights(weights, self.save_dir / "last_epoch_weights.pth", self.settings)
+            duplicate_weights(last, self.save_dir / "best_epoch_weights.pth")
         state = {
             "model": weights,
             "optimizer": optimizer.state_dict(),
@@ -324,14 +344,18 @@ def load_training_checkpoint(
     device: torch.device,
 ) -> Resumed:
     """Restore what :meth:`CheckpointSaver.save` wrote (its ``config`` is read earlier), onto
-    this run's device, layout and precision."""
+    this run's device, layout and precision. ``checkpoint`` is emptied once loaded, so its
+    tensors (the weights and the optimizer's state, three times the weights with Adam) leave
+    host memory on every rank before training starts."""
     model.load_state_dict(checkpoint["model"])
     load_optimizer_state(optimizer, checkpoint["optimizer"])
     note = load_scaler_state(scaler, checkpoint["scaler"])
     restore_rng(checkpoint["rng"], device)
-    return Resumed(
+    resumed = Resumed(
         checkpoint["epoch"],
         checkpoint["history"],
         Path(checkpoint["log_dir"]),
         notes=(note,) if note else (),
     )
+    checkpoint.clear()
+    return resumed

@@ -58,7 +58,7 @@ class DataSettings:
         "where the label is <= 127.5", choices=DATASET_FORMATS, travels=True, fixed=True)
     num_classes: int = setting(
         21, "number of classes including background: your classes + 1, e.g. 2 + 1",
-        original="num_classes", minimum=2, travels=True, fixed=True)
+        original="num_classes", minimum=2, below=256, travels=True, fixed=True)
     name_classes: list[str] | None = setting(
         None, "class names, for charts, counts and legends; saved beside the weights",
         shown="the 21 VOC names for 21 classes, else class_0, class_1, ...", travels=True)
@@ -192,8 +192,10 @@ class RuntimeSettings:
         "fp32", "fp32 gives the original's numbers; bf16: autocast on CPU or CUDA (fast only "
         "with native bf16: AVX512-BF16/AMX or a GPU); fp16: CUDA autocast with a GradScaler "
         "(--fp16 is the same)", original="fp16", choices=PRECISIONS)
-    channels_last: bool = setting(
-        False, "channels-last memory format for the model and batches (faster with bf16)")
+    channels_last: bool | None = setting(
+        None, "channels-last memory format for the model and batches: faster on a GPU, and on a "
+        "CPU with bf16; on a CPU in fp32 the original's NCHW trains faster",
+        shown="on with CUDA, off on a CPU")
     tf32: bool = setting(
         True, "let CUDA fp32 convolutions use TF32 tensor cores, PyTorch's default and the "
         "original's behaviour; --no-tf32 keeps fp32 strict (no effect on a CPU)")
@@ -201,7 +203,10 @@ class RuntimeSettings:
         False, "deterministic algorithms only, cuDNN without autotuning: a resumed run then "
         "reproduces an uninterrupted one bit for bit on CUDA too, at some speed")
     sync_bn: bool = setting(
-        False, "SyncBatchNorm across torchrun processes (CUDA)", original="sync_bn")
+        False, "SyncBatchNorm across torchrun processes (CUDA, resnet50: vgg has no BatchNorm); "
+        "every BatchNorm layer of every step then waits for all of them: worth it only when "
+        "each GPU's share of the batch is small (a few images), where its own batch statistics "
+        "are noisy", original="sync_bn")
     distributed: bool = setting(
         False, "the original's switch; multi-GPU training runs under torchrun, which this flag "
         "only checks for", original="distributed")

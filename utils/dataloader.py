@@ -2,7 +2,8 @@
 
 One :class:`UnetDataset` serves both layouts. Samples are ``(image, label)``: a (3, H, W)
 uint8 image (the model input is ``image / 255``, taken on the training device) and an (H, W)
-int64 label where values >= ``num_classes`` become the ignore value ``num_classes``. The Dice
+uint8 label where values >= ``num_classes`` become the ignore value ``num_classes`` (made long
+on the device: int64 labels would be 8 times the bytes through the workers' shared memory). The Dice
 one-hot target is built on the device (``nets.unet_training.one_hot_target``), not here.
 """
 
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 
 from utils.distributed import SINGLE_PROCESS, DistInfo
 from utils.errors import UserError
-from utils.seeding import seed_worker
+from utils.seeding import one_opencv_thread_per_worker, seed_worker
 from utils.utils import PAD_COLOR, letterbox, read_image, read_label_png, stack_images
 
 DATASET_FORMATS = ("voc", "medical")
@@ -365,7 +366,7 @@ class UnetDataset(Dataset):
             )
         self.augment = augment
         self.crop = crop
-        self.label_lut = np.minimum(np.arange(256), num_classes).astype(np.int64)
+        self.label_lut = np.minimum(np.arange(256), num_classes).astype(np.uint8)
         if not self.names:
             raise UserError(f"no images to load from {self.layout.root}; the split list is empty.")
         self.image_paths = resolve_files(self.layout.images, self.names, IMAGE_EXTENSIONS, "image")
@@ -443,7 +444,7 @@ class UnetDataset(Dataset):
 
 def unet_dataset_collate(batch):
     """Stack samples into a channels-last (N, 3, H, W) uint8 image batch (see
-    :func:`~utils.utils.stack_images`) and a (N, H, W) int64 label batch."""
+    :func:`~utils.utils.stack_images`) and a (N, H, W) uint8 label batch."""
     images, labels = zip(*batch, strict=True)
     return stack_images(images), torch.stack(labels)
 
@@ -497,6 +498,7 @@ class Loaders:
         else:
             sampler = RandomSampler(train_set, generator=self.generator)
         self.sampler = EpochSampler(sampler)
+        one_opencv_thread_per_worker(num_workers)
         options = dict(
             batch_size=batch_size // dist_info.world_size,
             num_workers=num_workers,

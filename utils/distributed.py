@@ -51,8 +51,12 @@ def init_distributed(device_type: str) -> DistInfo:
     )
     if not dist.is_initialized():
         if device_type == "cuda":
-            torch.cuda.set_device(info.local_rank)
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+            device = torch.device("cuda", info.local_rank)
+            torch.cuda.set_device(device)
+            # NCCL binds to this rank's GPU now, instead of guessing at the first barrier
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
     return info
 
 

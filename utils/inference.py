@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from utils.device import Runtime
 from utils.errors import UserError
+from utils.seeding import one_opencv_thread_per_worker
 from utils.utils import cvtColor, letterbox, read_image, stack_images
 
 #: A function from a float model input on the runtime's device to (N, classes, H, W) logits.
@@ -282,6 +283,7 @@ class InferencePipeline:
         dataset = PredictionSet(
             items, read, self.input_shape, keep_image, not self.tile, skip_unreadable
         )
+        one_opencv_thread_per_worker(num_workers)
         loader = DataLoader(
             dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False,
             collate_fn=collate_predictions, pin_memory=self.runtime.device.type == "cuda",

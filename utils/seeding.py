@@ -1,9 +1,11 @@
-"""Random state: seeding, DataLoader workers, and the RNG snapshot a checkpoint carries."""
+"""Random state: seeding, DataLoader workers (and their OpenCV threads), and the RNG snapshot a
+checkpoint carries."""
 
 from __future__ import annotations
 
 import random
 
+import cv2
 import numpy as np
 import torch
 
@@ -21,6 +23,17 @@ def seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
+
+
+def one_opencv_thread_per_worker(num_workers: int) -> None:
+    """Before a DataLoader starts ``num_workers`` worker processes: one OpenCV thread in each,
+    where each would otherwise start a pool as large as the machine, and 8 workers oversubscribe
+    its cores. It is set here, in the process that forks them, and inherited: set in a worker
+    whose parent's OpenCV pool had already run, ``cv2.setNumThreads`` waits forever on threads
+    that the fork did not copy. The main process then runs OpenCV on one thread too; it mostly
+    waits for the workers."""
+    if num_workers > 0:
+        cv2.setNumThreads(1)
 
 
 def capture_rng(device: torch.device | None = None) -> dict:

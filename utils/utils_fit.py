@@ -121,7 +121,7 @@ def train_one_epoch(
     # zip stops before fetching a batch too many
     for step, (images, labels) in zip(range(1, steps + 1), loader, strict=False):
         images = runtime.model_input(images)
-        labels = labels.to(runtime.device, non_blocking=True)
+        labels = runtime.labels(labels)
         optimizer.zero_grad(set_to_none=True)
         with runtime.autocast():
             outputs = model(images)
@@ -174,7 +174,7 @@ def evaluate_loss(
     bar = progress(total=steps, desc="Validation", disable=not dist_info.is_main)
     for _, (images, labels) in zip(range(steps), loader, strict=False):
         images = runtime.model_input(images)
-        labels = labels.to(runtime.device, non_blocking=True)
+        labels = runtime.labels(labels)
         with runtime.autocast():
             outputs = model(images)
         means.add(criterion(outputs, labels), f_score(outputs, labels))
