@@ -33,9 +33,16 @@ venv: $(STAMP)
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(if $(filter cpu,$(TORCH)),$(PY) -m pip install $(TORCH_PINS) --index-url $(TORCH_CPU_INDEX))
+	$(if $(filter cpu,$(TORCH)),$(CPU_TORCH))
 	$(PY) -m pip install -r requirements.txt
 	touch $(STAMP)
+
+# PyTorch's CPU wheels, tried once with a short timeout: where that index cannot be reached,
+# one sentence points to the default route instead of minutes of retries.
+CPU_TORCH = $(PY) -m pip install --timeout 20 --retries 1 $(TORCH_PINS) \
+	--index-url $(TORCH_CPU_INDEX) || { echo "make venv TORCH=cpu: PyTorch's CPU wheels \
+	could not be installed from $(TORCH_CPU_INDEX) (see pip's message above); run make venv \
+	without TORCH=cpu: PyPI's CUDA build runs on a CPU too." >&2; exit 2; }
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -20,19 +20,25 @@ import numpy as np
 from PIL import Image
 
 from unet import Unet
-from utils.checkpoint import model_settings
-from utils.classes import class_colors, default_class_names, draw_legend
-from utils.cli import add_batch_flags, add_model_flags, argument_parser, predictor_kwargs
-from utils.config import MODEL_KEYS, SETTINGS, add_setting_flags
+from utils.classes import class_colors, draw_legend
+from utils.cli import (
+    add_batch_flags,
+    add_model_flags,
+    add_setting_flags,
+    argument_parser,
+    predictor_kwargs,
+)
+from utils.config import MODEL_KEYS, SETTINGS
 from utils.dataloader import (
+    IMAGE_EXTENSIONS,
     DatasetLayout,
-    UnetDataset,
     read_class_label,
     read_split,
     resolve_files,
 )
 from utils.device import backend_settings
-from utils.errors import UserError, exit_on_user_error
+from utils.engines import settings_of
+from utils.errors import exit_on_user_error
 from utils.inference import check_batching
 from utils.progress import progress
 from utils.utils_metrics import compute_mIoU, nanmean, per_Accuracy, show_results
@@ -62,56 +68,50 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def get_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = get_parser()
-    args = parser.parse_args(argv)
+    args = get_parser().parse_args(argv)
     check_batching(args.batch_size, args.num_workers)
-    # what was not given comes from the settings file beside the weights, as in the predictor
-    vars(args).update(model_settings(args.model_path, **{k: getattr(args, k) for k in MODEL_KEYS}))
-    if args.name_classes is None:
-        args.name_classes = default_class_names(args.num_classes)
-    if len(args.name_classes) != args.num_classes:
-        raise UserError(
-            f"--name-classes has {len(args.name_classes)} names but --num-classes is "
-            f"{args.num_classes}; give one name per class."
-        )
     return args
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = get_args(argv)
-    names = read_split(args.dataset_path, args.split, args.dataset_format)
-    layout = DatasetLayout.of(args.dataset_path, args.dataset_format)
+    given = {key: getattr(args, key) for key in MODEL_KEYS}
     out = Path(args.miou_out_path)
-    pred_dir, gt_dir = out / "detection-results", layout.labels
-    if args.dataset_format == "medical":
-        gt_dir = out / "ground-truth"  # the labels as class indices (1 where <= 127.5)
-        gt_dir.mkdir(parents=True, exist_ok=True)
-        for name, path in zip(
-            names, resolve_files(layout.labels, names, (".png",), "label"), strict=True
-        ):
-            label = read_class_label(path, args.num_classes, "medical")
-            Image.fromarray(label).save(gt_dir / f"{name}.png")
-    if args.miou_mode in (0, 1):  # mode 2 reads only labels and existing predictions
-        dataset = UnetDataset(
-            names,
-            args.input_shape,
-            args.num_classes,
-            False,
-            args.dataset_path,
-            args.dataset_format,
-            check_sample=0,
-        )
-        with backend_settings(deterministic=False, tf32=args.tf32):
+    pred_dir = out / "detection-results"
+    with backend_settings(deterministic=False, tf32=args.tf32):
+        if args.miou_mode in (0, 1):  # the predictor resolves the model's settings
             unet = Unet(**predictor_kwargs(args, Unet))
-            predict_split(unet, dataset, pred_dir, args.batch_size, args.num_workers)
+            settings = unet.settings
+        else:  # mode 2 reads only labels and existing predictions
+            path = args.model_path or SETTINGS["model_path"].default
+            settings = settings_of(path, given, args.engine)
+        names = read_split(args.dataset_path, args.split, settings.dataset_format)
+        layout = DatasetLayout.of(args.dataset_path, settings.dataset_format)
+        if args.miou_mode in (0, 1):
+            images = resolve_files(layout.images, names, IMAGE_EXTENSIONS, "image")
+            predict_split(unet, images, names, pred_dir, args.batch_size, args.num_workers)
+    gt_dir = layout.labels
+    if settings.dataset_format == "medical":
+        gt_dir = medical_labels(layout, names, settings.num_classes, out / "ground-truth")
     if args.miou_mode in (0, 2):
-        evaluate(names, gt_dir, pred_dir, out, args.name_classes)
+        evaluate(names, gt_dir, pred_dir, out, settings.class_names)
+
+
+def medical_labels(layout: DatasetLayout, names: list[str], num_classes: int, folder: Path) -> Path:
+    """The medical layout's grey labels as class indices (1 where <= 127.5), in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, path in zip(
+        names, resolve_files(layout.labels, names, (".png",), "label"), strict=True
+    ):
+        Image.fromarray(read_class_label(path, num_classes, "medical")).save(folder / f"{name}.png")
+    return folder
 
 
 def predict_split(
     unet: Unet,
-    dataset: UnetDataset,
+    images: list[Path],
+    names: list[str],
     pred_dir: Path,
     batch_size: int | None = None,
     num_workers: int | None = None,
@@ -119,9 +119,9 @@ def predict_split(
     """Save each image's class map as ``<id>.png`` in ``pred_dir``."""
     pred_dir.mkdir(parents=True, exist_ok=True)
     print("Get predict result.")
-    predictions = unet.predict_files(dataset.image_paths, batch_size, num_workers)
-    bar = progress(predictions, total=len(dataset.names), desc="Get predict result")
-    for name, result in zip(dataset.names, bar, strict=True):
+    predictions = unet.predict_files(images, batch_size, num_workers)
+    bar = progress(predictions, total=len(names), desc="Get predict result")
+    for name, result in zip(names, bar, strict=True):
         Image.fromarray(result.labels).save(pred_dir / f"{name}.png")
     print("Get predict result done.")
 

@@ -4,47 +4,46 @@
     python predict.py --mode dir_predict --dir-origin-path img/ --dir-save-path img_out/
     python predict.py --mode video --video-path clip.mp4 --video-save-path out.avi
     python predict.py --mode fps --fps-image-path img/street.jpg
-    python predict.py --mode export_onnx --onnx-save-path model_data/models.onnx
+    python predict.py --mode export_onnx --onnx-save-path model_data/models.onnx [--int8 ...]
+    python predict.py img/street.jpg --model-path model_data/models.onnx   # in onnxruntime
 
 Results are saved (headless machines work); ``--show`` also opens a window. The settings the
 model was trained with (classes, backbone, input size, class names) come from the file train.py
-saves beside the weights; give --num-classes, --backbone and --input-shape only for the
-original's own weights files.
+saves beside the weights, or from an export's metadata; give --num-classes, --backbone and
+--input-shape only for the original's own weights files. A ``.onnx`` model runs in onnxruntime,
+in every mode.
 """
 
 from __future__ import annotations
 
 import argparse
-import queue
-import threading
+import contextlib
+import io
+import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
 
-from unet import Unet, Unet_ONNX
+from unet import Unet
 from utils.cli import add_batch_flags, add_model_flags, argument_parser, predictor_kwargs
 from utils.config import MODEL_KEYS
-from utils.dataloader import IMAGE_EXTENSIONS
-from utils.device import backend_settings
+from utils.dataloader import IMAGE_EXTENSIONS, DatasetLayout, read_split, resolve_files
+from utils.device import backend_settings, cpu_has_native_bf16
 from utils.errors import UserError, exit_on_user_error
-from utils.inference import (
-    Sample,
-    check_batching,
-    collate_predictions,
-    default_batching,
-    letterbox_input,
-)
+from utils.inference import check_batching, default_batching
 from utils.progress import progress, say
-from utils.utils import read_image
+from utils.speed import network_seconds, throughput
+from utils.utils import distinct_names, read_image
+from utils.video import read_frames
 
 MODES = ("predict", "video", "fps", "dir_predict", "export_onnx", "predict_onnx")
 #: The original's defaults for these paths, kept: users know them.
 FPS_IMAGE_PATH = "img/street.jpg"
 DIR_ORIGIN_PATH = "img/"
+ONNX_PATH = "model_data/models.onnx"
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -83,27 +82,84 @@ def get_parser() -> argparse.ArgumentParser:
         help="fps mode: the batch size of the batched-throughput figure (default: %(default)s)",
     )
     flag = parser.add_argument_group("folders").add_argument
-    flag("--dir-origin-path", default=DIR_ORIGIN_PATH, help="dir_predict: input folder")
+    flag("--dir-origin-path", help=f"dir_predict: input folder (default: {DIR_ORIGIN_PATH})")
     flag("--dir-save-path", default="img_out/", help="where results are saved")
+    add_onnx_flags(parser)
+    return parser
+
+
+def add_onnx_flags(parser: argparse.ArgumentParser) -> None:
     flag = parser.add_argument_group("onnx").add_argument
+    flag(
+        "--onnx-path",
+        help=f"the ONNX model to run, in predict_onnx or in any mode it is given to (default: "
+        f"{ONNX_PATH})",
+    )
+    flag("--onnx-save-path", default=ONNX_PATH, help="export_onnx: output")
     flag(
         "--simplify",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="simplify the exported graph when onnxsim is installed (default: on)",
     )
-    flag("--onnx-save-path", default="model_data/models.onnx", help="export_onnx: output")
-    flag("--onnx-path", default="model_data/models.onnx", help="predict_onnx: model to run")
     flag("--dynamic", action="store_true", help="export_onnx: dynamic height and width")
-    return parser
+    flag("--int8", action="store_true", help="export_onnx: int8, calibrated on --calibration-dir")
+    flag(
+        "--calibration-dir",
+        help="--int8: a folder of your training images, never the "
+        "images you will score (default: none; --int8 needs it)",
+    )
+    flag(
+        "--calibration-images",
+        type=int,
+        default=100,
+        help="--int8: how many of them calibrate, evenly spread (all when fewer)",
+    )
+    flag(
+        "--reduce-range",
+        action=argparse.BooleanOptionalAction,
+        help="--int8: 7-bit weights, which cannot saturate the 8-bit kernels of CPUs without "
+        "VNNI (AVX2, AVX-512 without VNNI); on for a model meant for any x86 CPU (default: on "
+        "where the exporting CPU lacks VNNI)",
+    )
+    flag(
+        "--dataset-path",
+        help="--int8: score fp32 and int8 on this data set's --split and "
+        "say how much int8 loses (default: not scored)",
+    )
+    flag(
+        "--split",
+        default="val",
+        help="--int8 with --dataset-path: the ids to score, a split name or a file of ids",
+    )
 
 
 def get_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = get_parser()
-    args = parser.parse_args(argv)
+    args = get_parser().parse_args(argv)
     check_batching(args.batch_size, args.num_workers)
     check_batching(args.fps_batch_size, args.num_workers, "--fps-batch-size")
+    if args.int8 and args.mode != "export_onnx":
+        raise UserError("--int8 is for --mode export_onnx; add --mode export_onnx.")
+    if args.int8 and not args.calibration_dir:
+        raise UserError(
+            "--int8 calibrates on your own images: give --calibration-dir, a folder of your "
+            "training images."
+        )
+    if args.dir_origin_path and args.mode in ("predict", "predict_onnx"):
+        model = f" --onnx-path {args.onnx_path or ONNX_PATH}" if args.mode == "predict_onnx" else ""
+        raise UserError(
+            f"--dir-origin-path is read by --mode dir_predict, not --mode {args.mode}; run "
+            f"--mode dir_predict{model} --dir-origin-path {args.dir_origin_path}."
+        )
     return args
+
+
+def model_path(args: argparse.Namespace) -> str:
+    """The model the mode runs: the ONNX model for predict_onnx, or when --onnx-path is given to
+    another mode (export_onnx aside), else --model-path."""
+    if args.mode == "predict_onnx" or (args.onnx_path and args.mode != "export_onnx"):
+        return args.onnx_path or ONNX_PATH
+    return args.model_path
 
 
 def show(image: Image.Image | np.ndarray, title: str, wait: int = 0) -> int:
@@ -125,16 +181,22 @@ def show(image: Image.Image | np.ndarray, title: str, wait: int = 0) -> int:
 
 
 def predict_images(unet, paths: list[str], args, missing: str = "check the path") -> None:
-    """Segment each image file and save the drawing in --dir-save-path."""
+    """Segment each image file and save the drawing in --dir-save-path (stems that collide,
+    a.jpg and a.png, keep their whole names: a.jpg.png)."""
     out = Path(args.dir_save_path)
+    for path in paths:
+        if Path(path).is_dir():
+            raise UserError(
+                f"'{path}' is a folder; to segment every image in it, run --mode dir_predict "
+                f"--dir-origin-path {path}."
+            )
     out.mkdir(parents=True, exist_ok=True)
     unet.save_legend(out)
-    for path in paths:
+    for path, name in zip(paths, distinct_names(paths), strict=True):
         image = read_image(path, missing=missing)
         result = unet.detect_image(image, count=args.count, name_classes=args.name_classes)
-        target = out / f"{Path(path).stem}.png"
-        result.save(target)
-        print(f"Saved {target}")
+        result.save(out / name)
+        print(f"Saved {out / name}")
         if args.show:
             show(result, path)
 
@@ -156,10 +218,12 @@ def interactive(unet, args) -> None:
 
 
 def dir_predict(unet, args) -> None:
-    """Segment every image of a folder; an image that cannot be read is skipped and named."""
-    folder = Path(args.dir_origin_path)
+    """Segment every image of a folder; an image that cannot be read is skipped and named.
+    Stems that collide (a.jpg, a.png) keep their whole names (a.jpg.png): nothing is
+    overwritten."""
+    folder = Path(args.dir_origin_path or DIR_ORIGIN_PATH)
     if not folder.is_dir():
-        hint = " (the original's default)" if args.dir_origin_path == DIR_ORIGIN_PATH else ""
+        hint = "" if args.dir_origin_path else " (the original's default)"
         raise UserError(
             f"--dir-origin-path '{folder}'{hint} is not a folder; point it at your images."
         )
@@ -169,67 +233,27 @@ def dir_predict(unet, args) -> None:
     out = Path(args.dir_save_path)
     out.mkdir(parents=True, exist_ok=True)
     legend = unet.save_legend(out)
+    names = dict(zip(paths, distinct_names(paths), strict=True))
     predictions = unet.predict_files(
         paths, args.batch_size, args.num_workers, keep_image=True, skip_unreadable=True
     )
-    skipped = []
+    skipped, written = [], 0
     for result in progress(predictions, total=len(paths), desc="dir_predict"):
         if result.error:
             skipped.append(result.path)
             say(f"warning: skipped {result.error}")
             continue
-        unet.draw(result.image, result.labels).save(out / f"{result.path.stem}.png")
-    print(f"saved {len(paths) - len(skipped)} of {len(paths)} to {out}")
+        unet.draw(result.image, result.labels).save(out / names[result.path])
+        written += 1
+    print(f"saved {written} of {len(paths)} to {out}")
     if legend is not None:
         print(f"which colour is which class: {legend}")
     if skipped:
         print(f"skipped (unreadable): {', '.join(repr(str(path)) for path in skipped)}")
-    if len(skipped) == len(paths):
+    if not written:
         raise UserError(
             f"no image in '{folder}' could be read ({len(paths)} tried); see the warnings above."
         )
-
-
-def read_frames(capture, input_shape, batch_size: int) -> Iterator[tuple]:
-    """Batches of letterboxed video frames, decoded by a background thread while the network
-    runs on the previous batch (OpenCV and Pillow release the GIL while they work)."""
-    batches: queue.Queue = queue.Queue(maxsize=2)
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                batches.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def decode() -> None:
-        batch, index = [], 0
-        while not stop.is_set():
-            ok, frame = capture.read()
-            if not ok:
-                break
-            rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            data, placement = letterbox_input(Image.fromarray(rgb), input_shape)
-            batch.append((data, Sample(index, placement, image=rgb)))
-            index += 1
-            if len(batch) == batch_size and not put(collate_predictions(batch)):
-                return
-            batch = [] if len(batch) == batch_size else batch
-        if batch:
-            put(collate_predictions(batch))
-        put(None)
-
-    thread = threading.Thread(target=decode, daemon=True)
-    thread.start()
-    try:
-        while (item := batches.get()) is not None:
-            yield item
-    finally:
-        stop.set()
-        thread.join()
 
 
 def video(unet, args) -> None:
@@ -248,8 +272,9 @@ def video(unet, args) -> None:
         result = cv2.cvtColor(np.asarray(unet.draw(sample.image, labels)), cv2.COLOR_RGB2BGR)
         now = time.perf_counter()
         fps, last = (fps + 1.0 / max(now - last, 1e-9)) / 2, now
-        result = cv2.putText(result, f"fps= {fps:.2f}", (0, 40), cv2.FONT_HERSHEY_SIMPLEX, 1,
-                             (0, 255, 0), 2)  # fmt: skip
+        result = cv2.putText(
+            result, f"fps= {fps:.2f}", (0, 40), cv2.FONT_HERSHEY_SIMPLEX, 1, (0, 255, 0), 2
+        )
         if args.video_save_path and writer is None:
             height, width = result.shape[:2]
             fourcc = cv2.VideoWriter_fourcc(*"XVID")
@@ -276,8 +301,10 @@ def fps_image(path: str) -> tuple[Image.Image, str]:
     """The image to time and what to call it; with the original's default path absent, a
     generated one."""
     if path == FPS_IMAGE_PATH and not Path(path).is_file():
-        print(f"{path} (the original's default) is not here: timing a generated 1330x1330 "
-              "photo-like image instead; give --fps-image-path to time your own.")  # fmt: skip
+        print(
+            f"{path} (the original's default) is not here: timing a generated 1330x1330 "
+            "photo-like image instead; give --fps-image-path to time your own."
+        )
         rng = np.random.default_rng(0)
         coarse = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
         image = cv2.resize(coarse, (1330, 1330), interpolation=cv2.INTER_CUBIC)
@@ -285,34 +312,120 @@ def fps_image(path: str) -> tuple[Image.Image, str]:
     return read_image(path, missing="check --fps-image-path"), path
 
 
-def fps(unet, args) -> None:
-    """Three figures: the network + argmax (what the original's get_FPS times), the whole
-    get_miou_png pipeline for one image, and the batched pipeline's throughput."""
+def fps_predictors(args: argparse.Namespace, unet: Unet, folder: Path) -> list[Unet]:
+    """What this machine can run for the model given, torch fp32 first: the model the mode
+    runs; for torch weights (or a --model-path given beside an ONNX model), torch fp32, torch
+    bf16 where bf16 is native, and onnxruntime fp32 (exported into ``folder``)."""
+    predictors = [unet]
+    weights = unet.model_path if unet.net is not None else args.model_path
+    if weights is None:  # an ONNX model alone
+        return predictors
+    base = {**predictor_kwargs(args, Unet), "model_path": weights, "engine": None}
+    fp32 = unet if unet.net is not None and unet.precision == "fp32" else None
+    fp32 = fp32 or Unet(**{**base, "precision": "fp32"})
+    predictors += [fp32] if fp32 is not unet else []
+    native = fp32.runtime.device.type == "cuda" or cpu_has_native_bf16()
+    if native and not (unet.net is not None and unet.precision == "bf16"):
+        predictors.append(Unet(**{**base, "precision": "bf16"}))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the export's own lines
+            fp32.convert_to_onnx(False, str(folder / "fp32.onnx"))
+        predictors.append(Unet(**{**base, "model_path": str(folder / "fp32.onnx")}))
+    except UserError as error:  # onnx or onnxruntime missing: the other rows still run
+        print(f"onnxruntime fp32 is not timed: {error}")
+    return sorted(predictors, key=lambda predictor: predictor is not fp32)
+
+
+def fps(unet: Unet, args) -> None:
+    """One table: each engine and precision this machine can run for the model, in seconds
+    per image of the network + argmax (what the original's get_FPS times) and of the whole
+    get_miou_png pipeline, with the speed-up over torch fp32; then the batched throughput."""
     image, name = fps_image(args.fps_image_path)
     height, width = unet.input_shape
-    network = unet.network_seconds(image, args.test_interval)
-    end_to_end = unet.get_FPS(image, args.test_interval)
+    with tempfile.TemporaryDirectory(prefix="unet-fps-") as folder:
+        rows = [
+            (
+                u.how(),
+                network_seconds(u, image, args.test_interval),
+                u.get_FPS(image, args.test_interval),
+            )
+            for u in fps_predictors(args, unet, Path(folder))
+        ]
+    base = rows[0][2] if rows[0][0].startswith("torch fp32") else None
+    print(
+        f"Seconds per image on {unet.runtime.device.type}, {name} ({image.width}x"
+        f"{image.height}), {args.test_interval} runs each:"
+    )
+    network = f"network + argmax at {height}x{width}"
+    print(
+        f"{'engine and precision':<28} {network:>26} {'whole get_miou_png':>20} "
+        f"{'vs torch fp32':>14}"
+    )
+    for label, seconds, whole in rows:
+        ratio = f"x{base / whole:.2f}" if base else "-"
+        print(f"{label:<28} {seconds:>24.4f} s {whole:>18.4f} s {ratio:>14}")
     batches = max(1, args.test_interval // args.fps_batch_size)
     workers = default_batching(unet.runtime.device, num_workers=args.num_workers)[1]
-    throughput = unet.throughput(image, args.fps_batch_size, batches, workers)
+    speed = throughput(unet, image, args.fps_batch_size, batches, workers)
     print(
-        f"network + argmax at {height}x{width} (what the original's get_FPS times): "
-        f"{network:.4f} seconds, {1 / network:.2f} FPS @batch_size 1"
+        f"batched get_miou_png, {unet.how()}: {speed:.2f} images/s @batch_size "
+        f"{args.fps_batch_size}, {workers} workers"
     )
-    print(
-        f"get_miou_png, whole pipeline ({name}, {image.width}x{image.height}): "
-        f"{end_to_end:.4f} seconds, {1 / end_to_end:.2f} FPS @batch_size 1"
+
+
+def export(unet: Unet, args) -> None:
+    """--mode export_onnx: fp32, or with --int8 the fp32 export quantized on the user's images
+    and, with --dataset-path, scored against it."""
+    if not args.int8:
+        unet.convert_to_onnx(args.simplify, args.onnx_save_path, dynamic=args.dynamic)
+        return
+    from utils.quantize import quantize_int8
+
+    with tempfile.TemporaryDirectory(prefix="unet-int8-") as folder:
+        fp32 = Path(folder) / "fp32.onnx"
+        unet.convert_to_onnx(args.simplify, str(fp32), dynamic=args.dynamic)
+        info = quantize_int8(
+            fp32,
+            args.onnx_save_path,
+            args.calibration_dir,
+            unet.settings.input_shape,
+            count=args.calibration_images,
+            reduce_range=args.reduce_range,
+        )
+        reduce_range = "on" if info["reduce_range"] else "off"
+        print(
+            f"int8 model saved as {args.onnx_save_path}: {info['format']}, per-channel int8 "
+            f"weights, {info['method']} calibration on {info['images']} images of "
+            f"{info['folder']}, reduce_range {reduce_range}."
+        )
+        if args.dataset_path:
+            score_int8(fp32, args)
+
+
+def score_int8(fp32: Path, args) -> None:
+    """Print fp32 against int8 on --dataset-path's --split: mIoU, and the pixels that agree."""
+    from utils.dataloader import read_class_label
+    from utils.onnx_export import compare_int8
+
+    kwargs = {**predictor_kwargs(args, Unet), "engine": None, "precision": "fp32"}
+    models = [Unet(**{**kwargs, "model_path": str(path)}) for path in (fp32, args.onnx_save_path)]
+    settings = models[0].settings
+    layout = DatasetLayout.of(args.dataset_path, settings.dataset_format)
+    names = read_split(args.dataset_path, args.split, settings.dataset_format)
+    images = resolve_files(layout.images, names, IMAGE_EXTENSIONS, "image")
+    labels = (
+        read_class_label(path, settings.num_classes, settings.dataset_format)
+        for path in resolve_files(layout.labels, names, (".png",), "label")
     )
-    print(f"batched get_miou_png: {throughput:.2f} images/s @batch_size {args.fps_batch_size}, "
-          f"{workers} workers")  # fmt: skip
+    check = compare_int8(*models, images, labels, settings.num_classes)
+    print("\n".join(check.lines(f"{args.dataset_path} ({args.split})")))
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = get_args(argv)
     with backend_settings(deterministic=False, tf32=args.tf32):
-        predictor = Unet_ONNX if args.mode == "predict_onnx" else Unet
-        unet = predictor(**predictor_kwargs(args, predictor))
+        unet = Unet(**predictor_kwargs(args, Unet, model_path=model_path(args)))
         if args.mode in ("predict", "predict_onnx"):
             if args.images:
                 predict_images(unet, args.images, args)
@@ -325,7 +438,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.mode == "fps":
             fps(unet, args)
         else:
-            unet.convert_to_onnx(args.simplify, args.onnx_save_path, dynamic=args.dynamic)
+            export(unet, args)
 
 
 if __name__ == "__main__":

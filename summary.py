@@ -14,9 +14,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from nets.unet import Unet, check_input_shape
-from utils.checkpoint import model_settings
 from utils.cli import add_weights_setting_flags, argument_parser
 from utils.errors import exit_on_user_error
+from utils.model_settings import ModelSettings
 
 
 def layer_table(model: torch.nn.Module, x: torch.Tensor) -> list[tuple[str, str, tuple, int]]:
@@ -58,16 +58,15 @@ def get_parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
-    settings = model_settings(
+    settings = ModelSettings.for_weights(
         args.model_path,
         num_classes=args.num_classes,
         backbone=args.backbone,
         input_shape=args.input_shape,
     )
-    vars(args).update(settings)
-    check_input_shape(*args.input_shape, args.backbone)
-    model = Unet(num_classes=args.num_classes, backbone=args.backbone).eval()
-    x = torch.zeros(1, 3, *args.input_shape)
+    check_input_shape(*settings.input_shape, settings.backbone)
+    model = Unet(num_classes=settings.num_classes, backbone=settings.backbone).eval()
+    x = torch.zeros(1, 3, *settings.input_shape)
     print(f"{'Layer':<32} {'Type':<22} {'Output shape':<24} {'Params':>12}")
     print("-" * 93)
     for name, kind, shape, params in layer_table(model, x):
@@ -76,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     total = sum(p.numel() for p in model.parameters())
     flops = count_flops(model, x)
     print(f"Total params: {total:,} ({total / 1e6:.2f} M)")
-    print(f"Total GFLOPS: {flops / 1e9:.3f}G (multiply-adds x 2, input {args.input_shape})")
+    shape = list(settings.input_shape)
+    print(f"Total GFLOPS: {flops / 1e9:.3f}G (multiply-adds x 2, input {shape})")
 
 
 if __name__ == "__main__":

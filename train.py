@@ -1,7 +1,7 @@
 """Train a UNet on VOC-layout or medical-layout data: the original's recipe, one engine.
 
-Every setting defaults to the original's value. A recipe file holds the ones you change, as
-the block of constants at the top of the original's train.py did; flags win over it:
+A recipe file holds the settings you change, as the block of constants at the top of the
+original's train.py did; flags win over it:
 
     python train.py --config recipes/voc.yaml --dataset-path VOCdevkit
     python train.py --config recipes/scratch.yaml --dataset-path VOCdevkit --num-classes 4
@@ -10,7 +10,7 @@ the block of constants at the top of the original's train.py did; flags win over
     torchrun --nproc_per_node 4 train.py --config ...          # DDP, one process per GPU
 
 Each run writes its resolved settings to <save-dir>/config.yaml; --config with that file trains
-the same model again.
+the same model again; a resumed run writes where its checkpoint lies unless --save-dir is given.
 """
 
 from __future__ import annotations
@@ -19,25 +19,23 @@ import argparse
 import os
 import shlex
 import sys
+import textwrap
 from pathlib import Path
 
 from utils.callbacks import save_augmented_samples
-from utils.checkpoint import read_training_checkpoint
-from utils.cli import argument_parser
+from utils.checkpoint import check_fixed_on_resume, read_training_checkpoint
+from utils.cli import add_setting_flags, argument_parser, differing_defaults
 from utils.config import (
     SETTINGS,
     TrainConfig,
-    add_setting_flags,
-    check_fixed_on_resume,
     format_value,
-    read_config_file,
     resolve_config,
     validate,
-    write_config,
 )
 from utils.device import Runtime, backend_settings, resolve_runtime, use_device
 from utils.distributed import DistInfo, cleanup_distributed, init_distributed, launched_by_torchrun
 from utils.errors import UserError, exit_on_user_error
+from utils.recipes import read_config_file, write_config
 from utils.seeding import seed_everything
 from utils.trainer import Trainer, TrainingInterruptedError, benchmark, build_data
 
@@ -47,7 +45,8 @@ def get_parser(
 ) -> argparse.ArgumentParser:
     """train.py's flags; ``description`` and ``defaults`` (a recipe's values, shown as the
     defaults in --help) are train_medical.py's."""
-    parser = argument_parser(description or __doc__)
+    text = textwrap.fill(differing_defaults(), 95, break_on_hyphens=False)
+    parser = argument_parser(f"{description or __doc__}\n{text}")
     flag = parser.add_argument_group("what to run").add_argument
     flag(
         "--config",
@@ -101,6 +100,9 @@ def get_config(
         checkpoint = read_training_checkpoint(args.resume)
         check_fixed_on_resume(checkpoint["config"], {**from_files, **given})
         base = {**base, **checkpoint["config"]}
+        # a resumed run writes beside its checkpoint (a copied run into the copy), never into
+        # the folder it was first saved to, unless --save-dir says so
+        from_files["save_dir"] = str(Path(args.resume).parent)
     config = resolve_config(base, from_files, given)
     check_launch(config, argv if argv is not None else sys.argv[1:], args.benchmark)
     validate(config)
@@ -146,6 +148,10 @@ def run(
         )
         print(f"Saved {augmented} augmented training samples to {path}")
         return
+    if checkpoint is not None and dist_info.is_main:
+        where = "the checkpoint's folder; --save-dir writes elsewhere"
+        where = "--save-dir" if Path(resume).parent != save_dir else where
+        print(f"Resuming {resume}, writing to {save_dir}/ ({where})")
     trainer = Trainer(config, runtime, dist_info)
     if checkpoint is not None:
         trainer.resume(checkpoint, resume)

@@ -232,9 +232,12 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print("Generate txt in ImageSets.")
     splits = write_splits(
-        args.dataset_path, args.trainval_percent, args.train_percent, args.seed,
+        args.dataset_path,
+        args.trainval_percent,
+        args.train_percent,
+        args.seed,
         write=not args.dry_run,
-    )  # fmt: skip
+    )
     sizes = ", ".join(f"{split} {len(ids)}" for split, ids in splits.items())
     print(f"Generate txt in ImageSets done: {sizes}." if not args.dry_run else f"Split: {sizes}.")
     print("Check datasets format, this may take a while.")
@@ -245,8 +248,9 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.fix_binary and args.dry_run):
         print("Classes (label value -> class -> name, share of all pixels):")
         print("\n".join(mapping_lines(scan.counts, names)))
-        print("Labels look fine: JPEGImages hold the images, SegmentationClass the class-index "
-              "PNGs.")  # fmt: skip
+        print(
+            "Labels look fine: JPEGImages hold the images, SegmentationClass the class-index PNGs."
+        )
 
 
 if __name__ == "__main__":

@@ -16,10 +16,11 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
-from nets.unet_training import class_sums
+from nets.functional import class_sums
 from utils.utils_metrics import fast_hist
 
 
@@ -94,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
             for name, function in (("scatter_add_ (ours)", fast_hist), ("bincount", by_bincount),
                                    ("one-hot-sum", by_one_hot)):  # fmt: skip
                 same = torch.equal(function(labels, preds, n), expected)
-                ms = milliseconds(lambda f=function: f(labels, preds, n), device, args.repeats)
+                call = partial(function, labels, preds, n)
+                ms = milliseconds(call, device, args.repeats)
                 print(f"    confusion {name}: {ms:.3f} ms "
                       f"({'the same counts' if same else 'DIFFERENT counts'})")  # fmt: skip
 

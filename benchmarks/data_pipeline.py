@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from oracle.original import ref_collate, ref_getitem
-from utils.dataloader import AUGMENTATIONS, UnetDataset, unet_dataset_collate
+from utils.augment import AUGMENTATIONS
+from utils.dataloader import UnetDataset, unet_dataset_collate
 from utils.demo_data import make_sample
 
 
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, nargs=2, default=[500, 375], metavar=("W", "H"))
     parser.add_argument("--num-samples", type=int, default=40, help="samples timed per row")
     parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--augment", choices=AUGMENTATIONS, default="reference",
+    parser.add_argument("--augment", choices=tuple(AUGMENTATIONS), default="reference",
                         help="our training augmentation (the original's is its own)")  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # a data-loader worker's view

@@ -40,7 +40,9 @@ from nets.unet_training import weights_init
 from oracle.original import RefPredictor
 from unet import Unet
 from utils.device import cpu_has_native_bf16, prefers_channels_last
+from utils.errors import UserError
 from utils.inference import default_batching
+from utils.speed import network_seconds
 from utils.utils import read_image
 
 SHARED = Path(
@@ -160,6 +162,27 @@ def _peak_resident_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS
 
 
+def onnx_predictors(fp32: Unet, tmp: Path, images: list[Path], device) -> dict[str, Unet]:
+    """The model in onnxruntime, fp32 and int8 (calibrated on ``images``), where onnxruntime
+    can run on ``device``; none (said so) where it cannot."""
+    import contextlib
+    import io
+
+    from utils.quantize import quantize_int8
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            fp32.convert_to_onnx(False, str(tmp / "fp32.onnx"))
+            quantize_int8(tmp / "fp32.onnx", tmp / "int8.onnx", images[:8], fp32.input_shape)
+        return {
+            f"onnxruntime {p}": Unet(model_path=str(tmp / f"{p}.onnx"), device=device.type)
+            for p in ("fp32", "int8")
+        }
+    except UserError as error:
+        print(f"onnxruntime rows skipped: {error}")
+        return {}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
@@ -175,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
                         "or skipped")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=8, help="our evaluation's batch size")
     parser.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1))
+    parser.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time onnxruntime fp32 and int8 (default: on)")  # fmt: skip
     parser.add_argument(
         "--memory-probe",
         action="store_true",
@@ -214,35 +239,41 @@ def main(argv: list[str] | None = None) -> None:
         half = half_precisions(device)
         rep = args.repeats
         settings = [("fp32", False), ("fp32", True)] + [(p, True) for p in half]
-        unets = {setting: ours(*setting) for setting in settings}
-        fp32 = unets[("fp32", prefers_channels_last(device))]  # the device's default layout
+        unets = {f"{p}{' + channels_last' if cl else ''}": ours(p, cl) for p, cl in settings}
+        fp32 = unets["fp32 + channels_last" if prefers_channels_last(device) else "fp32"]
+        paths = write_images(tmp / "eval", args.eval_images, tuple(args.eval_size))
+        engines = onnx_predictors(fp32, tmp, paths, device) if args.onnx else {}
         # network + argmax at the input size: get_FPS and network_seconds report one timed run
+        timed = {**unets, **engines}
         fps = interleaved_best(
             [lambda: reference.get_FPS(street, 1)]
-            + [lambda u=u: u.network_seconds(street, 1) for u in unets.values()],
+            + [lambda u=u: network_seconds(u, street, 1) for u in timed.values()],
             rep,
         )
-        for (precision, cl), seconds in zip(settings, fps[1:], strict=True):
-            name = f"network + argmax, {precision}{' + channels_last' if cl else ''}"
-            add(name, fps[0], seconds)
-        chosen = [("fp32", fp32)] + [(p, unets[(p, True)]) for p in half]
+        for name, seconds in zip(timed, fps[1:], strict=True):
+            add(f"network + argmax, {name}", fps[0], seconds)
+        chosen = {"fp32": fp32, **{p: unets[f"{p} + channels_last"] for p in half}, **engines}
         for method in ("get_miou_png", "detect_image"):
             seconds = interleaved_best(
                 [lambda m=method: getattr(reference, m)(street)]
-                + [lambda m=method, u=u: getattr(u, m)(street) for _, u in chosen],
+                + [lambda m=method, u=u: getattr(u, m)(street) for u in chosen.values()],
                 rep,
             )
-            for (precision, unet), ms in zip(chosen, seconds[1:], strict=True):
-                layout = " + channels_last" if unet.channels_last else ""
-                add(f"{method} street.jpg, ours {precision}{layout}", seconds[0], ms)
+            for unet, ms in zip(chosen.values(), seconds[1:], strict=True):
+                add(f"{method} street.jpg, ours {unet.how()}", seconds[0], ms)
 
-        paths = write_images(tmp / "eval", args.eval_images, tuple(args.eval_size))
         size = f"{args.eval_size[0]}x{args.eval_size[1]}"
         batchings = [(args.batch_size, args.num_workers), default_batching(device)]
         for batch, workers in dict.fromkeys(batchings):  # the defaults, when they differ
             original, seconds = evaluation_seconds(fp32, reference, paths, tmp / "pred",
                                                    batch, workers)  # fmt: skip
             add(f"evaluation, {len(paths)} {size}, batch {batch}, {workers} workers, fp32",
+                original, seconds)  # fmt: skip
+        for name, unet in engines.items():  # get_miou.py over a folder, on the CPU's defaults
+            batch, workers = default_batching(unet.runtime.device)
+            original, seconds = evaluation_seconds(unet, reference, paths, tmp / "pred",
+                                                   batch, workers)  # fmt: skip
+            add(f"evaluation, {len(paths)} {size}, batch {batch}, {workers} workers, {name}",
                 original, seconds)  # fmt: skip
         isbi = args.data / "isbi2012_cells" / "Images"
         if isbi.is_dir():
@@ -273,8 +304,10 @@ def main(argv: list[str] | None = None) -> None:
         p = half[0]
         net_ms = by_name[f"network + argmax, {p} + channels_last"]
         ceiling = by_name["network + argmax, fp32"] / net_ms
-        detect = next(r for r in rows if r[0].startswith(f"detect_image street.jpg, ours {p}"))
-        miou = next(r for r in rows if r[0].startswith(f"get_miou_png street.jpg, ours {p}"))
+        detect = next(
+            r for r in rows if r[0].startswith(f"detect_image street.jpg, ours torch {p}")
+        )
+        miou = next(r for r in rows if r[0].startswith(f"get_miou_png street.jpg, ours torch {p}"))
         ceiling_note = [
             f"ceiling (network fp32 NCHW / {p} + channels_last): {ceiling:.2f}x",
             f"detect_image {p} speed-up over the original's fp32: {detect[2] / detect[1]:.2f}x "
@@ -282,6 +315,10 @@ def main(argv: list[str] | None = None) -> None:
             f"get_miou_png {p} / network {p}: {miou[1] / net_ms:.2f}x the network's time",
         ]
         summary.update(ceiling=ceiling)
+        int8 = by_name.get("detect_image street.jpg, ours onnxruntime int8")
+        if int8:  # on a CPU with native bf16, what int8 adds to it
+            ceiling_note.append(f"detect_image onnxruntime int8 vs torch {p}: "
+                                f"{detect[1] / int8:.2f}x")  # fmt: skip
     for line in ceiling_note:
         print(line)
     print(

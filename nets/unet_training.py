@@ -1,41 +1,31 @@
-"""Losses, weight init and learning-rate rules, numerically as in the reference.
+"""Losses and weight init, numerically as in the reference.
 
 The public names and signatures (``CE_Loss``, ``Focal_Loss``, ``Dice_loss``, ``weights_init``,
-``get_lr_scheduler``, ``set_optimizer_lr``) are the reference's, kept for its users' scripts.
-:class:`SegmentationLoss` is the module that training uses: Focal or CE, plus Dice.
+and ``get_lr_scheduler`` and ``set_optimizer_lr``, which live in ``utils.lr_schedule`` and are
+re-exported here) are the reference's, kept for its users' scripts. :class:`SegmentationLoss`
+is the module that training uses: Focal or CE, plus Dice.
 
 Nothing here reads a value back to the host, so a training step never waits on the GPU.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
-from functools import partial
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nets.interpolate import resize_bilinear
+from nets.functional import dice_score, resize_to, target_size
 from utils.errors import UserError
+from utils.lr_schedule import get_lr_scheduler, set_optimizer_lr  # the original's names
+
+__all__ = [
+    "CE_Loss", "Dice_loss", "Focal_Loss", "SegmentationLoss", "get_lr_scheduler",
+    "set_optimizer_lr", "weights_init",
+]  # fmt: skip
 
 INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
-LR_DECAY_TYPES = ("cos", "step")
-#: The reference's nominal batch size for the batch-size-adaptive learning rate.
-NBS = 16
-#: (lowest, highest) initial LR after adapting to the batch size, per optimizer.
-LR_LIMITS = {"adam": (1e-4, 1e-4), "sgd": (5e-4, 1e-1)}
-
-
-def resize_to(inputs: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bilinearly resize logits to the target size when either side differs.
-
-    The reference resized only when both sides differed, and crashed otherwise.
-    """
-    if tuple(inputs.shape[-2:]) != (height, width):
-        inputs = resize_bilinear(inputs, (height, width), align_corners=True)
-    return inputs
 
 
 def _as_weight(cls_weights, like: torch.Tensor) -> torch.Tensor | None:
@@ -116,67 +106,6 @@ def one_hot_target(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return F.one_hot(labels, num_classes + 1).float()
 
 
-#: Up to this many bins, CUDA sums per class by comparing and reducing once per class: real
-#: labels are mostly background, and a scatter's atomic adds into that one address serialise on
-#: a GPU. The CPU scatters in one sequential pass, many times faster there than a pass per
-#: class (``python -m benchmarks.counting`` times both, on uniform and on skewed labels).
-COMPARE_MAX_BINS = 32
-
-
-def class_sums(
-    labels: torch.Tensor, bins: int, values: torch.Tensor | None = None, compare: bool | None = None
-) -> torch.Tensor:
-    """Per-bin sums of ``values`` (None: int64 counts) over flat ``labels`` in ``[0, bins)``.
-
-    ``compare`` (None: on CUDA with at most :data:`COMPARE_MAX_BINS` bins) sums each bin's mask;
-    otherwise a scatter (not ``bincount``, which reads its size back to the host). Counts are the
-    same integers either way; float sums differ only by the order of their rounding.
-    """
-    if compare is None:
-        compare = labels.is_cuda and bins <= COMPARE_MAX_BINS
-    if compare:
-        masks = (labels == c for c in range(bins))
-        if values is None:
-            return torch.stack([mask.sum() for mask in masks])
-        return torch.stack([torch.where(mask, values, 0).sum() for mask in masks])
-    if values is None:
-        counts = torch.zeros(bins, dtype=torch.int64, device=labels.device)
-        return counts.scatter_add_(0, labels, torch.ones_like(labels))
-    return torch.zeros(bins, dtype=values.dtype, device=values.device).index_add(0, labels, values)
-
-
-def dice_score(
-    probs: torch.Tensor, target: torch.Tensor, beta: float = 1, smooth: float = 1e-5
-) -> torch.Tensor:
-    """Mean over classes of the F-beta score between (N, C, H, W) ``probs`` and the target.
-
-    ``target`` is the reference's (N, H, W, C + 1) one-hot, whose last (ignore) channel is
-    dropped, or (N, H, W) class indices with ``C`` = ignore, which gives the same score without
-    building the one-hot. Predicted mass on ignored pixels counts as false positive, as in the
-    reference.
-    """
-    num_classes = probs.shape[1]
-    if target.dim() == 3:
-        labels = target.clamp(max=num_classes - 1).unsqueeze(1)
-        picked = probs.gather(1, labels).squeeze(1) * (target < num_classes)
-        tp = class_sums(labels.reshape(-1), num_classes, picked.reshape(-1))
-        counts = class_sums(target.reshape(-1), num_classes + 1)
-        fn = counts[:num_classes].to(probs.dtype) - tp
-    else:
-        one_hot = target[..., :-1].permute(0, 3, 1, 2)
-        tp = torch.sum(one_hot * probs, dim=(0, 2, 3))
-        fn = torch.sum(one_hot, dim=(0, 2, 3)) - tp
-    fp = torch.sum(probs, dim=(0, 2, 3)) - tp
-    beta2 = beta**2
-    score = ((1 + beta2) * tp + smooth) / ((1 + beta2) * tp + beta2 * fn + fp + smooth)
-    return torch.mean(score)
-
-
-def target_size(target: torch.Tensor) -> tuple[int, int]:
-    """(H, W) of a class-index (N, H, W) or one-hot (N, H, W, C + 1) target."""
-    return tuple(target.shape[1:3])
-
-
 def Dice_loss(inputs: torch.Tensor, target: torch.Tensor, beta: float = 1, smooth: float = 1e-5):
     """``1 - dice_score`` of the softmax; ``target`` is the one-hot or the class indices."""
     inputs = resize_to(inputs, *target_size(target)).float()
@@ -232,97 +161,3 @@ def weights_init(net: nn.Module, init_type: str = "normal", init_gain: float = 0
             nn.init.constant_(m.bias.data, 0.0)
 
     net.apply(init_func)
-
-
-def _warm_cos_lr(lr, min_lr, total_iters, warmup_total_iters, warmup_lr_start, no_aug_iter, iters):
-    if iters <= warmup_total_iters:
-        return (lr - warmup_lr_start) * pow(iters / float(warmup_total_iters), 2) + warmup_lr_start
-    if iters >= total_iters - no_aug_iter:
-        return min_lr
-    progress = (iters - warmup_total_iters) / (total_iters - warmup_total_iters - no_aug_iter)
-    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
-def _step_lr(lr, decay_rate, step_size, iters):
-    return lr * decay_rate ** (iters // step_size)
-
-
-def get_lr_scheduler(
-    lr_decay_type: str,
-    lr: float,
-    min_lr: float,
-    total_iters: int,
-    warmup_iters_ratio: float = 0.05,
-    warmup_lr_ratio: float = 0.1,
-    no_aug_iter_ratio: float = 0.05,
-    step_num: int = 10,
-) -> Callable[[int], float]:
-    """Return ``epoch -> lr``: quadratic warm-up then cosine ("cos"), or a staircase ("step")."""
-    if lr_decay_type == "cos":
-        warmup_total_iters = min(max(warmup_iters_ratio * total_iters, 1), 3)
-        warmup_lr_start = max(warmup_lr_ratio * lr, 1e-6)
-        no_aug_iter = min(max(no_aug_iter_ratio * total_iters, 1), 15)
-        return partial(
-            _warm_cos_lr, lr, min_lr, total_iters, warmup_total_iters, warmup_lr_start, no_aug_iter
-        )
-    if lr_decay_type == "step":
-        decay_rate = (min_lr / lr) ** (1 / (step_num - 1))
-        step_size = total_iters / step_num
-        if step_size < 1:
-            raise UserError(
-                f"the step schedule needs at least {step_num} epochs, got {total_iters}; "
-                "train longer or use --lr-decay-type cos."
-            )
-        return partial(_step_lr, lr, decay_rate, step_size)
-    raise UserError(
-        f"unknown lr decay type {lr_decay_type!r}; use one of {', '.join(LR_DECAY_TYPES)}."
-    )
-
-
-def set_optimizer_lr(
-    optimizer: torch.optim.Optimizer, lr_scheduler_func: Callable[[int], float], epoch: int
-) -> float:
-    """Set the scheduled LR for ``epoch`` on every parameter group and return it."""
-    lr = lr_scheduler_func(epoch)
-    for param_group in optimizer.param_groups:
-        param_group["lr"] = lr
-    return lr
-
-
-def fit_lr(
-    init_lr: float,
-    min_lr: float,
-    batch_size: int,
-    optimizer_type: str = "adam",
-    lr_fit: bool = True,
-) -> tuple[float, float]:
-    """The reference's batch-size-adaptive LR: scale by batch/16, then clamp to the optimizer's
-    limits (Adam: exactly 1e-4). ``lr_fit=False`` returns the LRs as given."""
-    if not lr_fit:
-        return init_lr, min_lr
-    low, high = LR_LIMITS[optimizer_type]
-    fitted_init = min(max(batch_size / NBS * init_lr, low), high)
-    fitted_min = min(max(batch_size / NBS * min_lr, low * 1e-2), high * 1e-2)
-    return fitted_init, fitted_min
-
-
-def describe_lr(
-    init_lr: float,
-    min_lr: float,
-    batch_size: int,
-    optimizer_type: str = "adam",
-    lr_fit: bool = True,
-    phase: str = "Unfreeze",
-) -> tuple[str, str | None]:
-    """A phase's batch and LR range, and a warning when the reference's clamp changed the LR."""
-    fitted_init, fitted_min = fit_lr(init_lr, min_lr, batch_size, optimizer_type, lr_fit)
-    text = f"{phase} phase: batch {batch_size}, LR {fitted_init:.3g} -> {fitted_min:.3g}"
-    asked = batch_size / NBS * init_lr
-    if not lr_fit or math.isclose(asked, fitted_init, rel_tol=1e-5, abs_tol=1e-8):
-        return text, None
-    low, high = LR_LIMITS[optimizer_type]
-    return text, (
-        f"warning: --init-lr {init_lr:g} x batch {batch_size}/{NBS} = {asked:.3g} was clamped "
-        f"to {fitted_init:.3g}: {optimizer_type} keeps the LR in [{low:g}, {high:g}] as the "
-        "reference does; --no-lr-fit uses --init-lr and --min-lr as given"
-    )

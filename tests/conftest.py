@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from utils.demo_data import make_demo_dataset
-from utils.device import CUBLAS_WORKSPACE_CONFIG
+from utils.device import CUBLAS_WORKSPACE_CONFIG, cpu_has_native_bf16
 
 # train.py --deterministic sets it before CUDA starts; in one pytest process, set it first.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
@@ -26,15 +26,20 @@ SHARED_DATA = Path(
 )
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m "not slow" deselects
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``cuda`` need a GPU: skip them cleanly without one (``make test-gpu`` stops
-    with a sentence instead)."""
-    if torch.cuda.is_available():
-        return
+    with a sentence instead). Tests marked ``bf16`` count as slow where the CPU emulates bf16
+    (AVX2, AVX-512 without AVX512-BF16): there they take 20 times as long, so ``make test``
+    leaves them to ``make test-all``."""
+    emulated_bf16 = not cpu_has_native_bf16()
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run them with make test-gpu on one)")
     for item in items:
-        if item.get_closest_marker("cuda"):  # the marker, not a test or parameter named cuda
+        # the markers, not a test or parameter named cuda or bf16
+        if item.get_closest_marker("cuda") and not torch.cuda.is_available():
             item.add_marker(skip)
+        if item.get_closest_marker("bf16") and emulated_bf16:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)

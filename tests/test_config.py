@@ -10,20 +10,17 @@ import pytest
 import torch
 
 import train
+from tools.settings_tables import markdown_table
 from utils.config import (
     FIXED_ON_RESUME,
     MODEL_KEYS,
     SETTINGS,
     TrainConfig,
-    load_yaml,
-    markdown_table,
-    read_config_file,
     resolve_config,
     validate,
-    voc_recipe,
-    yaml_value,
 )
 from utils.errors import UserError
+from utils.recipes import load_yaml, read_config_file, voc_recipe, yaml_value
 
 yaml = pytest.importorskip("yaml")  # recipe files need PyYAML; the GPU check may run without
 
@@ -129,7 +126,8 @@ def test_every_recipe_is_a_valid_set_of_settings():
 
 def test_voc_recipe_is_the_originals_train_py_with_a_comment_for_every_constant():
     text = (ROOT / "recipes/voc.yaml").read_text()
-    assert text == voc_recipe(), "regenerate it: python -m utils.config voc > recipes/voc.yaml"
+    regenerate = "python -m tools.settings_tables voc > recipes/voc.yaml"
+    assert text == voc_recipe(), f"regenerate it: {regenerate}"
     values = read_config_file(ROOT / "recipes/voc.yaml")
     assert list(values) == list(SETTINGS)  # every setting, in declaration order
     assert values == {name: info.default for name, info in SETTINGS.items()}
@@ -192,8 +190,9 @@ def test_the_docs_tables_are_the_declarations(page, marker, originals):
         rf"<!-- settings-table: {marker} -->\n(.*?)<!-- /settings-table -->", text, re.DOTALL
     )
     assert found, f"{page} has no settings table between its markers"
+    which = marker if originals else "table"
     assert found.group(1) == markdown_table(originals_only=originals), (
-        f"{page} is out of date: paste `python -m utils.config {marker if originals else 'table'}`"
+        f"{page} is out of date: paste `python -m tools.settings_tables {which}`"
     )
 
 
@@ -229,3 +228,14 @@ def test_no_function_is_longer_than_60_lines_and_train_py_stays_thin():
     assert not long
     assert len((ROOT / "train.py").read_text().splitlines()) <= 250
     assert len((ROOT / "README.md").read_text().splitlines()) <= 250
+
+
+def test_an_augmentation_is_registered_once_and_the_flag_and_help_follow():
+    from utils.augment import AUGMENTATIONS
+
+    info = SETTINGS["augment"]
+    assert info.options["choices"] == tuple(AUGMENTATIONS) == ("reference", "flip", "elastic",
+                                                               "none")  # fmt: skip
+    text = " ".join(train.get_parser().format_help().split())
+    for augmentation in AUGMENTATIONS.values():
+        assert f"{augmentation.name} = {augmentation.help}" in text

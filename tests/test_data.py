@@ -9,11 +9,11 @@ from torch.utils.data import DataLoader
 
 from oracle.original import ref_get_random_data, ref_letterbox
 from tests.conftest import shared_data, write_voc_pair
+from utils.augment import random_transform
 from utils.dataloader import (
     Loaders,
     UnetDataset,
     check_split_size,
-    random_transform,
     read_split,
     unet_dataset_collate,
 )
@@ -154,7 +154,8 @@ def test_loader_workers_send_uint8_labels_and_run_opencv_on_one_thread(voc_root,
     int64 in a 64 MB Docker /dev/shm), and each worker runs one OpenCV thread, set before the
     fork: the main process's pool has run (a large resize), where setting it in a worker would
     hang."""
-    request.addfinalizer(lambda threads=cv2.getNumThreads(): cv2.setNumThreads(threads))
+    threads = cv2.getNumThreads()
+    request.addfinalizer(lambda: cv2.setNumThreads(threads))
     cv2.setNumThreads(2)
     cv2.resize(np.zeros((1000, 1000, 3), np.float32), (1500, 1500))
     names = read_split(voc_root, "train")

@@ -77,6 +77,7 @@ def test_the_optimizer_state_takes_this_runs_fused_flag_and_layout():
     assert torch.equal(state["exp_avg"], saved["state"][len(saved["state"]) - 2]["exp_avg"])
 
 
+@pytest.mark.bf16
 def test_a_resume_in_another_precision_gets_a_fresh_scaler_and_says_so(data_root, tmp_path, cli):
     assert "fresh" in load_scaler_state(torch.amp.GradScaler("cpu", enabled=True), {})
     fp16_state = torch.amp.GradScaler("cpu", enabled=True).state_dict()
@@ -260,9 +261,13 @@ def test_the_gpu_check_and_make_test_gpu_stop_with_a_sentence_without_a_gpu(tmp_
     (dead / "bin/python").symlink_to(tmp_path / "gone/python")
     for python, expected in ((sys.executable, "make test-gpu: torch sees no CUDA GPU here"),
                              (sys._base_executable, "imports torch; run make venv")):  # fmt: skip
-        if python == sys._base_executable and "torch" in subprocess.run(
-            [python, "-c", "import torch; print('torch')"], capture_output=True, text=True
-        ).stdout:
+        if (
+            python == sys._base_executable
+            and "torch"
+            in subprocess.run(
+                [python, "-c", "import torch; print('torch')"], capture_output=True, text=True
+            ).stdout
+        ):
             continue  # this machine's own python has torch: nothing to refuse
         result = subprocess.run(["make", "-s", "test-gpu", f"VENV={dead}", f"PYTHON={python}"],
                                 cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip

@@ -58,7 +58,11 @@ def test_the_predictor_class_reads_the_settings_and_a_conflict_names_both_values
     weights = trained[1] / "last_epoch_weights.pth"
     unet = Unet(model_path=str(weights), device="cpu")
     assert (unet.num_classes, unet.input_shape, unet.name_classes[0]) == (4, [32, 32], "bg")
-    with pytest.raises(ValueError, match="trained with 4 classes but num_classes is 21"):
+    with pytest.raises(
+        ValueError,
+        match=r"the model has 4 classes \('.*last_epoch_weights.json' "
+        r"says so\) but num_classes \(--num-classes\) is 21; drop --num-classes",
+    ):
         Unet(model_path=str(weights), num_classes=21, device="cpu")
 
 
@@ -78,14 +82,15 @@ def test_predict_onnx_reads_the_exported_settings(trained, onnx_files, tmp_path,
             "--device", "cpu", "--dir-save-path", str(tmp_path), "--count"]  # fmt: skip
     code, out, err = cli(predict.main, argv)
     assert code == 0, err
-    assert "(4 classes, 32x32, CPUExecutionProvider)" in out and "|" in out
+    assert "(4 classes, vgg, 32x32, on cpu: onnxruntime fp32; settings from the metadata" in out
+    assert "|" in out
     assert (tmp_path / f"{image.stem}.png").is_file()
 
 
 @pytest.mark.parametrize(
     ("extra", "message"),
     [(["--input-shape", "64", "64"], "was exported for 32x32 inputs but --input-shape is 64 64"),
-     (["--num-classes", "5"], "predicts 4 classes but --num-classes is 5")],
+     (["--num-classes", "5"], "the model has 4 classes (the metadata of")],
 )  # fmt: skip
 def test_predict_onnx_refuses_what_the_export_cannot_do(trained, onnx_files, cli, extra, message):
     root, _ = trained
@@ -104,7 +109,7 @@ def test_a_dynamic_export_takes_any_valid_size(trained, onnx_files, tmp_path, cl
             "--dir-save-path", str(tmp_path)]  # fmt: skip
     code, out, err = cli(predict.main, argv)
     assert code == 0, err
-    assert "(4 classes, 64x64" in out
+    assert "(4 classes, vgg, 64x64" in out
 
 
 def test_onnx_predicts_in_batches_with_a_batch_1_export(trained, onnx_files):

@@ -224,8 +224,10 @@ def test_the_predict_benchmark_prints_every_row(tmp_path, monkeypatch, capsys):
     predict_speed.main(["--device", "cpu", "--input-shape", "32", "32", "--num-classes", "3",
                         "--repeats", "1", "--eval-images", "3", "--batch-size", "2"])  # fmt: skip
     out = capsys.readouterr().out
-    rows = ["network + argmax, fp32 + channels_last", "get_miou_png street.jpg, ours fp32",
-            "detect_image street.jpg, ours fp32", "evaluation, 3 500x375, batch 2"]  # fmt: skip
+    rows = ["network + argmax, fp32 + channels_last", "get_miou_png street.jpg, ours torch fp32",
+            "detect_image street.jpg, ours torch fp32", "evaluation, 3 500x375, batch 2",
+            "network + argmax, onnxruntime int8", "detect_image street.jpg, ours onnxruntime fp32",
+            "evaluation, 3 500x375, batch 1, 0 workers, onnxruntime int8"]  # fmt: skip
     assert all(row in out for row in rows), out
     summary = json.loads((tmp_path / "speed.json").read_text())
     assert all(ours > 0 and original > 0 for _, ours, original in summary["rows"])

@@ -10,7 +10,8 @@ from PIL import Image
 
 import get_miou
 import train
-from utils.dataloader import UnetDataset, elastic_deformation, random_crop
+from utils.augment import elastic_deformation, random_crop
+from utils.dataloader import UnetDataset
 from utils.demo_data import make_demo_dataset
 from utils.errors import UserError
 

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from nets.unet_training import CE_Loss, Dice_loss, Focal_Loss, class_sums, one_hot_target
+from nets.functional import class_sums
+from nets.unet_training import CE_Loss, Dice_loss, Focal_Loss, one_hot_target
 from oracle.original import ref_ce_loss, ref_dice_loss, ref_focal_loss
 from utils.utils_metrics import f_score
 

@@ -117,5 +117,5 @@ def test_show_results_writes_charts_and_csv(tmp_path, folders):
             assert image.size[0] > 100
     with open(tmp_path / "out" / "confusion_matrix.csv", newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == [" ", *names]
+    assert rows[0] == ["label \\ prediction", *names]  # rows are labels, columns predictions
     assert rows[1:] == [[n, *map(str, r)] for n, r in zip(names, EXPECTED_HIST, strict=True)]

@@ -17,7 +17,7 @@ from tests.conftest import save_random_weights
 from tests.numerics import assert_labels_agree
 from unet import Unet
 from utils.demo_data import make_demo_dataset
-from utils.device import Runtime
+from utils.device import Runtime, cpu_has_native_bf16
 from utils.inference import InferencePipeline
 
 
@@ -141,8 +141,12 @@ def test_fps_mode_uses_its_image_path(weights, images, cli):
             *model_flags(weights)]  # fmt: skip
     code, out, _ = cli(predict.main, argv)
     assert code == 0
-    assert "network + argmax at 32x32 (what the original's get_FPS times)" in out
-    assert "get_miou_png, whole pipeline" in out and "a.jpg, 40x30" in out
+    assert "Seconds per image on cpu, " in out and "a.jpg (40x30), 2 runs each:" in out
+    assert "network + argmax at 32x32" in out and "whole get_miou_png" in out
+    rows = [line for line in out.splitlines() if line.startswith(("torch ", "onnxruntime "))]
+    assert rows[0].startswith("torch fp32") and rows[0].endswith("x1.00")  # the baseline
+    assert any(row.startswith("onnxruntime fp32") for row in rows)
+    assert any(row.startswith("torch bf16") for row in rows) == cpu_has_native_bf16()
     assert "images/s @batch_size 8" in out
 
 

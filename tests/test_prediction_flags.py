@@ -151,6 +151,7 @@ def test_tile_and_stride_flags_predict_in_windows_that_far_apart(
     assert np.mean(drawn != default_stride) > 0.001, "--stride had no effect"
 
 
+@pytest.mark.bf16
 def test_precision_bf16_flag_runs_the_network_under_bf16_autocast(
     weights, plain, pictures, tmp_path, cli, built
 ):
@@ -409,6 +410,7 @@ def test_get_miou_tile_and_stride_flags_save_windowed_predictions(
     assert agreement(saved, saved_predictions(plain_run)) < 0.99, "the same as letterboxed"
 
 
+@pytest.mark.bf16
 def test_get_miou_precision_flag_predicts_under_bf16_autocast(
     voc, weights, plain_run, tmp_path, cli, built
 ):

@@ -24,7 +24,8 @@ from utils.checkpoint import atomic_save
 from utils.device import prefers_channels_last, resolve_runtime
 from utils.distributed import DistInfo
 from utils.errors import UserError
-from utils.trainer import Phase, Trainer, check_batches
+from utils.phases import Phase, check_batches
+from utils.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -191,6 +192,7 @@ def autocast_spy(monkeypatch) -> list:
     return seen
 
 
+@pytest.mark.bf16
 def test_bf16_and_channels_last_train_on_the_cpu(data_root, tmp_path, monkeypatch, cli):
     seen = autocast_spy(monkeypatch)
     argv = base_argv(data_root, tmp_path, "--no-freeze-train", "--unfreeze-epoch", "1",
@@ -349,12 +351,16 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_that_it_is_emulated(monkeypatch
         resolve_runtime("cpu", "bf16")
 
 
-@pytest.mark.parametrize(("capability", "expected"), [("AVX512", True), ("AVX2", False),
-                                                        ("DEFAULT", False)])  # fmt: skip
-def test_channels_last_is_the_default_only_where_it_is_faster(monkeypatch, capability, expected):
+@pytest.mark.parametrize("capability", ["AVX512", "AVX2", "DEFAULT"])
+def test_channels_last_is_the_default_only_where_it_is_faster(monkeypatch, capability):
+    """Prediction: channels-last on every CPU kind and on CUDA. Training: on CUDA only (NCHW
+    trains faster on a CPU in fp32), so the in-training evaluation on CUDA needs no copy."""
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    assert prefers_channels_last(torch.device("cpu")) is expected
+    assert prefers_channels_last(torch.device("cpu")) is True
+    assert prefers_channels_last(torch.device("cpu"), training=True) is False
     assert prefers_channels_last(torch.device("cuda")) is True
+    assert prefers_channels_last(torch.device("cuda"), training=True) is True
+    assert resolve_runtime("cpu", channels_last=None, training=True).channels_last is False
 
 
 def test_a_batch_that_does_not_split_over_the_processes_is_refused(data_root, tmp_path):

@@ -17,8 +17,8 @@ import train
 import voc_annotation
 from tests.conftest import TRAINED_NAMES, base_argv, shared_data
 from utils.classes import MEDICAL_RULE, class_colors, draw_legend
-from utils.config import read_config_file
 from utils.demo_data import make_demo_dataset
+from utils.recipes import read_config_file
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = TRAINED_NAMES
@@ -140,7 +140,7 @@ def test_the_curves_keep_their_legends_and_axis_labels(trained):
     _, logs = trained
     history = torch.load(logs / "checkpoint_last.pth", weights_only=True)["history"]
     log = TrainingLog(logs / "replot", history)
-    for figure, ylabel in ((log.loss_figure(), "Loss"), (log.miou_figure(), "Miou")):
+    for figure, ylabel in ((log.loss_figure(), "Loss"), (log.miou_figure(), "mIoU (%)")):
         axes = figure.axes[0]
         assert axes.get_xlabel() == "Epoch" and axes.get_ylabel() == ylabel
         assert axes.get_legend() is not None and axes.get_legend().get_texts()

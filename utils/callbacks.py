@@ -103,12 +103,17 @@ class TrainingLog:
         if fig is None:
             return None
         axes.plot(
-            self.history["miou_epochs"], self.history["miou"], "red", lw=2, label="train miou"
+            self.history["miou_epochs"],
+            self.history["miou"],
+            "red",
+            lw=2,
+            label="val mIoU",
+            marker="o",
         )
         axes.set_xlabel("Epoch")
-        axes.set_ylabel("Miou")
-        axes.set_title("A Miou Curve")
-        axes.legend(loc="upper right")
+        axes.set_ylabel("mIoU (%)")
+        axes.set_title("The val split's mIoU, as get_miou.py computes it")
+        axes.legend(loc="lower right")  # the curve rises: its last points are at the top
         return fig
 
     def add_samples(self, epoch: int, picture: np.ndarray) -> None:

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from nets.unet import BACKBONE_PREFIX
-from utils.config import MODEL_DEFAULTS, MODEL_KEYS, SETTINGS, TrainConfig
+from utils.config import FIXED_ON_RESUME, SETTINGS, TrainConfig, format_value
 from utils.errors import UserError
+from utils.model_settings import ModelSettings, settings_path, write_settings_file
 from utils.seeding import capture_rng, restore_rng
 
 #: What ``checkpoint_last.pth`` holds: written by :meth:`CheckpointSaver.save`, read back by
@@ -33,18 +34,10 @@ def atomic_save(obj, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
-def settings_path(weights_path: str | Path) -> Path:
-    """``logs/last_epoch_weights.pth`` -> ``logs/last_epoch_weights.json``."""
-    return Path(weights_path).with_suffix(".json")
-
-
-def save_weights(state_dict: dict, path: str | Path, settings: dict) -> None:
+def save_weights(state_dict: dict, path: str | Path, settings: ModelSettings) -> None:
     """Save a state dict (loadable by the original's code) and its settings beside it."""
     atomic_save(state_dict, path)
-    target = settings_path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps({k: settings[k] for k in MODEL_KEYS if k in settings}, indent=2))
-    os.replace(tmp, target)
+    write_settings_file(path, settings)
 
 
 def duplicate_weights(source: Path, target: Path) -> None:
@@ -60,34 +53,6 @@ def duplicate_weights(source: Path, target: Path) -> None:
         except OSError:
             shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
-
-
-def read_settings(weights_path: str | Path | None) -> dict:
-    """The settings saved beside a weights file; empty when there are none (the original's
-    files, or no weights)."""
-    if not weights_path:
-        return {}
-    path = settings_path(weights_path)
-    if not path.is_file():
-        return {}
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise UserError(
-            f"the settings file '{path}' beside the weights cannot be read ({error}); delete it "
-            "and give --num-classes, --backbone and --input-shape."
-        ) from error
-    return {key: saved[key] for key in MODEL_KEYS if key in saved}
-
-
-def model_settings(weights_path: str | Path | None, **given) -> dict:
-    """The settings to use ``weights_path`` with: each value given (not None) wins over the
-    settings file beside the weights, which wins over the reference's defaults."""
-    saved = read_settings(weights_path)
-    return {
-        key: given[key] if given.get(key) is not None else saved.get(key, MODEL_DEFAULTS[key])
-        for key in MODEL_KEYS
-    }
 
 
 def load_torch_file(path: Path, flag: str):
@@ -112,14 +77,14 @@ def load_torch_file(path: Path, flag: str):
         ) from None
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A model state dict from a weights file, a training checkpoint or a DataParallel save."""
+def read_state_dict(
+    path: str | Path, missing: str = "put the weights file there or point --model-path at one"
+) -> dict[str, torch.Tensor]:
+    """A model state dict from a weights file, a training checkpoint or a DataParallel save;
+    ``missing`` says what to do when there is no such file."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(
-            f"--model-path '{path}' does not exist; put the weights file there or point "
-            "--model-path at one (train.py also takes '' to start without weights)."
-        )
+        raise UserError(f"--model-path '{path}' does not exist; {missing}.")
     state = load_torch_file(path, "--model-path")
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # our checkpoint_last.pth
@@ -170,7 +135,11 @@ def load_matching_weights(
     A head that differs (another ``num_classes``) is normal when fine-tuning. Backbone tensors
     that do not load mean the file belongs to another backbone: an error unless allowed.
     """
-    state = read_state_dict(path)
+    state = read_state_dict(
+        path,
+        "put the weights file there, point --model-path at one, or give '' to start "
+        "without weights",
+    )
     own = model.state_dict()
     report = LoadReport()
     matched = {}
@@ -199,9 +168,10 @@ def load_matching_weights(
 
 class CheckpointSaver:
     """Every file a run saves, decided in one place: ``ep%03d-loss%.3f[-val_loss%.3f].pth`` every
-    ``save_period`` epochs and at the last, ``best_epoch_weights.pth``, ``last_epoch_weights.pth``
-    (each a plain state dict with its settings beside it) and ``checkpoint_last.pth``, everything
-    a run needs to continue. Only rank 0 saves.
+    ``save_period`` epochs and at the last (none for 0), ``best_epoch_weights.pth``,
+    ``last_epoch_weights.pth`` (each a plain state dict with its settings beside it; one file
+    per epoch, the others links to it) and ``checkpoint_last.pth``, everything a run needs to
+    continue. Only rank 0 saves.
     """
 
     def __init__(self, config: TrainConfig):
@@ -209,7 +179,7 @@ class CheckpointSaver:
         self.save_period = config.output.save_period
         self.total_epochs = config.schedule.unfreeze_epoch
         self.best_by = config.evaluation.save_best_by
-        self.settings = config.model_settings()
+        self.settings = ModelSettings(**config.model_settings())
         self.config = config.flat()
 
     def is_best(
@@ -245,7 +215,7 @@ class CheckpointSaver:
         weights = {key: value.detach().cpu() for key, value in model.state_dict().items()}
         last = self.save_dir / "last_epoch_weights.pth"
         save_weights(weights, last, self.settings)
-        if epoch % self.save_period == 0 or epoch == self.total_epochs:
+        if self.save_period and (epoch % self.save_period == 0 or epoch == self.total_epochs):
             name = f"ep{epoch:03d}-loss{loss:.3f}"
             name += f"-val_loss{val_loss:.3f}.pth" if val_loss is not None else ".pth"
             duplicate_weights(last, self.save_dir / name)
@@ -283,6 +253,19 @@ def read_training_checkpoint(path: str | Path) -> dict:
             "checkpoint_last.pth, or start a new run with --model-path."
         )
     return state
+
+
+def check_fixed_on_resume(saved: dict[str, Any], changed: dict[str, Any]) -> None:
+    """A resumed run keeps the model's shape: ``changed`` (flags and files) may not differ from
+    the checkpoint's ``saved`` settings in :data:`FIXED_ON_RESUME`."""
+    for key in FIXED_ON_RESUME:
+        if key in changed and key in saved and changed[key] != saved[key]:
+            info = SETTINGS[key]
+            raise UserError(
+                f"{info.describe()} {format_value(changed[key])} differs from the checkpoint's "
+                f"{format_value(saved[key])}; a resumed run keeps the model's shape (start a new "
+                "run with --model-path to change it)."
+            )
 
 
 @dataclass(frozen=True)

@@ -44,12 +44,36 @@ def colorize(labels: np.ndarray, colors: Sequence[tuple[int, int, int]]) -> Imag
     return Image.fromarray(table[labels])
 
 
+#: The colour share of the original's mix_type 0 blend.
+BLEND = 0.7
+
+
 def overlay(
-    image: Image.Image | np.ndarray, labels: np.ndarray, colors: Sequence[tuple[int, int, int]]
+    image: Image.Image | np.ndarray,
+    labels: np.ndarray,
+    colors: Sequence[tuple[int, int, int]],
+    blend: float = BLEND,
 ) -> Image.Image:
-    """The class colours blended over the image, 0.7 colour, as the original's mix_type 0."""
+    """The class colours blended over the image, ``blend`` colour (the original's mix_type 0)."""
     image = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
-    return Image.blend(image.convert("RGB"), colorize(labels, colors), 0.7)
+    return Image.blend(image.convert("RGB"), colorize(labels, colors), blend)
+
+
+def draw_labels(
+    image: Image.Image | np.ndarray,
+    labels: np.ndarray,
+    colors: Sequence[tuple[int, int, int]],
+    mix_type: int = 0,
+    blend: float = BLEND,
+) -> Image.Image:
+    """A class map drawn over its RGB image as the original's ``mix_type`` says: 0 blends the
+    colours in (``blend`` of them), 1 draws the colours only, 2 keeps the image where the class
+    is not background."""
+    if mix_type == 2:
+        return Image.fromarray(np.asarray(image) * (labels != 0)[..., None])
+    if mix_type == 1:
+        return colorize(labels, colors)
+    return overlay(image, labels, colors, blend)
 
 
 def _font(size: int) -> ImageFont.ImageFont:

@@ -4,10 +4,98 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from typing import Any
 
-from utils.config import SETTINGS, add_setting_flags
+from utils.config import SETTINGS, format_value
+from utils.engines import ENGINES
 
 HELP_WIDTH = 100
+
+
+def argument_group(parser: argparse.ArgumentParser, title: str) -> argparse._ArgumentGroup:
+    """The parser's section called ``title``, made the first time: one section per title."""
+    found = next((group for group in parser._action_groups if group.title == title), None)
+    return found or parser.add_argument_group(title)
+
+
+def add_setting_flags(
+    parser: argparse.ArgumentParser, names: list[str] | None = None, **shown: str
+) -> None:
+    """Add the flags of ``names`` (default: every setting) to ``parser``, by group.
+
+    Their defaults are ``argparse.SUPPRESS``, so the parsed namespace holds only what the
+    command line gave (see :func:`resolve_config`); --help shows the declared default, or
+    ``shown[name]`` where the caller's default differs (predict.py's "from the weights").
+    """
+    for name in names or list(SETTINGS):
+        info = SETTINGS[name]
+        group = argument_group(parser, info.group)
+        default = shown.get(name, info.shown_default())
+        unset = "; none unsets it" if info.optional and name not in shown else ""
+        kwargs: dict[str, Any] = {
+            "default": argparse.SUPPRESS,
+            "help": f"{info.help}{unset} (default: {default.replace('%', '%%')})",
+        }
+        if info.value_type is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs.update(
+                type=_or_none(info.item_type) if info.optional else info.item_type,
+                choices=info.options.get("choices"),
+                metavar=info.options.get("metavar"),
+            )
+            if info.is_list and info.optional:
+                kwargs.update(nargs="+", action=_list_or_none(info.length))
+            elif info.is_list:
+                kwargs["nargs"] = info.length or "+"
+        group.add_argument(info.flag, **kwargs)
+        if name == "precision":
+            group.add_argument(
+                "--fp16",
+                dest="precision",
+                action="store_const",
+                const="fp16",
+                default=argparse.SUPPRESS,
+                help="the original's switch: the same as --precision fp16 (default: off)",
+            )
+
+
+def _or_none(kind: type):
+    """An argparse type: ``none`` (or ``null``) is None, for settings whose default is None, so
+    a flag can unset what a recipe file or a resumed run set."""
+
+    def parse(text: str):
+        return None if text.lower() in ("none", "null") else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def _list_or_none(length: int | None) -> type[argparse.Action]:
+    """The argparse action of an optional list setting: ``length`` values (any number when
+    None), or ``none`` alone for None (``--train-crop none``)."""
+
+    class ListOrNone(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            if values == [None]:
+                values = None
+            elif None in values or (length and len(values) != length):
+                count = f"{length} values" if length else "values"
+                parser.error(f"argument {option_string}: expected {count}, or none alone")
+            setattr(namespace, self.dest, values)
+
+    return ListOrNone
+
+
+def differing_defaults() -> str:
+    """The sentence that names each default that is not the original's value, and why."""
+    parts = [
+        f"{info.describe()} is {format_value(info.default)}, not the original's "
+        f"{format_value(info.options['original_value'][0])}: {info.options['original_value'][1]}"
+        for info in SETTINGS.values()
+        if "original_value" in info.options
+    ]
+    return "Every setting defaults to the original's value, but " + "; ".join(parts) + "."
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -61,11 +149,16 @@ def add_model_flags(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> 
     ``names`` that come with the weights (:data:`~utils.config.MODEL_KEYS`), the runtime
     settings, --channels-last and --tta. Settings not given are None: the predictor then takes
     them from the settings file beside the weights."""
-    flag = parser.add_argument_group("model").add_argument
+    flag = argument_group(parser, SETTINGS["model_path"].group).add_argument
     flag(
         "--model-path",
-        default=SETTINGS["model_path"].default,
-        help="trained weights (default: %(default)s)",
+        help="trained weights (.pth), or an ONNX export (.onnx, run in onnxruntime) (default: "
+        f"{SETTINGS['model_path'].default})",
+    )
+    flag(
+        "--engine",
+        choices=ENGINES,
+        help="what runs the network (default: onnxruntime for a .onnx model, else torch)",
     )
     add_weights_setting_flags(parser, names)
     add_setting_flags(parser, ["device", "precision", "tf32"])
@@ -78,8 +171,8 @@ def add_model_flags(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> 
         "--channels-last",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="channels-last memory layout for the network (default: on with CUDA or an "
-        "AVX-512 CPU, where it is faster; off otherwise)",
+        help="channels-last memory layout for the network (default: on, faster for prediction "
+        "on CUDA and on every CPU kind measured; torch engine only)",
     )
     flag("--tta", action="store_true", help="average with the mirrored prediction (default: off)")
 

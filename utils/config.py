@@ -1,44 +1,40 @@
-"""Every setting of train.py, declared once, with the original's default and a line of help.
+"""Every setting of train.py, declared once, with the original's default and a line of help,
+and the validation of a run's settings.
 
 Each setting is a field of one section dataclass; the section is its group in ``--help``. From
-these declarations come the flags (:func:`add_setting_flags`), the recipe files that
-``train.py --config`` reads (:func:`read_config_file`), validation (:func:`validate`), the
-``config.yaml`` a run writes (:func:`write_config`), the settings that travel beside the weights
-(:data:`MODEL_KEYS`, :data:`MODEL_DEFAULTS`), the settings a resumed run cannot change
-(:data:`FIXED_ON_RESUME`) and the docs' tables (:func:`markdown_table`).
-
-A recipe file is a flat YAML mapping of setting names (the original's constants in snake_case)
-to values, the block of constants the original's users edit at the top of its ``train.py``.
+these declarations come the settings that travel beside the weights (:data:`MODEL_KEYS`,
+:data:`MODEL_DEFAULTS`), the settings a resumed run cannot change (:data:`FIXED_ON_RESUME`)
+and validation (:func:`validate`) here; the flags in :mod:`utils.cli`
+(:func:`~utils.cli.add_setting_flags`); the recipe files that ``train.py --config`` reads and
+the ``config.yaml`` a run writes in :mod:`utils.recipes`; and the docs' tables in
+``tools/settings_tables.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
-import json
 import math
-import re
-import sys
-import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from nets.unet import BACKBONES, check_input_shape, check_tile
-from nets.unet_training import INIT_TYPES, LR_DECAY_TYPES, get_lr_scheduler
-from utils.dataloader import AUGMENTATIONS, DATASET_FORMATS
+from nets.unet_training import INIT_TYPES
+from utils.augment import AUGMENTATIONS
+from utils.dataloader import DATASET_FORMATS
 from utils.device import PRECISIONS
 from utils.errors import UserError
+from utils.lr_schedule import LR_DECAY_TYPES, get_lr_scheduler
 
 
 def setting(default: Any, help: str, **options: Any) -> Any:
     """A dataclass field for one setting. Options: ``original`` (the original's constant),
     ``choices``, ``metavar``, ``minimum``, ``shown`` (the default as --help shows it),
-    ``below`` (an exclusive upper bound), ``travels`` (saved beside the weights) and ``fixed``
-    (a resumed run cannot change it)."""
+    ``below`` (an exclusive upper bound), ``travels`` (saved beside the weights), ``fixed``
+    (a resumed run cannot change it) and ``original_value`` (the original's value and why the
+    default differs from it)."""
     metadata = {"help": help, **options}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
@@ -69,10 +65,8 @@ class DataSettings:
         "val", "ids to validate on, as --train-split; without it training goes on without "
         "validation")
     augment: str = setting(
-        "reference", "training augmentation: reference = random scale, aspect, placement, flip "
-        "and HSV jitter; flip = left-right and up-down flips; elastic = the U-Net paper's "
-        "elastic deformation with flips, turns and brightness/contrast; none",
-        choices=AUGMENTATIONS)
+        "reference", "training augmentation: " + "; ".join(
+            f"{a.name} = {a.help}" for a in AUGMENTATIONS.values()), choices=tuple(AUGMENTATIONS))
     train_crop: list[int] | None = setting(
         None, "train on random H x W crops at native resolution instead of whole images "
         "resized to --input-shape; pair it with --tile", metavar=("H", "W"), shown="off")
@@ -92,7 +86,9 @@ class DataSettings:
         original="input_shape", metavar=("H", "W"), travels=True, fixed=True)
     init_type: str = setting(
         "kaiming", "weight init when not --pretrained; the original's 'normal' (N(0, 0.02)) "
-        "leaves a VGG UNet trained from scratch predicting one class", choices=INIT_TYPES)
+        "leaves a VGG UNet trained from scratch predicting one class", choices=INIT_TYPES,
+        original_value=("normal", "N(0, 0.02) leaves a VGG UNet trained from scratch predicting "
+                        "one class"))
 
 
 @dataclass(frozen=True)
@@ -190,8 +186,8 @@ class RuntimeSettings:
         original="Cuda", metavar="{auto,cpu,cuda,cuda:N}")
     precision: str = setting(
         "fp32", "fp32 gives the original's numbers; bf16: autocast on CPU or CUDA (fast only "
-        "with native bf16: AVX512-BF16/AMX or a GPU); fp16: CUDA autocast with a GradScaler "
-        "(--fp16 is the same)", original="fp16", choices=PRECISIONS)
+        "with native bf16: AVX512-BF16/AMX or a GPU); fp16: CUDA autocast (--fp16 is the same)",
+        original="fp16", choices=PRECISIONS)
     channels_last: bool | None = setting(
         None, "channels-last memory format for the model and batches: faster on a GPU, and on a "
         "CPU with bf16; on a CPU in fp32 the original's NCHW trains faster",
@@ -217,7 +213,8 @@ class OutputSettings:
     """output"""
 
     save_period: int = setting(
-        5, "save ep*.pth weights every this many epochs", original="save_period", minimum=1)
+        5, "save ep*.pth weights every this many epochs, and at the last; 0 saves none (the best "
+        "and last weights and the checkpoint stay)", original="save_period", minimum=0)
     save_dir: str = setting("logs", "where weights and logs go", original="save_dir")
 # fmt: on
 
@@ -252,7 +249,7 @@ class TrainConfig:
         if unknown:
             raise UserError(unknown_key_message(unknown[0], "the settings"))
         sections = {
-            name: section(**{k: values[k] for k in _names(section) if k in values})
+            name: section(**{k: values[k] for k in setting_names(section) if k in values})
             for name, section in SECTIONS.items()
         }
         return cls(**sections)
@@ -321,7 +318,7 @@ class SettingInfo:
         return f"{self.name} ({self.flag})"
 
 
-def _names(section: type) -> list[str]:
+def setting_names(section: type) -> list[str]:
     return [f.name for f in dataclasses.fields(section)]
 
 
@@ -332,14 +329,8 @@ def _declared() -> dict[str, SettingInfo]:
         for f in dataclasses.fields(section):
             default = f.default_factory() if f.default is dataclasses.MISSING else f.default
             options = {k: v for k, v in f.metadata.items() if k != "help"}
-            out[f.name] = SettingInfo(
-                f.name,
-                section.__doc__,
-                hints[f.name],
-                default,
-                f.metadata["help"],
-                options,
-            )
+            info = (f.name, section.__doc__, hints[f.name], default, f.metadata["help"], options)
+            out[f.name] = SettingInfo(*info)
     return out
 
 
@@ -372,208 +363,6 @@ def unknown_key_message(key: str, where: str) -> str:
     return f"{where} set '{key}', which is not a setting of train.py; {hint}"
 
 
-def add_setting_flags(
-    parser: argparse.ArgumentParser, names: list[str] | None = None, **shown: str
-) -> None:
-    """Add the flags of ``names`` (default: every setting) to ``parser``, by group.
-
-    Their defaults are ``argparse.SUPPRESS``, so the parsed namespace holds only what the
-    command line gave (see :func:`resolve_config`); --help shows the declared default, or
-    ``shown[name]`` where the caller's default differs (predict.py's "from the weights").
-    """
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for name in names or list(SETTINGS):
-        info = SETTINGS[name]
-        if info.group not in groups:
-            groups[info.group] = parser.add_argument_group(info.group)
-        default = shown.get(name, info.shown_default())
-        unset = "; none unsets it" if info.optional and name not in shown else ""
-        kwargs: dict[str, Any] = {
-            "default": argparse.SUPPRESS,
-            "help": f"{info.help}{unset} (default: {default.replace('%', '%%')})",
-        }
-        if info.value_type is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs.update(
-                type=_or_none(info.item_type) if info.optional else info.item_type,
-                choices=info.options.get("choices"),
-                metavar=info.options.get("metavar"),
-            )
-            if info.is_list and info.optional:
-                kwargs.update(nargs="+", action=_list_or_none(info.length))
-            elif info.is_list:
-                kwargs["nargs"] = info.length or "+"
-        groups[info.group].add_argument(info.flag, **kwargs)
-        if name == "precision":
-            groups[info.group].add_argument(
-                "--fp16",
-                dest="precision",
-                action="store_const",
-                const="fp16",
-                default=argparse.SUPPRESS,
-                help="the original's switch: the same as --precision fp16 (default: off)",
-            )
-
-
-def _or_none(kind: type):
-    """An argparse type: ``none`` (or ``null``) is None, for settings whose default is None, so
-    a flag can unset what a recipe file or a resumed run set."""
-
-    def parse(text: str):
-        return None if text.lower() in ("none", "null") else kind(text)
-
-    parse.__name__ = kind.__name__  # argparse names the type in its messages
-    return parse
-
-
-def _list_or_none(length: int | None) -> type[argparse.Action]:
-    """The argparse action of an optional list setting: ``length`` values (any number when
-    None), or ``none`` alone for None (``--train-crop none``)."""
-
-    class ListOrNone(argparse.Action):
-        def __call__(self, parser, namespace, values, option_string=None):
-            if values == [None]:
-                values = None
-            elif None in values or (length and len(values) != length):
-                count = f"{length} values" if length else "values"
-                parser.error(f"argument {option_string}: expected {count}, or none alone")
-            setattr(namespace, self.dest, values)
-
-    return ListOrNone
-
-
-def coerce(info: SettingInfo, value: Any, where: str) -> Any:
-    """A value read from a file, checked against the setting's type, or one sentence."""
-    if value is None and info.optional:
-        return None
-    expected = _expected(info)
-    problem = f"{where}: {info.name} must be {expected}, not {value!r}"
-    if info.is_list:
-        if not isinstance(value, list) or (info.length and len(value) != info.length):
-            raise UserError(f"{problem}; write it as a list, e.g. {info.name}: {_example(info)}.")
-        return [_scalar(info, item, problem) for item in value]
-    return _scalar(info, value, problem)
-
-
-def _scalar(info: SettingInfo, value: Any, problem: str) -> Any:
-    kind = info.item_type
-    if kind is float and isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value, ok = float(value), True
-    if not ok:
-        raise UserError(f"{problem}; e.g. {info.name}: {_example(info)}.")
-    return value
-
-
-def _expected(info: SettingInfo) -> str:
-    names = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
-    kind = names[info.item_type]
-    if info.is_list:
-        count = f"{info.length} values" if info.length else "a list of values"
-        kind = f"{count}, each {kind}"
-    return kind + (" or null" if info.optional else "")
-
-
-def _example(info: SettingInfo) -> str:
-    value = info.default if info.default is not None else _EXAMPLES.get(info.item_type)
-    if info.is_list and not isinstance(value, list):
-        value = [value] * (info.length or 2)
-    return yaml_value(value)
-
-
-_EXAMPLES = {int: 1, float: 1.0, str: "name", bool: True}
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The settings of a recipe file, each checked by name and type, or one sentence."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"--config '{path}' does not exist; point it at a recipe .yaml file.")
-    values = load_yaml(path)
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise UserError(
-            f"--config '{path}' must be a mapping of 'setting: value' lines, not a "
-            f"{type(values).__name__}."
-        )
-    out = {}
-    for key, value in values.items():
-        if key not in SETTINGS:
-            raise UserError(unknown_key_message(str(key), f"--config '{path}'"))
-        out[key] = coerce(SETTINGS[key], value, f"--config '{path}'")
-    return out
-
-
-def load_yaml(path: Path) -> Any:
-    """PyYAML's ``safe_load`` of a recipe file. Without PyYAML (a bare GPU machine), the flat
-    ``setting: value`` files that recipes and config.yaml are still read, as PyYAML would."""
-    try:
-        import yaml
-    except ImportError:
-        return read_flat_yaml(path)
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(
-            f"--config '{path}' is not valid YAML{where} ({getattr(error, 'problem', error)}); "
-            "write one 'setting: value' per line."
-        ) from None
-
-
-_FLAT_LINE = re.compile(
-    r"""([A-Za-z_]\w*):[ \t]*("(?:[^"\\]|\\.)*"|'(?:[^']|'')*'|\[[^\]]*\]|[^#]*?)"""
-    r"[ \t]*(?:#.*)?"
-)
-_FLAT_ITEM = re.compile(r"""\s*("(?:[^"\\]|\\.)*"|'(?:[^']|'')*'|[^,\[\]"']*?)\s*(?:,|$)""")
-_YAML_CONSTANTS = {"null": None, "~": None, "": None, "true": True, "yes": True, "on": True,
-                   "false": False, "no": False, "off": False}  # fmt: skip
-
-
-def read_flat_yaml(path: Path) -> dict[str, Any]:
-    """``key: value`` lines (comments and blank lines aside), each value a YAML scalar or a flow
-    list of scalars; anything else needs PyYAML, and says so."""
-    values = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        found = _FLAT_LINE.fullmatch(line)
-        text = found.group(2) if found else ""
-        if not found or (text.startswith("[") != text.endswith("]")):
-            raise UserError(
-                f"--config '{path}' line {number} is more than 'setting: value'; reading it "
-                "needs PyYAML: pip install pyyaml."
-            )
-        if text.startswith("["):
-            items = [m.group(1) for m in _FLAT_ITEM.finditer(text[1:-1]) if m.group(0)]
-            values[found.group(1)] = [_flat_scalar(item) for item in items if item]
-        else:
-            values[found.group(1)] = _flat_scalar(text)
-    return values
-
-
-def _flat_scalar(text: str) -> Any:
-    if text.startswith('"'):
-        return json.loads(text)
-    if text.startswith("'"):
-        return text[1:-1].replace("''", "'")
-    if text.lower() in _YAML_CONSTANTS:
-        return _YAML_CONSTANTS[text.lower()]
-    if re.fullmatch(r"[-+]?\d+", text):
-        return int(text)
-    if re.fullmatch(r"[-+]?(\d*\.\d*([eE][-+]?\d+)?|\.inf|\.nan)", text, re.IGNORECASE):
-        return float(text.lower().replace(".inf", "inf").replace(".nan", "nan"))
-    return text  # as PyYAML, 1e-3 without a dot stays text (coerce() reads it as a number)
-
-
 def defaults() -> dict[str, Any]:
     """``{setting name: its declared default}``, a fresh dict."""
     return {name: info.default for name, info in SETTINGS.items()}
@@ -586,80 +375,6 @@ def resolve_config(*layers: dict[str, Any]) -> TrainConfig:
     for layer in layers:
         values.update(layer)
     return TrainConfig.from_flat(values)
-
-
-def render_yaml(values: dict[str, Any], header: str = "", show_defaults: bool = True) -> str:
-    """A recipe file: every setting of ``values`` under its group, each after its help (and
-    its default, with ``show_defaults``)."""
-    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
-    group = None
-    for name, value in values.items():
-        info = SETTINGS[name]
-        if info.group != group:
-            group = info.group
-            lines += ["", f"## {group}"]
-        if show_defaults:
-            comment = f"{info.help} (default: {info.shown_default()})"
-        elif value is None and "shown" in info.options:
-            comment = f"{info.help} (null: {info.options['shown']})"
-        else:
-            comment = info.help
-        lines += textwrap.wrap(
-            comment, 99, initial_indent="# ", subsequent_indent="# ", break_on_hyphens=False
-        )
-        lines.append(f"{name}: {yaml_value(value)}")
-    return "\n".join(lines).lstrip("\n") + "\n"
-
-
-#: Plain YAML scalars that are not text: they must be quoted to stay strings.
-_YAML_WORDS = {"null", "true", "false", "yes", "no", "on", "off", "y", "n", "~"}
-
-
-def yaml_value(value: Any) -> str:
-    """One setting's value in YAML's flow style, as PyYAML's ``safe_load`` reads it back; written
-    without PyYAML, so training needs it only to read --config files."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        text = repr(value)
-        mantissa, e, exponent = text.partition("e")
-        if e and "." not in mantissa:  # YAML 1.1 floats need a dot: 1e-06 -> 1.0e-06
-            text = f"{mantissa}.0e{exponent}"
-        return text if math.isfinite(value) else {"inf": ".inf", "-inf": "-.inf"}.get(text, ".nan")
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(yaml_value(item) for item in value) + "]"
-    text = str(value)
-    plain = re.fullmatch(r"[A-Za-z_./][A-Za-z0-9_./-]*", text) and text.lower() not in _YAML_WORDS
-    return text if plain else json.dumps(text)
-
-
-def write_config(config: TrainConfig, path: str | Path) -> Path:
-    """Write the resolved settings as ``config.yaml``, which ``--config`` reads back as is."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = (
-        f"The settings of this run, resolved from the defaults, recipe files and flags.\n"
-        f"Train again with: python train.py --config {path}"
-    )
-    path.write_text(render_yaml(config.flat(), header))
-    return path
-
-
-def check_fixed_on_resume(saved: dict[str, Any], changed: dict[str, Any]) -> None:
-    """A resumed run keeps the model's shape: ``changed`` (flags and files) may not differ from
-    the checkpoint's ``saved`` settings in :data:`FIXED_ON_RESUME`."""
-    for key in FIXED_ON_RESUME:
-        if key in changed and key in saved and changed[key] != saved[key]:
-            info = SETTINGS[key]
-            raise UserError(
-                f"{info.describe()} {format_value(changed[key])} differs from the checkpoint's "
-                f"{format_value(saved[key])}; a resumed run keeps the model's shape (start a new "
-                "run with --model-path to change it)."
-            )
 
 
 def validate(config: TrainConfig) -> None:
@@ -748,69 +463,3 @@ def _check_best_by(config: TrainConfig) -> None:
             f"{evaluation.eval_period} is past --unfreeze-epoch "
             f"{config.schedule.unfreeze_epoch}; lower --eval-period."
         )
-
-
-def markdown_table(originals_only: bool = False) -> str:
-    """The docs' table of settings: key, flag, default and help, or (``originals_only``) the
-    original's constants with the key and flag that replace each."""
-    if originals_only:
-        rows = [
-            "| the original's constant | setting (recipe key) | flag | default |",
-            "| --- | --- | --- | --- |",
-        ]
-        for info in SETTINGS.values():
-            if info.options.get("original"):
-                rows.append(
-                    f"| `{info.options['original']}` | `{info.name}` | `{info.flag}` | "
-                    f"{_cell(info.shown_default())} |"
-                )
-        return "\n".join(rows) + "\n"
-    rows = []
-    for section in SECTIONS.values():
-        rows += [
-            "",
-            f"**{section.__doc__}**",
-            "",
-            "| setting (recipe key) | flag | default | what it does |",
-            "| --- | --- | --- | --- |",
-        ]
-        for name in _names(section):
-            info = SETTINGS[name]
-            rows.append(
-                f"| `{name}` | `{info.flag}` | {_cell(info.shown_default())} | {_cell(info.help)} |"
-            )
-    return "\n".join(rows).lstrip("\n") + "\n"
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
-#: The head of recipes/voc.yaml, which :func:`voc_recipe` writes whole.
-VOC_RECIPE_HEADER = """\
-The original's train.py, every constant at its default, one comment each: the block of
-constants its users edit. Copy this file, change what you need, and run
-    python train.py --config my_recipe.yaml
-Flags given with --config win over the file. Each setting's flag is its name in kebab-case
-(num_classes -> --num-classes); docs/migrating.md maps the original's constant names.
-This file is generated: python -m utils.config voc > recipes/voc.yaml"""
-
-
-def voc_recipe() -> str:
-    """recipes/voc.yaml: every setting at its default, under its help."""
-    return render_yaml(defaults(), VOC_RECIPE_HEADER, show_defaults=False)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m utils.config table|originals|voc``: print a docs table, or recipes/voc.yaml."""
-    what = (argv if argv is not None else sys.argv[1:]) or ["voc"]
-    if what[0] == "table":
-        print(markdown_table(), end="")
-    elif what[0] == "originals":
-        print(markdown_table(originals_only=True), end="")
-    else:
-        print(voc_recipe(), end="")
-
-
-if __name__ == "__main__":
-    main()

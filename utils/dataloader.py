@@ -14,23 +14,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
+from utils.augment import AUGMENTATIONS
 from utils.distributed import SINGLE_PROCESS, DistInfo
 from utils.errors import UserError
 from utils.seeding import one_opencv_thread_per_worker, seed_worker
-from utils.utils import PAD_COLOR, letterbox, read_image, read_label_png, stack_images
+from utils.utils import read_image, read_label_png, stack_images
 
 DATASET_FORMATS = ("voc", "medical")
-#: Training augmentations: the reference's (scale, aspect, placement, flip, HSV); letterbox plus
-#: random horizontal and vertical flips (for data with no "up", such as cells); the U-Net paper's
-#: elastic deformation with flips, 90-degree turns and brightness/contrast; letterbox only.
-AUGMENTATIONS = ("reference", "flip", "elastic", "none")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 #: How many labels are fully checked before training; the rest are checked as they load.
 CHECK_SAMPLE = 32
@@ -190,142 +185,6 @@ def read_class_label(path: Path, num_classes: int, dataset_format: str = "voc") 
     return label.astype(np.uint8)
 
 
-def rand(rng: np.random.Generator, a: float = 0, b: float = 1) -> float:
-    return rng.random() * (b - a) + a
-
-
-def random_transform(
-    image: Image.Image,
-    label: Image.Image,
-    input_shape: Sequence[int],
-    rng: np.random.Generator,
-    jitter: float = 0.3,
-    hue: float = 0.1,
-    sat: float = 0.7,
-    val: float = 0.3,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The reference's training augmentation, drawing from ``rng`` in the reference's order.
-
-    Random aspect (x U(.7,1.3) / U(.7,1.3)) and scale (U(.25, 2)), horizontal flip, random
-    placement on a gray/0 canvas (which may crop), then HSV jitter through lookup tables.
-    """
-    iw, ih = image.size
-    h, w = input_shape
-    new_ar = iw / ih * rand(rng, 1 - jitter, 1 + jitter) / rand(rng, 1 - jitter, 1 + jitter)
-    scale = rand(rng, 0.25, 2)
-    if new_ar < 1:
-        nh = int(scale * h)
-        nw = int(nh * new_ar)
-    else:
-        nw = int(scale * w)
-        nh = int(nw / new_ar)
-    nw, nh = max(nw, 1), max(nh, 1)
-    flip = rand(rng) < 0.5
-    dx = int(rand(rng, 0, w - nw))
-    dy = int(rand(rng, 0, h - nh))
-
-    # The image is resized with torch's antialiased uint8 bicubic, which follows Pillow's
-    # BICUBIC (within 2 levels) at a third of its cost; only the part of the (nw, nh) label
-    # that lands on the canvas is resized (Pillow NEAREST with a box: the same pixels).
-    x0, x1 = max(0, -dx), min(nw, w - dx)
-    y0, y1 = max(0, -dy), min(nh, h - dy)
-    if flip:
-        x0, x1 = nw - x1, nw - x0
-    source = torch.from_numpy(np.array(image)).permute(2, 0, 1).unsqueeze(0)
-    resized = F.interpolate(source, size=(nh, nw), mode="bicubic", antialias=True)
-    part = resized[0, :, y0:y1, x0:x1].permute(1, 2, 0).numpy()
-    sx, sy = iw / nw, ih / nh
-    box = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
-    label_part = np.asarray(label.resize((x1 - x0, y1 - y0), Image.NEAREST, box=box))
-    if flip:
-        part, label_part = part[:, ::-1], label_part[:, ::-1]
-    image_data = np.full((h, w, 3), PAD_COLOR[0], dtype=np.uint8)  # gray: one value
-    new_label = np.zeros((h, w), dtype=np.uint8)
-    top, left = max(dy, 0), max(dx, 0)
-    image_data[top : top + part.shape[0], left : left + part.shape[1]] = part
-    new_label[top : top + part.shape[0], left : left + part.shape[1]] = label_part
-
-    # HSV jitter through one 3-channel lookup table (the padding is jittered too, as before).
-    r = rng.uniform(-1, 1, 3) * [hue, sat, val] + 1
-    x = np.arange(0, 256, dtype=r.dtype)
-    lut = np.stack(
-        [(x * r[0]) % 180, np.clip(x * r[1], 0, 255), np.clip(x * r[2], 0, 255)], axis=-1
-    ).astype(np.uint8)
-    hsv = cv2.LUT(cv2.cvtColor(image_data, cv2.COLOR_RGB2HSV), lut.reshape(256, 1, 3))
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), new_label
-
-
-def random_flips(
-    image: np.ndarray, label: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Flip an (H, W, 3) image and its (H, W) label left-right, then up-down, each half the time."""
-    horizontal, vertical = rng.random(2) < 0.5
-    if horizontal:
-        image, label = image[:, ::-1], label[:, ::-1]
-    if vertical:
-        image, label = image[::-1], label[::-1]
-    return np.ascontiguousarray(image), np.ascontiguousarray(label)
-
-
-def elastic_deformation(
-    image: np.ndarray,
-    label: np.ndarray,
-    rng: np.random.Generator,
-    grid: int = 3,
-    sigma: float = 10.0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The U-Net paper's deformation: random displacements on a ``grid`` x ``grid`` grid (standard
-    deviation ``sigma`` pixels), upsampled bicubically to a smooth field, applied with
-    ``cv2.remap``: linear for the (H, W, 3) image, nearest for the (H, W) label, so the label
-    keeps its values. Borders reflect, so nothing new appears at the edges."""
-    height, width = label.shape
-    coarse = rng.normal(0.0, sigma, size=(2, grid, grid)).astype(np.float32)
-    dx = cv2.resize(coarse[0], (width, height), interpolation=cv2.INTER_CUBIC)
-    dy = cv2.resize(coarse[1], (width, height), interpolation=cv2.INTER_CUBIC)
-    xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-    map_x, map_y = xs + dx, ys + dy
-    border = cv2.BORDER_REFLECT_101
-    image = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=border)
-    label = cv2.remap(label, map_x, map_y, cv2.INTER_NEAREST, borderMode=border)
-    return image, label
-
-
-def brightness_contrast(
-    image: np.ndarray, rng: np.random.Generator, brightness: float = 0.1, contrast: float = 0.1
-) -> np.ndarray:
-    """Mild jitter: contrast x U(1 - c, 1 + c) around mid-grey, plus U(-b, b) x 255."""
-    gain = 1 + rng.uniform(-contrast, contrast)
-    shift = rng.uniform(-brightness, brightness) * 255
-    lut = np.clip((np.arange(256) - 128) * gain + 128 + shift, 0, 255).astype(np.uint8)
-    return cv2.LUT(image, lut)
-
-
-def random_turns(
-    image: np.ndarray, label: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Turn by a random multiple of 90 degrees (180 at most when the sides differ)."""
-    square = image.shape[0] == image.shape[1]
-    turns = int(rng.integers(4)) if square else 2 * int(rng.integers(2))
-    return np.rot90(image, turns), np.rot90(label, turns)
-
-
-def random_crop(
-    image: np.ndarray, label: np.ndarray, size: Sequence[int], rng: np.random.Generator, path
-) -> tuple[np.ndarray, np.ndarray]:
-    """A random ``size`` = (h, w) window of an image and its label, at native resolution."""
-    h, w = size
-    height, width = label.shape
-    if height < h or width < w:
-        raise UserError(
-            f"--train-crop {h} {w} is larger than image '{path}' ({height}x{width}); crop at most "
-            f"{min(h, height)} {min(w, width)} or train on resized images without --train-crop."
-        )
-    top = int(rng.integers(height - h + 1))
-    left = int(rng.integers(width - w + 1))
-    window = (slice(top, top + h), slice(left, left + w))
-    return np.ascontiguousarray(image[window]), np.ascontiguousarray(label[window])
-
-
 class UnetDataset(Dataset):
     """Images and class-index labels of a VOC or medical layout, letterboxed or augmented.
 
@@ -417,26 +276,11 @@ class UnetDataset(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, index = item if isinstance(item, tuple) else (self.epoch, item)
         image, label = self.read_pair(index)
-        augment = self.augment if self.train else "none"
-        rng = self.rng(index, epoch)
-        if augment == "reference":
-            image, label = random_transform(image, Image.fromarray(label), self.input_shape, rng)
-        else:
-            image = np.asarray(image)
-            if augment == "elastic":  # at native resolution, where sigma is in pixels
-                image, label = elastic_deformation(image, label, rng)
-                image = brightness_contrast(image, rng)
-            if self.crop and self.train:
-                image, label = random_crop(image, label, self.input_shape, rng,
-                                           self.image_paths[index])  # fmt: skip
-            else:
-                image, label, _ = letterbox(
-                    Image.fromarray(image), self.input_shape, Image.fromarray(label)
-                )
-            if augment == "elastic":
-                image, label = random_turns(image, label, rng)
-            if augment in ("flip", "elastic"):
-                image, label = random_flips(image, label, rng)
+        augment = AUGMENTATIONS[self.augment if self.train else "none"]
+        rng, crop = self.rng(index, epoch), self.crop and self.train
+        image, label = augment.apply(
+            image, label, self.input_shape, rng, crop=crop, path=self.image_paths[index]
+        )
         # values >= num_classes (the 255 border) become the ignore index num_classes
         label = self.label_lut[label]
         return torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(label)

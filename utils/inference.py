@@ -246,10 +246,11 @@ class InferencePipeline:
         for first in range(0, len(boxes), batch_size):
             chunk = boxes[first : first + batch_size]
             windows = [
-                letterbox_input(Image.fromarray(image[t : t + self.tile, x : x + self.tile]),
-                                self.input_shape)
+                letterbox_input(
+                    Image.fromarray(image[t : t + self.tile, x : x + self.tile]), self.input_shape
+                )
                 for t, x in chunk
-            ]  # fmt: skip
+            ]
             probs = self.input_probabilities(stack_images([data for data, _ in windows]))
             for p, (_, placement), (top, left) in zip(probs, windows, chunk, strict=True):
                 if total is None:
@@ -285,9 +286,13 @@ class InferencePipeline:
         )
         one_opencv_thread_per_worker(num_workers)
         loader = DataLoader(
-            dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False,
-            collate_fn=collate_predictions, pin_memory=self.runtime.device.type == "cuda",
-        )  # fmt: skip
+            dataset,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            shuffle=False,
+            collate_fn=collate_predictions,
+            pin_memory=self.runtime.device.type == "cuda",
+        )
         return self.predict_batches(loader, to_host=to_host, tile_batch_size=batch_size)
 
     @torch.inference_mode()

@@ -70,7 +70,8 @@ class LineProgress:
 
     def update(self, n: int = 1) -> None:
         self.n += n
-        if time.monotonic() - self.last >= LINE_SECONDS:
+        last = self.total is not None and self.n >= self.total  # close() writes that line
+        if not last and time.monotonic() - self.last >= LINE_SECONDS:
             self._line()
 
     def set_postfix(self, refresh: bool = True, **values: Any) -> None:

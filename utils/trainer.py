@@ -11,7 +11,6 @@ import datetime
 import shlex
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from nets.unet import Unet
-from nets.unet_training import (
-    SegmentationLoss,
-    describe_lr,
-    fit_lr,
-    get_lr_scheduler,
-    set_optimizer_lr,
-    weights_init,
-)
+from nets.unet_training import SegmentationLoss, weights_init
 from utils.callbacks import TrainingLog
 from utils.checkpoint import CheckpointSaver, load_matching_weights, load_training_checkpoint
 from utils.classes import (
@@ -40,13 +32,14 @@ from utils.classes import (
 from utils.config import (
     DataSettings,
     OptimizerSettings,
-    ScheduleSettings,
     TrainConfig,
 )
-from utils.dataloader import Loaders, UnetDataset, check_split_size, read_split, split_path
+from utils.dataloader import Loaders, UnetDataset, read_split, split_path
 from utils.device import Runtime
 from utils.distributed import SINGLE_PROCESS, DistInfo, barrier
 from utils.errors import UserError
+from utils.lr_schedule import describe_lr, get_lr_scheduler, set_optimizer_lr
+from utils.phases import Phase, check_batches, phase_lrs, val_batch_size
 from utils.utils_fit import evaluate_loss, evaluate_miou, train_one_epoch
 
 Say = Callable[..., None]
@@ -54,24 +47,6 @@ Say = Callable[..., None]
 
 def _silent(*_args, **_kwargs) -> None:
     pass
-
-
-@dataclass(frozen=True)
-class Phase:
-    """The original's two phases: a frozen backbone at one batch size, then unfrozen."""
-
-    frozen: bool
-    batch_size: int
-
-    @classmethod
-    def at(cls, schedule: ScheduleSettings, epoch: int) -> Phase:
-        frozen = schedule.freeze_train and epoch < schedule.freeze_epoch
-        size = schedule.freeze_batch_size if frozen else schedule.unfreeze_batch_size
-        return cls(frozen, size)
-
-    @property
-    def name(self) -> str:
-        return "Freeze" if self.frozen else "Unfreeze"
 
 
 def build_data(
@@ -155,56 +130,6 @@ def build_criterion(config: TrainConfig, device: torch.device) -> SegmentationLo
     return criterion.to(device)
 
 
-def phase_lrs(settings: OptimizerSettings, phase: Phase) -> tuple[float, float]:
-    """The phase's first and last LR after the original's batch-size fit."""
-    return fit_lr(
-        settings.init_lr,
-        settings.final_lr,
-        phase.batch_size,
-        settings.optimizer_type,
-        settings.lr_fit,
-    )
-
-
-def val_batch_size(
-    requested: int | None, phase: Phase, val_set: UnetDataset | None, dist_info: DistInfo
-) -> int | None:
-    """``requested``, else the phase's batch, capped at the val split and a multiple of the
-    process count: a small val split is never refused for the batch size."""
-    if val_set is None:
-        return None
-    size = min(requested or phase.batch_size, len(val_set))
-    size -= size % dist_info.world_size
-    if size == 0:
-        raise UserError(
-            f"the val split has {len(val_set)} image(s), fewer than the {dist_info.world_size} "
-            "processes; add val images or run fewer processes."
-        )
-    return size
-
-
-def check_batches(
-    config: TrainConfig, train_set, val_set, start_epoch: int, dist_info: DistInfo
-) -> None:
-    """Before the first epoch: every phase's batch must fit the train split and the processes,
-    and the val batch the val split."""
-    schedule = config.schedule
-    phases = {Phase.at(schedule, epoch) for epoch in range(start_epoch, schedule.unfreeze_epoch)}
-    for phase in sorted(phases, key=lambda p: p.batch_size):
-        check_split_size(len(train_set), phase.batch_size, "train")
-        if phase.batch_size % dist_info.world_size:
-            raise UserError(
-                f"batch size {phase.batch_size} cannot be split evenly over "
-                f"{dist_info.world_size} processes; use a multiple of the process count."
-            )
-        val_batch_size(schedule.val_batch_size, phase, val_set, dist_info)
-    if config.evaluation.save_best_by == "miou" and val_set is None:
-        raise UserError(
-            "save_best_by (--save-best-by) miou needs the mIoU of a val split, and there is "
-            "none; give --val-split or use --save-best-by val_loss."
-        )
-
-
 class TrainingInterruptedError(Exception):
     """Ctrl-C during training, at 1-based ``epoch``, with the checkpoint to resume from."""
 
@@ -270,7 +195,7 @@ class Trainer:
             device=self.runtime.device,
         )
         self.start_epoch, self.history = resumed.epoch, resumed.history
-        self.log_dir = resumed.log_dir
+        self.log_dir = Path(self.config.output.save_dir) / resumed.log_dir.name  # beside it
         for note in resumed.notes:
             self.say(f"note: {note}")
         self._warned.add("lr clamp")  # said when the run began
@@ -376,21 +301,25 @@ class Trainer:
         device_ids = [self.runtime.device.index] if cuda else None
         return nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
 
-    def run_epoch(self, epoch: int, loaders: Loaders, log: TrainingLog | None) -> None:
-        """Train one epoch, then the val loss, the mIoU when due, and (rank 0) save."""
-        config, runtime = self.config, self.runtime
-        loss, _ = train_one_epoch(
+    def train_steps(self, batches, steps: int, epoch: int = 0) -> tuple[float, float]:
+        """``steps`` training steps on ``batches``: the mean loss and f-score over the ranks."""
+        return train_one_epoch(
             self.model_train,
-            loaders.train,
+            batches,
             optimizer=self.optimizer,
             scaler=self.scaler,
             criterion=self.criterion,
-            runtime=runtime,
-            steps=loaders.train_steps,
+            runtime=self.runtime,
+            steps=steps,
             epoch=epoch,
-            total_epochs=config.schedule.unfreeze_epoch,
+            total_epochs=self.config.schedule.unfreeze_epoch,
             dist_info=self.dist_info,
         )
+
+    def run_epoch(self, epoch: int, loaders: Loaders, log: TrainingLog | None) -> None:
+        """Train one epoch, then the val loss, the mIoU when due, and (rank 0) save."""
+        config, runtime = self.config, self.runtime
+        loss, _ = self.train_steps(loaders.train, loaders.train_steps, epoch)
         val_loss = None
         if loaders.val is not None:
             val_loss, _ = evaluate_loss(
@@ -487,15 +416,7 @@ def benchmark(config: TrainConfig, runtime: Runtime, steps: int) -> str:
     batches = iter(loaders.train)
     for count in (2, steps):  # warm-up, then the timed steps
         start = time.perf_counter()
-        train_one_epoch(
-            trainer.model,
-            batches,
-            optimizer=trainer.optimizer,
-            scaler=trainer.scaler,
-            criterion=trainer.criterion,
-            runtime=runtime,
-            steps=count,
-        )  # reads the loss back: synced
+        trainer.train_steps(batches, count)  # reads the loss back: synced
         seconds = (time.perf_counter() - start) / count
     data = config.data
     layout = " + channels_last" if runtime.channels_last else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -89,6 +90,19 @@ def letterbox(
         label_canvas.paste(label.resize((nw, nh), Image.NEAREST), offset)
         label_canvas = np.array(label_canvas)
     return np.array(canvas), label_canvas, (nw, nh)
+
+
+def distinct_names(paths: Sequence[str | Path], suffix: str = ".png") -> list[str]:
+    """One output file name per input, none twice: ``<stem><suffix>``, or for stems that
+    collide (a.jpg, a.png) the whole name (``a.jpg.png``), numbered if even that repeats."""
+    stems = Counter(Path(path).stem for path in paths)
+    names = [Path(path).stem if stems[Path(path).stem] == 1 else Path(path).name for path in paths]
+    seen: Counter = Counter()
+    out = []
+    for name in names:
+        seen[name] += 1
+        out.append(f"{name}{suffix}" if seen[name] == 1 else f"{name}-{seen[name]}{suffix}")
+    return out
 
 
 def stack_images(images: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nets.unet_training import dice_score, resize_to, target_size
+from nets.functional import dice_score, resize_to, target_size
 from utils.errors import UserError
 from utils.utils import optional_import, read_label_png
 
@@ -104,8 +104,9 @@ class ConfusionMatrix:
     def update(self, label, pred) -> None:
         """Add a label and its prediction: NumPy arrays, or tensors on the counts' device."""
         label, pred = torch.as_tensor(label), torch.as_tensor(pred)
-        self.counts += fast_hist(label.to(self.counts.device), pred.to(self.counts.device),
-                                 self.num_classes)  # fmt: skip
+        self.counts += fast_hist(
+            label.to(self.counts.device), pred.to(self.counts.device), self.num_classes
+        )
 
     @property
     def hist(self) -> np.ndarray:
@@ -237,7 +238,8 @@ def show_results(
     name_classes: Sequence[str],
     tick_font_size: int = 12,
 ) -> None:
-    """Write ``mIoU.png``, ``mPA.png``, ``Recall.png``, ``Precision.png`` and the CSV matrix."""
+    """Write ``mIoU.png``, ``mPA.png``, ``Recall.png``, ``Precision.png`` and the CSV matrix
+    (a row per label class, a column per predicted class)."""
     out = Path(miou_out_path)
     out.mkdir(parents=True, exist_ok=True)
     charts = [
@@ -251,7 +253,7 @@ def show_results(
             print(f"Save {file_name[:-4]} out to {out / file_name}")
     with open(out / "confusion_matrix.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow([" "] + [str(c) for c in name_classes])
+        writer.writerow(["label \\ prediction"] + [str(c) for c in name_classes])
         for name, row in zip(name_classes, hist, strict=True):
             writer.writerow([name] + [str(int(x)) for x in row])
     print(f"Save confusion_matrix out to {out / 'confusion_matrix.csv'}")

@@ -1,0 +1,54 @@
+"""Video frames for the predictor: decoded in a background thread while the network runs."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+
+import cv2
+from PIL import Image
+
+from utils.inference import Sample, collate_predictions, letterbox_input
+
+
+def read_frames(capture, input_shape, batch_size: int) -> Iterator[tuple]:
+    """Batches of letterboxed video frames, decoded by a background thread while the network
+    runs on the previous batch (OpenCV and Pillow release the GIL while they work)."""
+    batches: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                batches.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def decode() -> None:
+        batch, index = [], 0
+        while not stop.is_set():
+            ok, frame = capture.read()
+            if not ok:
+                break
+            rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            data, placement = letterbox_input(Image.fromarray(rgb), input_shape)
+            batch.append((data, Sample(index, placement, image=rgb)))
+            index += 1
+            if len(batch) == batch_size and not put(collate_predictions(batch)):
+                return
+            batch = [] if len(batch) == batch_size else batch
+        if batch:
+            put(collate_predictions(batch))
+        put(None)
+
+    thread = threading.Thread(target=decode, daemon=True)
+    thread.start()
+    try:
+        while (item := batches.get()) is not None:
+            yield item
+    finally:
+        stop.set()
+        thread.join()
