@@ -20,7 +20,7 @@ ISBI_RUNTIME ?= $(if $(filter True,$(ISBI_BF16)),,$(ISBI_FP32))
 ISBI_DATA = --dataset-path $(ISBI) --train-split $(ISBI_SPLIT)/train.txt \
 	--val-split $(ISBI_SPLIT)/val.txt
 
-.PHONY: venv test test-all check test-gpu gpu-check docs-check lint demo isbi isbi-gpu clean
+.PHONY: venv test test-all check test-gpu gpu-check docs-check lint demo isbi isbi-gpu app clean
 
 # make venv TORCH=cpu: PyTorch's CPU-only wheels, a much smaller .venv than the 6 GB CUDA
 # build, for a machine without an NVIDIA GPU; the default is PyPI's CUDA build, which runs on a
@@ -96,6 +96,13 @@ demo: $(STAMP)
 	$(PY) predict.py --mode dir_predict --device cpu --model-path $(DEMO_LOGS)/last_epoch_weights.pth \
 		--dir-origin-path $(DEMO_DATA)/VOC2007/JPEGImages --dir-save-path $(DEMO_LOGS)/img_out
 	@echo "Overlays in $(DEMO_LOGS)/img_out/, mIoU charts and metrics.json in $(DEMO_LOGS)/miou_out/"
+
+# The web page (app.py, docs/app.md) at http://127.0.0.1:7860, for the weights under logs/:
+# first installs requirements-app.txt into .venv (--no-deps: see that file). Flags go in ARGS,
+# e.g. make app ARGS="--model-path logs/demo/last_epoch_weights.pth --port 7861".
+app: $(STAMP)
+	$(PY) -m pip install -q --no-deps -r requirements-app.txt
+	$(PY) app.py $(ARGS)
 
 isbi: $(STAMP)
 	$(PY) train.py --config recipes/isbi2012/cpu.yaml $(ISBI_DATA) --save-dir $(ISBI_LOGS) \
