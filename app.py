@@ -26,6 +26,7 @@ from PIL import Image
 
 from unet import Unet
 from utils.classes import BLEND, draw_labels
+from utils.engines import is_onnx
 from utils.errors import UserError, exit_on_user_error
 from utils.segmenter import (
     Chosen,
@@ -33,7 +34,6 @@ from utils.segmenter import (
     Prediction,
     Segmenter,
     find_models,
-    is_onnx,
     options_from,
 )
 
@@ -45,8 +45,6 @@ except ImportError:  # the optional install; main() says how to get it
 
 #: predict.py's --mix-type drawings, as the page names them.
 MIX_TYPES = [("blend (0)", 0), ("colours only (1)", 1), ("image where not background (2)", 2)]
-#: The colour share of mix_type 0, as the original blends.
-DEFAULT_BLEND = BLEND
 #: The highlighted view is drawn at most this many pixels wide or high; downloads are full size.
 DISPLAY_SIDE = 1024
 NO_MODEL = "(none)"
@@ -127,7 +125,7 @@ class Page:
         image: str,
         model: str,
         mix_type: int = 0,
-        blend: float = DEFAULT_BLEND,
+        blend: float = BLEND,
         tta: bool = False,
         tile: float | None = None,
         device: str = "auto",
@@ -222,7 +220,7 @@ class Page:
                     gr.Markdown("## Segment images")
                     controls = self.model_controls(chosen)
                     mix = gr.Radio(MIX_TYPES, value=mix_type, label="Drawing (--mix-type)")
-                    blend = gr.Slider(0, 1, DEFAULT_BLEND, step=0.05, label="Blend: colour share")
+                    blend = gr.Slider(0, 1, BLEND, step=0.05, label="Blend: colour share")
                     files, pasted, shown = image_inputs()
                 with gr.Column(scale=3):
                     with gr.Row():
@@ -362,10 +360,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as Ctrl-C does, cleaning up
     with tempfile.TemporaryDirectory(prefix="unet-app-") as folder:
         segmenter = Segmenter(Path(folder), int(args.max_pixels), Unet, warn=gr.Warning)
-        try:
-            segmenter.predictor(chosen.model, options)  # loaded before the first visit
-        except UserError as error:
-            print(f"warning: {error}")
+        segmenter.predictor(chosen.model, options)  # loaded before the first visit, or stop
         page = Page(segmenter, models).build(chosen, args.mix_type)
         serve(page, args.host, args.port, Path(folder))
 

@@ -31,13 +31,14 @@ from unet import Unet
 from utils.cli import add_batch_flags, add_model_flags, argument_parser, predictor_kwargs
 from utils.config import MODEL_KEYS
 from utils.dataloader import IMAGE_EXTENSIONS, DatasetLayout, read_split, resolve_files
-from utils.device import backend_settings, cpu_has_native_bf16
+from utils.device import backend_settings, cpu_has_native_bf16, gpu_has_native_bf16
 from utils.errors import UserError, exit_on_user_error
 from utils.inference import check_batching, default_batching
 from utils.progress import progress, say
+from utils.quantize import DEFAULT_CALIBRATION_IMAGES, calibration_paths, quantize_int8
 from utils.speed import network_seconds, throughput
 from utils.utils import distinct_names, read_image
-from utils.video import read_frames
+from utils.video import VideoFile, read_frames
 
 MODES = ("predict", "video", "fps", "dir_predict", "export_onnx", "predict_onnx")
 #: The original's defaults for these paths, kept: users know them.
@@ -112,7 +113,7 @@ def add_onnx_flags(parser: argparse.ArgumentParser) -> None:
     flag(
         "--calibration-images",
         type=int,
-        default=100,
+        default=DEFAULT_CALIBRATION_IMAGES,
         help="--int8: how many of them calibrate, evenly spread (all when fewer)",
     )
     flag(
@@ -145,6 +146,8 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
             "--int8 calibrates on your own images: give --calibration-dir, a folder of your "
             "training images."
         )
+    if args.int8:  # before the export, not after it
+        calibration_paths(args.calibration_dir, args.calibration_images)
     if args.dir_origin_path and args.mode in ("predict", "predict_onnx"):
         model = f" --onnx-path {args.onnx_path or ONNX_PATH}" if args.mode == "predict_onnx" else ""
         raise UserError(
@@ -257,41 +260,39 @@ def dir_predict(unet, args) -> None:
 
 
 def video(unet, args) -> None:
-    """Segment every frame, the first included; decoding overlaps the network."""
+    """Segment every frame, the first included; decoding overlaps the network. The capture and
+    the saved file are closed whatever stops the loop (the end, Esc, Ctrl-C, an error)."""
     source = int(args.video_path) if args.video_path.isdigit() else args.video_path
     capture = cv2.VideoCapture(source)
     if not capture.isOpened():
         raise UserError(
             f"cannot read from --video-path {args.video_path}; check the file or camera."
         )
-    writer = None
+    writer = VideoFile(args.video_save_path, args.video_fps)
+    batches = read_frames(capture, unet.input_shape, args.batch_size)
     fps, frames = 0.0, 0
     last = time.perf_counter()
-    batches = read_frames(capture, unet.input_shape, args.batch_size)
-    for sample, labels in unet.pipeline.predict_batches(batches):
-        result = cv2.cvtColor(np.asarray(unet.draw(sample.image, labels)), cv2.COLOR_RGB2BGR)
-        now = time.perf_counter()
-        fps, last = (fps + 1.0 / max(now - last, 1e-9)) / 2, now
-        result = cv2.putText(
-            result, f"fps= {fps:.2f}", (0, 40), cv2.FONT_HERSHEY_SIMPLEX, 1, (0, 255, 0), 2
-        )
-        if args.video_save_path and writer is None:
-            height, width = result.shape[:2]
-            fourcc = cv2.VideoWriter_fourcc(*"XVID")
-            writer = cv2.VideoWriter(args.video_save_path, fourcc, args.video_fps, (width, height))
-        if writer is not None:
+    try:
+        for sample, labels in unet.pipeline.predict_batches(batches):
+            result = cv2.cvtColor(np.asarray(unet.draw(sample.image, labels)), cv2.COLOR_RGB2BGR)
+            now = time.perf_counter()
+            fps, last = (fps + 1.0 / max(now - last, 1e-9)) / 2, now
+            result = cv2.putText(
+                result, f"fps= {fps:.2f}", (0, 40), cv2.FONT_HERSHEY_SIMPLEX, 1, (0, 255, 0), 2
+            )
             writer.write(result)
-        frames += 1
-        if args.show and show(result, "video", wait=1) & 0xFF == 27:  # Esc
-            break
-    batches.close()
-    capture.release()
+            frames += 1
+            if args.show and show(result, "video", wait=1) & 0xFF == 27:  # Esc
+                break
+    finally:
+        batches.close()
+        capture.release()
+        writer.release()
     if frames == 0:
         raise UserError(
             f"cannot read from --video-path {args.video_path}; check the file or camera."
         )
-    if writer is not None:
-        writer.release()
+    if args.video_save_path:
         print(f"Saved {frames} frames to {args.video_save_path}")
         unet.save_legend(Path(args.video_save_path).parent)
     print(f"Video Detection Done! {frames} frames, last fps {fps:.2f}")
@@ -324,13 +325,15 @@ def fps_predictors(args: argparse.Namespace, unet: Unet, folder: Path) -> list[U
     fp32 = unet if unet.net is not None and unet.precision == "fp32" else None
     fp32 = fp32 or Unet(**{**base, "precision": "fp32"})
     predictors += [fp32] if fp32 is not unet else []
-    native = fp32.runtime.device.type == "cuda" or cpu_has_native_bf16()
+    cuda = fp32.runtime.device.type == "cuda"
+    native = gpu_has_native_bf16() if cuda else cpu_has_native_bf16()
     if native and not (unet.net is not None and unet.precision == "bf16"):
         predictors.append(Unet(**{**base, "precision": "bf16"}))
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the export's own lines
             fp32.convert_to_onnx(False, str(folder / "fp32.onnx"))
-        predictors.append(Unet(**{**base, "model_path": str(folder / "fp32.onnx")}))
+        onnx = {"model_path": str(folder / "fp32.onnx"), "precision": "fp32"}
+        predictors.append(Unet(**{**base, **onnx}))
     except UserError as error:  # onnx or onnxruntime missing: the other rows still run
         print(f"onnxruntime fp32 is not timed: {error}")
     return sorted(predictors, key=lambda predictor: predictor is not fp32)
@@ -345,7 +348,7 @@ def fps(unet: Unet, args) -> None:
     with tempfile.TemporaryDirectory(prefix="unet-fps-") as folder:
         rows = [
             (
-                u.how(),
+                u.how() + ("" if u.runtime.device == unet.runtime.device else " (cpu)"),
                 network_seconds(u, image, args.test_interval),
                 u.get_FPS(image, args.test_interval),
             )
@@ -379,8 +382,6 @@ def export(unet: Unet, args) -> None:
     if not args.int8:
         unet.convert_to_onnx(args.simplify, args.onnx_save_path, dynamic=args.dynamic)
         return
-    from utils.quantize import quantize_int8
-
     with tempfile.TemporaryDirectory(prefix="unet-int8-") as folder:
         fp32 = Path(folder) / "fp32.onnx"
         unet.convert_to_onnx(args.simplify, str(fp32), dynamic=args.dynamic)

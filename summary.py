@@ -15,8 +15,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nets.unet import Unet, check_input_shape
 from utils.cli import add_weights_setting_flags, argument_parser
+from utils.engines import settings_of
 from utils.errors import exit_on_user_error
-from utils.model_settings import ModelSettings
 
 
 def layer_table(model: torch.nn.Module, x: torch.Tensor) -> list[tuple[str, str, tuple, int]]:
@@ -58,12 +58,8 @@ def get_parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
-    settings = ModelSettings.for_weights(
-        args.model_path,
-        num_classes=args.num_classes,
-        backbone=args.backbone,
-        input_shape=args.input_shape,
-    )
+    given = {"num_classes": args.num_classes, "backbone": args.backbone}
+    settings = settings_of(args.model_path, {**given, "input_shape": args.input_shape})
     check_input_shape(*settings.input_shape, settings.backbone)
     model = Unet(num_classes=settings.num_classes, backbone=settings.backbone).eval()
     x = torch.zeros(1, 3, *settings.input_shape)

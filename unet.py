@@ -239,10 +239,6 @@ class Unet:
             self.get_miou_png(image)
         return (time.perf_counter() - start) / test_interval
 
-    def settings_dict(self) -> dict:
-        """What is needed to use this model: saved beside weights and in ONNX metadata."""
-        return self.settings.to_dict()
-
     def convert_to_onnx(self, simplify: bool, model_path: str, dynamic: bool = False) -> None:
         """Export to ONNX, as the original's method (see :func:`utils.onnx_export.export_onnx`)."""
         from utils.onnx_export import export_onnx

@@ -39,7 +39,7 @@ from nets.unet import Unet as Model
 from nets.unet_training import weights_init
 from oracle.original import RefPredictor
 from unet import Unet
-from utils.device import cpu_has_native_bf16, prefers_channels_last
+from utils.device import cpu_has_native_bf16, gpu_has_native_bf16, prefers_channels_last
 from utils.errors import UserError
 from utils.inference import default_batching
 from utils.speed import network_seconds
@@ -82,7 +82,7 @@ def device_name(device: torch.device) -> str:
 
 def half_precisions(device: torch.device) -> list[str]:
     if device.type == "cuda":
-        return ["bf16", "fp16"] if torch.cuda.is_bf16_supported() else ["fp16"]
+        return ["bf16", "fp16"] if gpu_has_native_bf16() else ["fp16"]
     return ["bf16"] if cpu_has_native_bf16() else []
 
 

@@ -35,7 +35,7 @@ from nets.unet_training import SegmentationLoss, weights_init
 from oracle.original import ref_ce_loss, ref_collate, ref_dice_loss, ref_getitem
 from utils.dataloader import UnetDataset, read_split
 from utils.demo_data import make_demo_dataset
-from utils.device import cpu_has_native_bf16, resolve_runtime
+from utils.device import cpu_has_native_bf16, gpu_has_native_bf16, resolve_runtime
 
 
 class ReferenceData(Dataset):
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
                                   ("num_classes", 4, 21), ("num_workers", 0, 4)):  # fmt: skip
         if getattr(args, name) is None:
             setattr(args, name, on_cuda if cuda else on_cpu)
-    halves = (["bf16"] if not cuda or torch.cuda.is_bf16_supported() else []) + ["fp16"] * cuda
+    halves = (["bf16"] if not cuda or gpu_has_native_bf16() else []) + ["fp16"] * cuda
     if not cuda and not cpu_has_native_bf16():
         halves = []
     settings = [(p, cl) for p in ["fp32", *halves] for cl in (False, True)]

@@ -1,6 +1,7 @@
 """Shared fixtures: small synthetic data sets written to temporary folders, and the ``cuda``
 marker's skip on machines without a GPU."""
 
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -19,6 +20,13 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
+    # An xdist process runs a thread of its own (execnet's), and a DataLoader worker forked
+    # beside it can inherit a lock that thread held, and wait on it forever: the workers start
+    # from a clean server process instead (what a script, with one thread, never needs).
+    multiprocessing.set_start_method("forkserver", force=True)
+    multiprocessing.set_forkserver_preload(
+        ["torch", "numpy", "cv2", "PIL.Image", "utils.inference"]
+    )
 
 #: ``../shared/data``, or where ``UNET_SHARED_DATA`` says (a copy on a GPU machine).
 SHARED_DATA = Path(

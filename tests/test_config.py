@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import train
-from tools.settings_tables import markdown_table
+from tools.settings_tables import originals_table, settings_table, voc_recipe
 from utils.config import (
     FIXED_ON_RESUME,
     MODEL_KEYS,
@@ -20,7 +20,7 @@ from utils.config import (
     validate,
 )
 from utils.errors import UserError
-from utils.recipes import load_yaml, read_config_file, voc_recipe, yaml_value
+from utils.recipes import load_yaml, read_config_file, yaml_value
 
 yaml = pytest.importorskip("yaml")  # recipe files need PyYAML; the GPU check may run without
 
@@ -191,7 +191,7 @@ def test_the_docs_tables_are_the_declarations(page, marker, originals):
     )
     assert found, f"{page} has no settings table between its markers"
     which = marker if originals else "table"
-    assert found.group(1) == markdown_table(originals_only=originals), (
+    assert found.group(1) == (originals_table() if originals else settings_table()), (
         f"{page} is out of date: paste `python -m tools.settings_tables {which}`"
     )
 
@@ -239,3 +239,12 @@ def test_an_augmentation_is_registered_once_and_the_flag_and_help_follow():
     text = " ".join(train.get_parser().format_help().split())
     for augmentation in AUGMENTATIONS.values():
         assert f"{augmentation.name} = {augmentation.help}" in text
+
+
+def test_a_models_settings_are_the_declared_settings_that_travel_with_the_weights():
+    import dataclasses
+
+    from utils.model_settings import ModelSettings
+
+    assert tuple(field.name for field in dataclasses.fields(ModelSettings)) == MODEL_KEYS
+    assert ModelSettings().to_dict() == {key: SETTINGS[key].default for key in MODEL_KEYS}

@@ -28,10 +28,10 @@ CUDA = pytest.mark.cuda
 
 # (device, precision, channels_last); bf16 on a CPU only runs fast with AVX512-BF16 or AMX
 NATIVE_BF16 = pytest.mark.skipif(not cpu_has_native_bf16(), reason="bf16 is emulated here")
-STEP_SETTINGS = [
-    ("cpu", "fp32", False),
-    ("cpu", "fp32", True),
-    pytest.param("cpu", "bf16", True, marks=NATIVE_BF16),
+STEP_SETTINGS = [  # the CPU's rehearse the GPU's: make test-all runs them
+    pytest.param("cpu", "fp32", False, marks=pytest.mark.slow),
+    pytest.param("cpu", "fp32", True, marks=pytest.mark.slow),
+    pytest.param("cpu", "bf16", True, marks=[NATIVE_BF16, pytest.mark.slow]),
     *[pytest.param("cuda", precision, layout, marks=CUDA)
       for precision in ("fp32", "fp16", "bf16") for layout in (False, True)],
 ]  # fmt: skip

@@ -174,7 +174,9 @@ def test_an_export_without_settings_and_a_free_size_asks_for_them(busy, tmp_path
       "models and 'x.pth' is not one"),
      (["--model-path", "missing.onnx"], "'missing.onnx' does not exist; export one"),
      (["--model-path", "x.onnx", "--precision", "bf16"], "--precision bf16 is for the torch "
-      "engine")],
+      "engine"),
+     (["--model-path", "x.onnx", "--device", "cuda:x"], "unknown device 'cuda:x'; use auto, "
+      "cpu, cuda or cuda:N")],
 )  # fmt: skip
 def test_each_wrong_engine_flag_is_one_sentence(argv, message, busy, tmp_path, cli, monkeypatch):
     monkeypatch.chdir(busy)

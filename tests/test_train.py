@@ -205,6 +205,7 @@ def test_resume_matches_uninterrupted(data_root, tmp_path, monkeypatch, cli, run
     assert not torch.are_deterministic_algorithms_enabled()  # restored after the run
 
 
+@pytest.mark.slow  # the copied-run resume extends training in the fast set
 def test_resume_can_extend_training(data_root, tmp_path, cli):
     argv = base_argv(data_root, tmp_path, "--no-freeze-train", "--unfreeze-epoch", "1",
                      "--no-eval-flag")  # fmt: skip

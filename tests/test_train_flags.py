@@ -216,6 +216,7 @@ def test_fp16_is_refused_on_the_cpu_by_both_spellings(data_root, tmp_path, cli):
         assert code == 2 and "needs a CUDA GPU; on the CPU use --precision bf16" in err
 
 
+@pytest.mark.slow  # ResNet50 trains; make test-all runs it
 def test_resnet50_trains_and_saves_its_backbone(data_root, tmp_path, cli):
     weights = last_weights(data_root, tmp_path, cli, "--backbone", "resnet50")
     Unet(num_classes=4, backbone="resnet50").load_state_dict(weights, strict=True)
@@ -285,6 +286,7 @@ def three_epochs(data_root, tmp_path, cli, *flags) -> None:
     return out
 
 
+@pytest.mark.slow  # three epochs; make test-all runs it
 def test_best_weights_follow_the_lowest_val_loss(data_root, tmp_path, monkeypatch, cli):
     scripted(monkeypatch, "evaluate_loss", [0.5, 0.3, 0.4])
     three_epochs(data_root, tmp_path, cli, "--no-eval-flag")
@@ -324,7 +326,10 @@ def test_best_weights_by_miou_follow_the_highest_miou(data_root, tmp_path, monke
 
 @pytest.mark.parametrize(
     ("value", "call", "where"),
-    [("nan", 7, "epoch 2, step 3"), ("inf", 2, "epoch 1, step 2")],  # 4 steps an epoch
+    [
+        pytest.param("nan", 7, "epoch 2, step 3", marks=pytest.mark.slow),
+        ("inf", 2, "epoch 1, step 2"),
+    ],  # 4 steps an epoch
 )
 def test_a_non_finite_loss_stops_at_its_epoch_and_step(data_root, tmp_path, monkeypatch, cli,
                                                        value, call, where):  # fmt: skip

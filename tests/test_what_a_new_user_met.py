@@ -210,3 +210,22 @@ def test_save_period_zero_keeps_no_periodic_weights(data_root, tmp_path, cli):
     names = sorted(path.name for path in tmp_path.glob("*.pth"))
     assert names == ["best_epoch_weights.pth", "checkpoint_last.pth", "last_epoch_weights.pth"]
     assert os.path.samefile(tmp_path / names[0], tmp_path / names[2])  # one file, two names
+
+
+def test_output_names_never_collide_even_where_case_does_not_count():
+    from utils.utils import distinct_names
+
+    names = distinct_names(["in/a.jpg", "in/A.png", "in/b.png", "other/b.png", "c.JPG"])
+    assert names == ["a.jpg.png", "A.png.png", "b.png.png", "b.png-2.png", "c.png"]
+    assert len({name.lower() for name in names}) == len(names)
+
+
+def test_a_video_whose_frames_fail_to_decode_stops_with_the_error_instead_of_hanging():
+    from utils.video import read_frames
+
+    class Broken:
+        def read(self):
+            raise RuntimeError("the camera went away")
+
+    with pytest.raises(RuntimeError, match="the camera went away"):
+        list(read_frames(Broken(), (32, 32), 2))

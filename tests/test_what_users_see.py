@@ -187,9 +187,11 @@ def test_make_test_runs_only_the_tests_and_make_check_adds_ruff():
                               check=True).stdout  # fmt: skip
 
     assert "ruff" not in recipe("test") and '-m "not slow"' in recipe("test")
-    assert "pytest -n 2 " in recipe("test")  # two processes share the cores
+    assert " -n 2 " in recipe("test")  # two processes share the cores
+    assert "&& rm -rf $tmp" in recipe("test")  # 3 GB gone once all passed
     check = recipe("check")
-    assert "ruff check" in check and "pytest -n 2 --basetemp" in check and "not slow" not in check
+    assert "ruff check" in check and "-m pytest --basetemp=$tmp -n 2" in check
+    assert "not slow" not in check
     assert "make check" in (ROOT / ".ci/run").read_text()
     assert "--index-url https://download.pytorch.org/whl/cpu" in subprocess.run(
         ["make", "-n", "venv", "TORCH=cpu", "VENV=/nonexistent/venv"], cwd=ROOT,

@@ -24,8 +24,9 @@ def add_setting_flags(
     """Add the flags of ``names`` (default: every setting) to ``parser``, by group.
 
     Their defaults are ``argparse.SUPPRESS``, so the parsed namespace holds only what the
-    command line gave (see :func:`resolve_config`); --help shows the declared default, or
-    ``shown[name]`` where the caller's default differs (predict.py's "from the weights").
+    command line gave (see :func:`utils.config.resolve_config`); --help shows the declared
+    default, or ``shown[name]`` where the caller's default differs (predict.py's "from the
+    weights").
     """
     for name in names or list(SETTINGS):
         info = SETTINGS[name]
@@ -138,7 +139,7 @@ def add_weights_setting_flags(parser: argparse.ArgumentParser, names: Sequence[s
     """The flags of settings that come with the weights (``names``, of
     :data:`~utils.config.MODEL_KEYS`): None when not given, so the settings file beside the
     weights, else the original's default, fills them in (see
-    :func:`utils.checkpoint.model_settings`)."""
+    :meth:`utils.model_settings.ModelSettings.resolve`)."""
     shown = {name: FROM_WEIGHTS.format(SETTINGS[name].shown_default()) for name in names}
     add_setting_flags(parser, list(names), **shown)
     parser.set_defaults(**dict.fromkeys(names))

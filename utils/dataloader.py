@@ -1,10 +1,11 @@
-"""VOC and medical segmentation datasets: the reference's transforms on checked data.
+"""VOC and medical segmentation datasets: the layouts, what is wrong with them, and the loaders.
 
-One :class:`UnetDataset` serves both layouts. Samples are ``(image, label)``: a (3, H, W)
-uint8 image (the model input is ``image / 255``, taken on the training device) and an (H, W)
-uint8 label where values >= ``num_classes`` become the ignore value ``num_classes`` (made long
-on the device: int64 labels would be 8 times the bytes through the workers' shared memory). The Dice
-one-hot target is built on the device (``nets.unet_training.one_hot_target``), not here.
+One :class:`UnetDataset` serves both layouts, checked as it loads, augmented by
+:mod:`utils.augment`. Samples are ``(image, label)``: a (3, H, W) uint8 image (the model input
+is ``image / 255``, taken on the training device) and an (H, W) uint8 label where values >=
+``num_classes`` become the ignore value ``num_classes`` (made long on the device: int64 labels
+would be 8 times the bytes through the workers' shared memory). The Dice one-hot target is
+built on the device (``nets.unet_training.one_hot_target``), not here.
 """
 
 from __future__ import annotations

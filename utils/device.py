@@ -54,12 +54,18 @@ class Runtime:
         return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
 
-def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
-    """``auto`` is CUDA when available, else the CPU; ``cuda:N`` is GPU N; under torchrun each
-    rank takes its own GPU."""
+def parse_device(name: str) -> tuple[str, int | None]:
+    """``cuda:1`` -> ("cuda", 1), ``cpu`` -> ("cpu", None); an unknown name is refused."""
     kind, _, index = name.partition(":")
     if kind not in DEVICES or (index and (kind != "cuda" or not index.isdigit())):
         raise UserError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N.")
+    return kind, int(index) if index else None
+
+
+def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
+    """``auto`` is CUDA when available, else the CPU; ``cuda:N`` is GPU N; under torchrun each
+    rank takes its own GPU."""
+    kind, index = parse_device(name)
     if kind == "auto":
         kind = "cuda" if torch.cuda.is_available() else "cpu"
     if kind == "cpu":
@@ -70,7 +76,7 @@ def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.d
         )
     if local_rank is not None:
         return torch.device("cuda", local_rank)
-    number = int(index) if index else torch.cuda.current_device()
+    number = index if index is not None else torch.cuda.current_device()
     if number >= torch.cuda.device_count():
         raise UserError(
             f"--device {name}: only {torch.cuda.device_count()} GPU(s) are visible "
@@ -99,8 +105,8 @@ def resolve_runtime(
         raise UserError(
             "--precision fp16 (or --fp16) needs a CUDA GPU; on the CPU use --precision bf16."
         )
-    if precision == "bf16" and resolved.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UserError("this GPU does not support bf16; use --precision fp16.")
+    if precision == "bf16" and resolved.type == "cuda" and not gpu_has_native_bf16():
+        raise UserError("this GPU has no native bf16 (before Ampere); use --precision fp16.")
     if precision == "bf16" and resolved.type == "cpu" and not cpu_has_native_bf16():
         warnings.warn(
             "this CPU has no native bf16 (AVX512-BF16 or AMX): bf16 is emulated and much slower "
@@ -212,6 +218,12 @@ def backend_settings(deterministic: bool | None = None, tf32: bool = True) -> It
         torch.use_deterministic_algorithms(previous[0])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = previous[1:]
         restore_tf32(previous_tf32)
+
+
+def gpu_has_native_bf16() -> bool:
+    """Whether the current GPU computes bf16 in hardware (Ampere and later): torch's own check
+    also counts the emulation of older GPUs, which runs but far slower than fp16."""
+    return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def cpu_has_native_bf16() -> bool:

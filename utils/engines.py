@@ -3,8 +3,8 @@
 They differ only in the network call. Each reads the settings its file carries (the settings
 file beside a ``.pth``, the metadata of an ``.onnx``), checks the model against the settings the
 predictor resolved, and is then the ``forward`` of :class:`~utils.inference.InferencePipeline`:
-uint8 letterboxed images in, logits out, on the runtime's device. The letterbox, tiles, TTA,
-batching, drawing and files around it are the same code for both.
+letterboxed float images (``/ 255``) in, logits out, on the runtime's device. The letterbox,
+tiles, TTA, batching, drawing and files around it are the same code for both.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import torch
 
 from nets.unet import Unet as UnetModel
 from utils.checkpoint import read_state_dict
-from utils.device import Runtime, resolve_device
+from utils.config import MODEL_KEYS
+from utils.device import Runtime, parse_device, resolve_device
 from utils.errors import UserError
 from utils.model_settings import ModelSettings, read_settings_file, settings_path
 
@@ -27,10 +28,15 @@ ENGINES = ("torch", "onnxruntime")
 ONNXRUNTIME_PIP = "pip install onnxruntime (onnxruntime-gpu for CUDA)"
 
 
+def is_onnx(model_path: str | Path) -> bool:
+    """Whether ``model_path`` names an ONNX export (by its suffix)."""
+    return Path(model_path).suffix.lower() == ".onnx"
+
+
 def engine_for(model_path: str | Path, engine: str | None = None) -> str:
     """The engine for ``model_path``: ``engine`` when given (and able to run the file), else
     onnxruntime for a ``.onnx`` file and torch for anything else."""
-    onnx = Path(model_path).suffix.lower() == ".onnx"
+    onnx = is_onnx(model_path)
     if engine is None:
         return "onnxruntime" if onnx else "torch"
     if engine not in ENGINES:
@@ -112,6 +118,7 @@ class OnnxEngine:
         except Exception as error:  # onnxruntime raises its own types for unreadable files
             reason = str(error).strip().splitlines()[0]
             raise UserError(f"'{path}' is not a readable ONNX model ({reason}).") from None
+        self.input_name = self.session.get_inputs()[0].name  # "images" in our exports
         self.inputs = self.session.get_inputs()[0].shape
         self.outputs = self.session.get_outputs()[0].shape
         self.metadata = self.session.get_modelmeta().custom_metadata_map
@@ -121,11 +128,15 @@ class OnnxEngine:
         """The settings in the model's metadata (our exports), else what its input and output
         shapes say (the original's export: batch 1, 512x512, 21 classes); a free size that
         nothing names must be ``given``."""
-        saved = {
-            key: json.loads(value)
-            for key, value in self.metadata.items()
-            if key in ModelSettings.__dataclass_fields__
-        }
+        try:
+            saved = {
+                key: json.loads(value) for key, value in self.metadata.items() if key in MODEL_KEYS
+            }
+        except ValueError as error:
+            raise UserError(
+                f"the metadata of '{self.model_path}' cannot be read ({error}); export the model "
+                "again with predict.py --mode export_onnx."
+            ) from None
         if all(isinstance(size, int) for size in self.inputs[2:]):
             saved.setdefault("input_shape", list(self.inputs[2:]))
         if isinstance(self.outputs[1], int):
@@ -175,41 +186,41 @@ class OnnxEngine:
         x = images.contiguous().cpu().numpy()
         if self.one_at_a_time and len(x) > 1:  # exported for batch 1, as the original does
             output = np.concatenate(
-                [self.session.run(None, {"images": x[i : i + 1]})[0] for i in range(len(x))]
+                [self.session.run(None, {self.input_name: x[i : i + 1]})[0] for i in range(len(x))]
             )
         else:
-            output = self.session.run(None, {"images": x})[0]
+            output = self.session.run(None, {self.input_name: x})[0]
         return torch.from_numpy(output).to(images.device)
 
 
 def onnx_providers(device: str | None, onnxruntime) -> tuple[list, torch.device]:
-    """onnxruntime's providers for ``--device``, and the torch device post-processing runs on."""
+    """onnxruntime's providers for ``--device``, and the torch device post-processing runs on
+    (the CPU where torch itself has no CUDA)."""
     name = device or "auto"
+    kind, index = parse_device(name)
     available = onnxruntime.get_available_providers()
     has_cuda = "CUDAExecutionProvider" in available
-    if name.startswith("cuda") and not has_cuda:
+    if kind == "cuda" and not has_cuda:
         raise UserError(
             f"--device {name} needs onnxruntime with its CUDA provider, and this one has "
             f"{', '.join(available)}; pip install onnxruntime-gpu, or use --device cpu."
         )
-    if name.startswith("cuda") or (name == "auto" and has_cuda):
-        index = int(name.split(":", 1)[1]) if ":" in name else 0
-        torch_device = (
-            torch.device("cuda", index) if torch.cuda.is_available() else torch.device("cpu")
-        )
-        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"], (
-            torch_device
-        )
-    resolve_device(name)  # an unknown name is refused here
-    return ["CPUExecutionProvider"], torch.device("cpu")
+    if kind == "cpu" or not has_cuda:
+        return ["CPUExecutionProvider"], torch.device("cpu")
+    torch_device = resolve_device(name) if torch.cuda.is_available() else torch.device("cpu")
+    gpu = torch_device.index if torch_device.type == "cuda" else (index or 0)
+    return [("CUDAExecutionProvider", {"device_id": gpu}), "CPUExecutionProvider"], torch_device
 
 
 def settings_of(
-    model_path: str | Path, given: dict[str, Any], engine: str | None = None
+    model_path: str | Path | None, given: dict[str, Any], engine: str | None = None
 ) -> ModelSettings:
     """The settings a model is used with (what the predictor resolves), without loading it:
-    for evaluating predictions already made."""
-    if engine_for(model_path, engine) == "onnxruntime":
+    for evaluating predictions already made, or describing a model. No model: ``given`` over
+    the original's defaults."""
+    if not model_path:
+        saved, source = {}, "no model"
+    elif engine_for(model_path, engine) == "onnxruntime":
         saved, source = OnnxEngine(model_path, "cpu").saved_settings(given)
     else:
         saved, source = TorchEngine(model_path).saved_settings(given)

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from utils.device import Runtime
 from utils.errors import UserError
-from utils.seeding import one_opencv_thread_per_worker
+from utils.seeding import one_opencv_thread_per_worker, seed_worker
 from utils.utils import cvtColor, letterbox, read_image, stack_images
 
 #: A function from a float model input on the runtime's device to (N, classes, H, W) logits.
@@ -292,6 +292,7 @@ class InferencePipeline:
             shuffle=False,
             collate_fn=collate_predictions,
             pin_memory=self.runtime.device.type == "cuda",
+            worker_init_fn=seed_worker,
         )
         return self.predict_batches(loader, to_host=to_host, tile_batch_size=batch_size)
 

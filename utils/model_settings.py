@@ -3,8 +3,9 @@ input size, tiles and data layout, with the checks and fallbacks written once.
 
 train.py writes them beside every weights file (``<name>.json``) and into its checkpoint, the
 ONNX export into the model's metadata; the predictor, ``get_miou.py`` and ``summary.py`` read
-them back through :meth:`ModelSettings.resolve`, where what the user gives wins over what was
-saved, which wins over the original's defaults.
+them back through :meth:`ModelSettings.resolve` (via the engine that reads the file:
+``utils.engines``), where what the user gives wins over what was saved, which wins over the
+original's defaults. The fields are :data:`~utils.config.MODEL_KEYS`, in order (tested).
 """
 
 from __future__ import annotations
@@ -84,14 +85,6 @@ class ModelSettings:
             f"{where} has {len(names)} names but the model has {self.num_classes} classes; give "
             f"one name per class with {info.flag}."
         )
-
-    @classmethod
-    def for_weights(cls, weights_path: str | Path | None, **given) -> ModelSettings:
-        """The settings to use a weights file with: ``given`` over its settings file."""
-        source = f"'{settings_path(weights_path)}'" if weights_path else "no settings file"
-        settings = cls.resolve(given, read_settings_file(weights_path), source)
-        settings.check_names(given, source)
-        return settings
 
     def check_weights(self, state: dict, path: str | Path) -> None:
         """Say which setting to change when a state dict does not fit these settings."""

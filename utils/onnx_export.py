@@ -1,5 +1,6 @@
-"""ONNX exports of a trained network: fp32, or int8 calibrated on the user's own images, each
-with the model's settings in its metadata and checked against what it came from."""
+"""ONNX exports of a trained network, with the model's settings in the metadata and checked
+against torch; and the check of an int8 export (utils/quantize.py makes it) against its fp32
+export on labelled images."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -122,7 +124,11 @@ class Int8Check:
 
 
 def compare_int8(
-    fp32, int8, image_paths: list[Path], labels: Iterable[np.ndarray], num_classes: int
+    fp32: Any,
+    int8: Any,
+    image_paths: list[Path],
+    labels: Iterable[np.ndarray],
+    num_classes: int,
 ) -> Int8Check:
     """Run the fp32 and int8 predictors (``unet.Unet``) over ``image_paths``, score each against
     ``labels`` (class indices at the images' sizes) and count where they agree."""

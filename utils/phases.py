@@ -15,7 +15,7 @@ from utils.lr_schedule import fit_lr
 
 @dataclass(frozen=True)
 class Phase:
-    """The original's two phases: a frozen backbone at one batch size, then unfrozen."""
+    """A phase: whether the backbone is frozen, and the batch size."""
 
     frozen: bool
     batch_size: int

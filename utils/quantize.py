@@ -6,7 +6,8 @@
 onnxruntime's static quantization in the QDQ format with per-channel int8 weights. The
 calibration images are prepared exactly as prediction prepares them. The int8 file keeps the
 fp32 file's metadata and adds :data:`CALIBRATION_KEY`, how it was calibrated. Each default is
-chosen on the evidence in docs/int8_evidence.md (``python -m benchmarks.int8_options``).
+chosen on the evidence in docs/speed.md, "int8: the evidence for its options" (``python -m
+benchmarks.int8_options``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ DEFAULT_KEEP_FP32: tuple[str, ...] = ()
 DEFAULT_PREPROCESS = True
 #: CPU flags of an 8-bit dot product that accumulates in 32 bits and so cannot saturate.
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+#: What every int8 file is: QDQ nodes around int8 weights.
+FORMAT = {"weight_type": "int8", "format": "QDQ"}
 #: The first opset whose QuantizeLinear/DequantizeLinear take an axis (per-channel scales); the
 #: fp32 export is opset 12, so quantizing converts a copy.
 QDQ_OPSET = 13
@@ -209,6 +212,7 @@ def quantize_int8(
     paths, folder = _calibration_images(calibration, count)
     reduce_range = default_reduce_range() if reduce_range is None else reduce_range
     source = onnx.load(str(fp32_path))
+    Path(int8_path).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="unet-int8-") as temporary:
         prepared = _prepare(onnx, quantization, source, Path(temporary), preprocess)
         model = onnx.load(str(prepared))
@@ -235,8 +239,7 @@ def quantize_int8(
         "reduce_range": reduce_range,
         "per_channel": per_channel,
         "activation_type": activation_type,
-        "weight_type": "int8",
-        "format": "QDQ",
+        **FORMAT,
         "fp32_nodes": kept,
         "preprocessed": preprocess,
         "onnxruntime": onnxruntime.__version__,

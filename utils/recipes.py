@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from utils.config import SETTINGS, SettingInfo, TrainConfig, defaults, unknown_key_message
+from utils.config import SETTINGS, SettingInfo, TrainConfig, unknown_key_message
 from utils.errors import UserError
 
 
@@ -212,18 +212,3 @@ def write_config(config: TrainConfig, path: str | Path) -> Path:
     )
     path.write_text(render_yaml(config.flat(), header))
     return path
-
-
-#: The head of recipes/voc.yaml, which :func:`voc_recipe` writes whole.
-VOC_RECIPE_HEADER = """\
-The original's train.py, every constant at its default, one comment each: the block of
-constants its users edit. Copy this file, change what you need, and run
-    python train.py --config my_recipe.yaml
-Flags given with --config win over the file. Each setting's flag is its name in kebab-case
-(num_classes -> --num-classes); docs/migrating.md maps the original's constant names.
-This file is generated: python -m tools.settings_tables voc > recipes/voc.yaml"""
-
-
-def voc_recipe() -> str:
-    """recipes/voc.yaml: every setting at its default, under its help."""
-    return render_yaml(defaults(), VOC_RECIPE_HEADER, show_defaults=False)

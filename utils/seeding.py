@@ -18,8 +18,13 @@ def seed_everything(seed: int) -> None:
 
 
 def seed_worker(worker_id: int) -> None:
-    """A DataLoader ``worker_init_fn``: seed Python and NumPy from the worker's torch seed, which
-    the loader draws from its own generator, so workers repeat from run to run."""
+    """A DataLoader ``worker_init_fn``: one OpenCV thread where the worker did not inherit it
+    (spawn and forkserver start fresh processes, whose pool has not run, so setting it is safe;
+    see :func:`one_opencv_thread_per_worker`), and Python and NumPy seeded from the worker's
+    torch seed, which the loader draws from its own generator, so workers repeat from run to
+    run."""
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)

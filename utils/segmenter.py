@@ -20,15 +20,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from utils.engines import is_onnx
 from utils.errors import UserError
 from utils.utils import read_image
 
 #: The files listed under --logs: each run's best and last weights, and ONNX exports.
 WEIGHTS_NAMES = ("best_epoch_weights.pth", "last_epoch_weights.pth", "*.onnx")
-
-
-def is_onnx(path: str | Path) -> bool:
-    return Path(path).suffix.lower() == ".onnx"
 
 
 @dataclass(frozen=True)

@@ -93,15 +93,20 @@ def letterbox(
 
 
 def distinct_names(paths: Sequence[str | Path], suffix: str = ".png") -> list[str]:
-    """One output file name per input, none twice: ``<stem><suffix>``, or for stems that
-    collide (a.jpg, a.png) the whole name (``a.jpg.png``), numbered if even that repeats."""
-    stems = Counter(Path(path).stem for path in paths)
-    names = [Path(path).stem if stems[Path(path).stem] == 1 else Path(path).name for path in paths]
+    """One output file name per input, none twice even where case does not count (macOS,
+    Windows): ``<stem><suffix>``, or for stems that collide (a.jpg, A.png) the whole name
+    (``a.jpg.png``), numbered if even that repeats."""
+    stems = Counter(Path(path).stem.lower() for path in paths)
+    names = [
+        Path(path).stem if stems[Path(path).stem.lower()] == 1 else Path(path).name
+        for path in paths
+    ]
     seen: Counter = Counter()
     out = []
     for name in names:
-        seen[name] += 1
-        out.append(f"{name}{suffix}" if seen[name] == 1 else f"{name}-{seen[name]}{suffix}")
+        seen[name.lower()] += 1
+        count = seen[name.lower()]
+        out.append(f"{name}{suffix}" if count == 1 else f"{name}-{count}{suffix}")
     return out
 
 
