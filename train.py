@@ -29,13 +29,12 @@ from utils.config import (
     SETTINGS,
     TrainConfig,
     format_value,
-    resolve_config,
     validate,
 )
 from utils.device import Runtime, backend_settings, resolve_runtime, use_device
 from utils.distributed import DistInfo, cleanup_distributed, init_distributed, launched_by_torchrun
 from utils.errors import UserError, exit_on_user_error
-from utils.recipes import read_config_file, write_config
+from utils.recipes import read_config_file, resolve_config, write_config
 from utils.seeding import seed_everything
 from utils.trainer import Trainer, TrainingInterruptedError, benchmark, build_data
 

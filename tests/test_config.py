@@ -16,11 +16,10 @@ from utils.config import (
     MODEL_KEYS,
     SETTINGS,
     TrainConfig,
-    resolve_config,
     validate,
 )
 from utils.errors import UserError
-from utils.recipes import load_yaml, read_config_file, yaml_value
+from utils.recipes import load_yaml, read_config_file, resolve_config, yaml_value
 
 yaml = pytest.importorskip("yaml")  # recipe files need PyYAML; the GPU check may run without
 

@@ -197,7 +197,7 @@ def test_the_in_training_miou_runs_weights_and_inputs_in_one_layout(data_root, m
         return real_forward(self, x)
 
     monkeypatch.setattr(Unet, "forward", spy)
-    from utils.config import resolve_config
+    from utils.recipes import resolve_config
 
     config = resolve_config({"dataset_path": str(data_root), "num_classes": 4,
                              "input_shape": [32, 32]})  # fmt: skip

@@ -150,9 +150,9 @@ def test_elastic_augmentation_keeps_the_voc_classes_and_their_ignore_border(tmp_
 def test_without_tiles_the_in_training_miou_scores_whole_images_as_the_predictor_does(tmp_path):
     from nets.unet import Unet
     from nets.unet_training import weights_init
-    from utils.config import resolve_config
     from utils.device import Runtime, prefers_channels_last
     from utils.inference import InferencePipeline
+    from utils.recipes import resolve_config
     from utils.trainer import build_data
     from utils.utils_fit import evaluate_miou
     from utils.utils_metrics import ConfusionMatrix

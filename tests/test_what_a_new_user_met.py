@@ -6,7 +6,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import pytest
 import torch
@@ -18,9 +17,8 @@ import train
 from tests.conftest import base_argv, save_random_weights
 from utils import progress
 from utils.callbacks import TrainingLog
-from utils.config import resolve_config
 from utils.lr_schedule import describe_lr
-from utils.recipes import read_config_file
+from utils.recipes import read_config_file, resolve_config
 from utils.utils_metrics import show_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,7 +155,7 @@ def test_get_miou_help_has_each_section_once():
 
 
 def test_the_miou_curve_is_the_val_miou_and_its_legend_leaves_the_last_point_clear(tmp_path):
-    matplotlib.use("Agg")
+    pytest.importorskip("matplotlib").use("Agg")
     log = TrainingLog(tmp_path, class_names=["a", "b"])
     for epoch, miou in enumerate([20.0, 45.0, 60.0, 71.0, 78.0], start=1):
         log.append_miou(epoch, miou)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sys
 
-from utils.config import SECTIONS, SETTINGS, defaults, setting_names
-from utils.recipes import render_yaml
+from utils.config import SECTIONS, SETTINGS, setting_names
+from utils.recipes import defaults, render_yaml
 
 
 def settings_table() -> str:

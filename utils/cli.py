@@ -24,7 +24,7 @@ def add_setting_flags(
     """Add the flags of ``names`` (default: every setting) to ``parser``, by group.
 
     Their defaults are ``argparse.SUPPRESS``, so the parsed namespace holds only what the
-    command line gave (see :func:`utils.config.resolve_config`); --help shows the declared
+    command line gave (see :func:`utils.recipes.resolve_config`); --help shows the declared
     default, or ``shown[name]`` where the caller's default differs (predict.py's "from the
     weights").
     """

@@ -363,20 +363,6 @@ def unknown_key_message(key: str, where: str) -> str:
     return f"{where} set '{key}', which is not a setting of train.py; {hint}"
 
 
-def defaults() -> dict[str, Any]:
-    """``{setting name: its declared default}``, a fresh dict."""
-    return {name: info.default for name, info in SETTINGS.items()}
-
-
-def resolve_config(*layers: dict[str, Any]) -> TrainConfig:
-    """The declared defaults, overridden by each layer in turn: train.py passes a resumed
-    run's saved settings, then the recipe files, then the command line."""
-    values = defaults()
-    for layer in layers:
-        values.update(layer)
-    return TrainConfig.from_flat(values)
-
-
 def validate(config: TrainConfig) -> None:
     """Refuse settings that cannot train, each in one sentence naming the setting and its
     flag. Nothing is rewritten: derived defaults (--min-lr, --cls-weights) are computed where

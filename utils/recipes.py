@@ -1,5 +1,7 @@
 """Recipe files: the flat YAML files of settings that ``train.py --config`` reads and that a run
-writes as ``config.yaml``, each value checked against its declaration in :mod:`utils.config`.
+writes as ``config.yaml``, each value checked against its declaration in :mod:`utils.config`;
+and a run's settings, layered from the defaults, a resumed checkpoint, the files and the
+flags (:func:`resolve_config`).
 
 A recipe file is a flat YAML mapping of setting names (the original's constants in snake_case)
 to values, the block of constants the original's users edit at the top of its ``train.py``.
@@ -16,6 +18,20 @@ from typing import Any
 
 from utils.config import SETTINGS, SettingInfo, TrainConfig, unknown_key_message
 from utils.errors import UserError
+
+
+def defaults() -> dict[str, Any]:
+    """``{setting name: its declared default}``, a fresh dict."""
+    return {name: info.default for name, info in SETTINGS.items()}
+
+
+def resolve_config(*layers: dict[str, Any]) -> TrainConfig:
+    """The declared defaults, overridden by each layer in turn: train.py passes a resumed
+    run's saved settings, then the recipe files, then the command line."""
+    values = defaults()
+    for layer in layers:
+        values.update(layer)
+    return TrainConfig.from_flat(values)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
