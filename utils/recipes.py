@@ -56,8 +56,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def load_yaml(path: Path) -> Any:
-    """PyYAML's ``safe_load`` of a recipe file. Without PyYAML, the flat ``setting: value``
-    files that recipes and config.yaml are are still read, as PyYAML would (see
+    """PyYAML's ``safe_load`` of a recipe file. Without PyYAML, flat ``setting: value`` files,
+    which recipes and config.yaml are, are still read as PyYAML would (see
     :func:`read_flat_yaml`)."""
     try:
         import yaml
