@@ -216,6 +216,9 @@ def test_output_names_never_collide_even_where_case_does_not_count():
     names = distinct_names(["in/a.jpg", "in/A.png", "in/b.png", "other/b.png", "c.JPG"])
     assert names == ["a.jpg.png", "A.png.png", "b.png.png", "b.png-2.png", "c.png"]
     assert len({name.lower() for name in names}) == len(names)
+    # a numbered name that is also another input's own name moves on to the next number
+    names = distinct_names(["d1/a.jpg", "d2/a.jpg", "d3/a.jpg-2.jpg"])
+    assert names == ["a.jpg.png", "a.jpg-2.png", "a.jpg-2-2.png"]
 
 
 def test_a_video_whose_frames_fail_to_decode_stops_with_the_error_instead_of_hanging():

@@ -97,16 +97,16 @@ def distinct_names(paths: Sequence[str | Path], suffix: str = ".png") -> list[st
     Windows): ``<stem><suffix>``, or for stems that collide (a.jpg, A.png) the whole name
     (``a.jpg.png``), numbered if even that repeats."""
     stems = Counter(Path(path).stem.lower() for path in paths)
-    names = [
-        Path(path).stem if stems[Path(path).stem.lower()] == 1 else Path(path).name
-        for path in paths
-    ]
-    seen: Counter = Counter()
+    taken: set[str] = set()
     out = []
-    for name in names:
-        seen[name.lower()] += 1
-        count = seen[name.lower()]
-        out.append(f"{name}{suffix}" if count == 1 else f"{name}-{count}{suffix}")
+    for path in map(Path, paths):
+        base = path.stem if stems[path.stem.lower()] == 1 else path.name
+        name, number = base, 1
+        while name.lower() in taken:  # a numbered name may be another input's own name
+            number += 1
+            name = f"{base}-{number}"
+        taken.add(name.lower())
+        out.append(f"{name}{suffix}")
     return out
 
 
