@@ -47,6 +47,7 @@ from utils.dataloader import (
     read_split,
     resolve_files,
 )
+from utils.device import cpu_info
 from utils.inference import letterbox_input
 from utils.quantize import quantize_int8
 from utils.utils import read_image
@@ -106,14 +107,8 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def cpu_description() -> str:
     """The CPU's model name and the flags that matter here, from /proc/cpuinfo."""
-    name, flags = "unknown CPU", set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                name = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
+    name, flags = cpu_info()
+    name = name or "unknown CPU"
     present = [f for f in CPU_FLAGS if f in flags]
     absent = [f for f in CPU_FLAGS if f not in flags]
     return f"{name}; has {' '.join(present) or '-'}; lacks {' '.join(absent) or '-'}"

@@ -39,7 +39,12 @@ from nets.unet import Unet as Model
 from nets.unet_training import weights_init
 from oracle.original import RefPredictor
 from unet import Unet
-from utils.device import cpu_has_native_bf16, gpu_has_native_bf16, prefers_channels_last
+from utils.device import (
+    cpu_has_native_bf16,
+    cpu_info,
+    gpu_has_native_bf16,
+    prefers_channels_last,
+)
 from utils.errors import UserError
 from utils.inference import default_batching
 from utils.speed import network_seconds
@@ -72,10 +77,7 @@ def interleaved_best(steps: list[Callable[[], object]], repeats: int) -> list[fl
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")), platform.processor(),
-    ) if Path("/proc/cpuinfo").exists() else platform.processor()  # fmt: skip
+    model = cpu_info()[0] or platform.processor()
     return (f"{model}, {os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()}, "
             f"native bf16: {cpu_has_native_bf16()}")  # fmt: skip
 

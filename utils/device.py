@@ -7,6 +7,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -224,6 +225,20 @@ def gpu_has_native_bf16() -> bool:
     """Whether the current GPU computes bf16 in hardware (Ampere and later): torch's own check
     also counts the emulation of older GPUs, which runs but far slower than fp16."""
     return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> tuple[str, set[str]]:
+    """The CPU's model name and its flags, from ``cpuinfo``; ("", no flags) where that file
+    cannot be read (not Linux)."""
+    name, flags = "", set()
+    with contextlib.suppress(OSError):
+        for line in Path(cpuinfo).read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not name:
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags.update(value.split())
+    return name, flags
 
 
 def cpu_has_native_bf16() -> bool:

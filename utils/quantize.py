@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from utils.dataloader import IMAGE_EXTENSIONS
+from utils.device import cpu_info
 from utils.errors import UserError
 from utils.inference import letterbox_input
 from utils.utils import cvtColor, read_image
@@ -130,14 +131,7 @@ class LetterboxCalibration:
 def cpu_has_vnni(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     """Whether the CPU has an 8-bit dot product that cannot saturate (AVX512-VNNI, AVX-VNNI or
     AMX-INT8), from the flags in ``cpuinfo``; False where that file cannot be read."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return False
-    flags: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.partition(":")[2].split())
+    flags = cpu_info(cpuinfo)[1]
     return any(flag in flags for flag in VNNI_FLAGS)
 
 
