@@ -30,11 +30,9 @@ from utils.cli import (
 )
 from utils.config import MODEL_KEYS, SETTINGS
 from utils.dataloader import (
-    IMAGE_EXTENSIONS,
     DatasetLayout,
     read_class_label,
     read_split,
-    resolve_files,
 )
 from utils.device import backend_settings
 from utils.engines import settings_of
@@ -89,8 +87,9 @@ def main(argv: list[str] | None = None) -> None:
         names = read_split(args.dataset_path, args.split, settings.dataset_format)
         layout = DatasetLayout.of(args.dataset_path, settings.dataset_format)
         if args.miou_mode in (0, 1):
-            images = resolve_files(layout.images, names, IMAGE_EXTENSIONS, "image")
-            predict_split(unet, images, names, pred_dir, args.batch_size, args.num_workers)
+            predict_split(
+                unet, layout.image_files(names), names, pred_dir, args.batch_size, args.num_workers
+            )
     gt_dir = layout.labels
     if settings.dataset_format == "medical":
         gt_dir = medical_labels(layout, names, settings.num_classes, out / "ground-truth")
@@ -101,9 +100,7 @@ def main(argv: list[str] | None = None) -> None:
 def medical_labels(layout: DatasetLayout, names: list[str], num_classes: int, folder: Path) -> Path:
     """The medical layout's grey labels as class indices (1 where <= 127.5), in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name, path in zip(
-        names, resolve_files(layout.labels, names, (".png",), "label"), strict=True
-    ):
+    for name, path in zip(names, layout.label_files(names), strict=True):
         Image.fromarray(read_class_label(path, num_classes, "medical")).save(folder / f"{name}.png")
     return folder
 

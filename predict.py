@@ -30,7 +30,7 @@ from PIL import Image
 from unet import Unet
 from utils.cli import add_batch_flags, add_model_flags, argument_parser, predictor_kwargs
 from utils.config import MODEL_KEYS
-from utils.dataloader import IMAGE_EXTENSIONS, DatasetLayout, read_split, resolve_files
+from utils.dataloader import IMAGE_EXTENSIONS, DatasetLayout, read_split
 from utils.device import backend_settings, cpu_has_native_bf16, gpu_has_native_bf16
 from utils.errors import UserError, exit_on_user_error
 from utils.inference import check_batching, default_batching
@@ -413,12 +413,11 @@ def score_int8(fp32: Path, args) -> None:
     settings = models[0].settings
     layout = DatasetLayout.of(args.dataset_path, settings.dataset_format)
     names = read_split(args.dataset_path, args.split, settings.dataset_format)
-    images = resolve_files(layout.images, names, IMAGE_EXTENSIONS, "image")
     labels = (
         read_class_label(path, settings.num_classes, settings.dataset_format)
-        for path in resolve_files(layout.labels, names, (".png",), "label")
+        for path in layout.label_files(names)
     )
-    check = compare_int8(*models, images, labels, settings.num_classes)
+    check = compare_int8(*models, layout.image_files(names), labels, settings.num_classes)
     print("\n".join(check.lines(f"{args.dataset_path} ({args.split})")))
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from utils.classes import default_class_names, mapping_lines
 from utils.cli import argument_parser
-from utils.dataloader import IMAGE_EXTENSIONS, DatasetLayout, resolve_files
+from utils.dataloader import DatasetLayout
 from utils.errors import UserError, exit_on_user_error
 from utils.progress import progress
 from utils.splits import list_labels, write_splits
@@ -46,7 +46,7 @@ def scan_labels(dataset_path: str | Path, names: list[str]) -> LabelScan:
     """Read every image and label once, decoding all their pixels: the label's values and
     colour mode, and its size against its image's."""
     layout = DatasetLayout.of(dataset_path)
-    image_paths = resolve_files(layout.images, names, IMAGE_EXTENSIONS, "image")
+    image_paths = layout.image_files(names)
     scan = LabelScan(label_paths=[layout.labels / f"{name}.png" for name in names])
     for label_path, image_path in progress(
         list(zip(scan.label_paths, image_paths, strict=True)), desc="Checking labels"

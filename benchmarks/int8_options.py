@@ -41,11 +41,9 @@ from onnx import numpy_helper
 
 from unet import Unet, Unet_ONNX
 from utils.dataloader import (
-    IMAGE_EXTENSIONS,
     DatasetLayout,
     read_class_label,
     read_split,
-    resolve_files,
 )
 from utils.device import cpu_info
 from utils.inference import letterbox_input
@@ -127,11 +125,9 @@ def held_out(
     """(image path, class label) of each held-out id."""
     layout = DatasetLayout.of(dataset, fmt)
     names = read_split(dataset, split, fmt)
-    images = resolve_files(layout.images, names, IMAGE_EXTENSIONS, "image")
-    labels = resolve_files(layout.labels, names, (".png",), "label")
     return [
         (image, read_class_label(label, num_classes, fmt))
-        for image, label in zip(images, labels, strict=True)
+        for image, label in zip(layout.image_files(names), layout.label_files(names), strict=True)
     ]
 
 
@@ -141,7 +137,7 @@ def copy_training_images(dataset: Path, split: str, fmt: str, folder: Path) -> P
     layout = DatasetLayout.of(dataset, fmt)
     names = read_split(dataset, split, fmt)
     folder.mkdir(parents=True, exist_ok=True)
-    for path in resolve_files(layout.images, names, IMAGE_EXTENSIONS, "image"):
+    for path in layout.image_files(names):
         shutil.copy2(path, folder / path.name)
     return folder
 

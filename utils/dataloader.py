@@ -57,6 +57,14 @@ class DatasetLayout:
     def split_file(self, split: str) -> Path:
         return self.splits / f"{split}.txt"
 
+    def image_files(self, names: Sequence[str]) -> list[Path]:
+        """The image of each id (any of :data:`IMAGE_EXTENSIONS`), or one sentence."""
+        return resolve_files(self.images, names, IMAGE_EXTENSIONS, "image")
+
+    def label_files(self, names: Sequence[str]) -> list[Path]:
+        """The PNG label of each id, or one sentence."""
+        return resolve_files(self.labels, names, (".png",), "label")
+
 
 def is_split_path(split: str) -> bool:
     """Whether ``split`` names a file (has a ``/`` or ends in ``.txt``) rather than a split."""
@@ -229,8 +237,8 @@ class UnetDataset(Dataset):
         self.label_lut = np.minimum(np.arange(256), num_classes).astype(np.uint8)
         if not self.names:
             raise UserError(f"no images to load from {self.layout.root}; the split list is empty.")
-        self.image_paths = resolve_files(self.layout.images, self.names, IMAGE_EXTENSIONS, "image")
-        self.label_paths = resolve_files(self.layout.labels, self.names, (".png",), "label")
+        self.image_paths = self.layout.image_files(self.names)
+        self.label_paths = self.layout.label_files(self.names)
         if check_sample:
             self.check(check_sample)
 
