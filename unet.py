@@ -30,6 +30,13 @@ from utils.utils import cvtColor
 __all__ = ["VOC_CLASSES", "Unet", "Unet_ONNX", "class_colors", "default_class_names"]
 
 
+def refuse_unknown(kwargs: dict, known: dict) -> None:
+    """One sentence for keywords a predictor does not take, naming those it does."""
+    unknown = sorted(set(kwargs) - set(known))
+    if unknown:
+        raise UserError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}.")
+
+
 class FilePrediction(NamedTuple):
     """One file's prediction: its class map, and its RGB image when kept; or why it failed."""
 
@@ -112,11 +119,7 @@ class Unet:
 
     def _options(self, kwargs: dict) -> dict:
         """The kwargs over the defaults (None counts as not given), the unknown refused."""
-        unknown = sorted(set(kwargs) - set(Unet._defaults))
-        if unknown:
-            raise UserError(
-                f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(Unet._defaults)}."
-            )
+        refuse_unknown(kwargs, Unet._defaults)
         options = {**Unet._defaults, **{k: v for k, v in kwargs.items() if v is not None}}
         for key in MODEL_KEYS:  # not given: from the model, else the original's default
             options[key] = kwargs.get(key)
@@ -260,10 +263,6 @@ class Unet_ONNX(Unet):  # noqa: N801 - the reference's name
     }
 
     def __init__(self, **kwargs):
-        unknown = sorted(set(kwargs) - set(self._defaults))
-        if unknown:
-            raise UserError(
-                f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(self._defaults)}."
-            )
+        refuse_unknown(kwargs, self._defaults)
         self.onnx_path = kwargs.pop("onnx_path", None) or self._defaults["onnx_path"]
         super().__init__(model_path=self.onnx_path, engine="onnxruntime", **kwargs)
