@@ -16,10 +16,14 @@ the same model again; a resumed run writes where its checkpoint lies unless --sa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
+import signal
 import sys
 import textwrap
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from utils.callbacks import save_augmented_samples
@@ -34,9 +38,9 @@ from utils.config import (
 from utils.device import Runtime, backend_settings, resolve_runtime, use_device
 from utils.distributed import DistInfo, cleanup_distributed, init_distributed, launched_by_torchrun
 from utils.errors import UserError, exit_on_user_error
-from utils.recipes import read_config_file, resolve_config, write_config
+from utils.recipes import read_config_file, resolve_config
 from utils.seeding import seed_everything
-from utils.trainer import Trainer, TrainingInterruptedError, benchmark, build_data
+from utils.trainer import StopSignal, Trainer, TrainingInterruptedError, benchmark, build_data
 
 
 def get_parser(
@@ -154,9 +158,6 @@ def run(
     trainer = Trainer(config, runtime, dist_info)
     if checkpoint is not None:
         trainer.resume(checkpoint, resume)
-    if dist_info.is_main:
-        path = write_config(config, save_dir / "config.yaml")
-        print(f"Settings saved to {path}; train them again with --config {path}")
     trainer.fit()
 
 
@@ -167,7 +168,8 @@ def main(
     config, args, checkpoint = get_config(argv, recipe, description)
     settings = config.runtime
     # before anything starts CUDA: determinism needs the cuBLAS workspace set first
-    with backend_settings(deterministic=settings.deterministic, tf32=settings.tf32):
+    numerics = backend_settings(deterministic=settings.deterministic, tf32=settings.tf32)
+    with stop_on_signals(), numerics:
         local_rank = int(os.environ["LOCAL_RANK"]) if launched_by_torchrun() else None
         runtime = resolve_runtime(
             settings.device, settings.precision, local_rank, settings.channels_last, training=True
@@ -188,9 +190,29 @@ def main(
         except TrainingInterruptedError as stop:
             if dist_info.is_main:
                 print(f"\n{stop.message()}", file=sys.stderr)
-            raise SystemExit(130) from None
+            raise SystemExit(stop.exit_code) from None
         finally:
             cleanup_distributed()
+
+
+@contextlib.contextmanager
+def stop_on_signals(signals=(signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
+    """SIGTERM (a scheduler, ``docker stop``, torchrun stopping its ranks) and SIGHUP (a closed
+    terminal) stop training as Ctrl-C does: the writes in flight finish, the resume line is
+    printed, the workers end, and the exit code is 128 + the signal's number."""
+
+    def stop(signum, _frame):
+        raise StopSignal(signum)
+
+    if threading.current_thread() is not threading.main_thread():  # signals go to the main one
+        yield
+        return
+    previous = {number: signal.signal(number, stop) for number in signals}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 if __name__ == "__main__":

@@ -164,6 +164,9 @@ def figure(name):
         rows = json.loads(text("predict_speed.json"))["rows"]
         miou = next((r for r in rows if r[0].startswith("get_miou_png")), None)
         return f"get_miou_png {miou[1]:.1f} ms (original {miou[2]:.1f})" if miou else "-"
+    if name == "isbi_train":  # where the run's wall time went
+        found = re.findall(r"^Time: .*$", text("isbi_train.txt"), re.MULTILINE)
+        return found[-1] if found else "no time line"
     if name == "isbi_miou":
         found = re.findall(r"===> mIoU: [\d.]+", text("isbi_miou.txt"))
         return found[-1].removeprefix("===> ") if found else "no mIoU"

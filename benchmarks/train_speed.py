@@ -22,6 +22,9 @@ import contextlib
 import io
 import json
 import os
+import shlex
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,7 +38,9 @@ from nets.unet_training import SegmentationLoss, weights_init
 from oracle.original import ref_ce_loss, ref_collate, ref_dice_loss, ref_getitem
 from utils.dataloader import UnetDataset, read_split
 from utils.demo_data import make_demo_dataset
-from utils.device import cpu_has_native_bf16, gpu_has_native_bf16, resolve_runtime
+from utils.device import cpu_has_native_bf16, cpu_info, gpu_has_native_bf16, resolve_runtime
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class ReferenceData(Dataset):
@@ -140,7 +145,7 @@ def resident_seconds_per_step(args, device: torch.device, precision: str, channe
     return seconds
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per row (default: 5)")
@@ -148,13 +153,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, help="images per step (2 CPU, 8 CUDA)")
     parser.add_argument("--num-classes", type=int, help="classes, at least 4 (4 CPU, 21 CUDA)")
     parser.add_argument("--num-workers", type=int, help="loader processes (0 CPU, 4 CUDA)")
+    parser.add_argument(
+        "--whole-run",
+        action="store_true",
+        help="time whole processes instead of steps: the original's training script against "
+        "train.py, 2 epochs of 16 images with no evaluation, beside the ceiling the network "
+        "alone allows",
+    )
+    parser.add_argument(
+        "--precision", help="--whole-run: train.py's precision (default: bf16 + channels-last "
+        "where it is native, else fp32)")  # fmt: skip
+    parser.add_argument(
+        "--images", type=int, default=16, help="--whole-run: training images (default: 16)"
+    )
     args = parser.parse_args(argv)
-    device = resolve_runtime(args.device).device
-    cuda = device.type == "cuda"
+    args.device = resolve_runtime(args.device).device
+    cuda = args.device.type == "cuda"
     for name, on_cpu, on_cuda in (("size", 256, 512), ("batch_size", 2, 8),
                                   ("num_classes", 4, 21), ("num_workers", 0, 4)):  # fmt: skip
         if getattr(args, name) is None:
             setattr(args, name, on_cuda if cuda else on_cpu)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.whole_run:
+        whole_run(args)
+        return
+    device = args.device
+    cuda = device.type == "cuda"
     halves = (["bf16"] if not cuda or gpu_has_native_bf16() else []) + ["fp16"] * cuda
     if not cuda and not cpu_has_native_bf16():
         halves = []
@@ -178,7 +206,12 @@ def main(argv: list[str] | None = None) -> None:
             if cuda or (precision, channels_last) == ("fp32", False):
                 resident = resident_seconds_per_step(args, device, precision, channels_last)
             rows.append((f"ours {label}", ours, resident))
+    print_rows(args, rows, cuda, not halves and not cuda)
+
+
+def print_rows(args: argparse.Namespace, rows: list, cuda: bool, no_bf16: bool) -> None:
     base = rows[0][1]
+    device = args.device
     print(f"VGG UNet {args.size}x{args.size}, batch {args.batch_size}, {args.num_classes} "
           f"classes, CE + Dice, Adam, {args.num_workers} workers, {args.steps} timed steps, "
           f"on {torch.cuda.get_device_name(device) if cuda else 'the CPU'}:")  # fmt: skip
@@ -188,11 +221,69 @@ def main(argv: list[str] | None = None) -> None:
         extra = f"{resident:>15.3f} {seconds / resident:>14.2f}x" if resident else ""
         print(f"{name:<30} {seconds:>7.3f} {args.batch_size / seconds:>7.2f} "
               f"{base / seconds:>10.2f}x {extra}")  # fmt: skip
-    if not halves and not cuda:
+    if no_bf16:
         print("bf16 skipped: this CPU has no native bf16 (AVX512-BF16/AMX), it would be emulated")
     if os.environ.get("TRAIN_SPEED_JSON"):
         Path(os.environ["TRAIN_SPEED_JSON"]).write_text(json.dumps(
-            {"args": vars(args), "rows": rows}, indent=2))  # fmt: skip
+            {"args": {**vars(args), "device": str(device)}, "rows": rows}, indent=2))  # fmt: skip
+
+
+#: The whole-run workload: 2 epochs of generated images, no validation.
+WHOLE_RUN_EPOCHS = 2
+
+
+def timed_process(command: list[str]) -> tuple[float, str]:
+    """Wall seconds of a whole process (start-up to exit) and what it printed."""
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise SystemExit(f"{shlex.join(command)} failed:\n{done.stderr[-3000:]}")
+    return seconds, done.stdout + done.stderr
+
+
+def whole_run(args: argparse.Namespace) -> None:
+    """The original's whole training script against train.py's, in one run, each process timed
+    from its start to its exit, beside the network-only ceiling: ours/original can reach at
+    most the ratio of the original's fp32 step to ours, both resident."""
+    cuda = args.device.type == "cuda"
+    native = gpu_has_native_bf16() if cuda else cpu_has_native_bf16()
+    precision = args.precision or ("bf16" if native else "fp32")
+    channels_last = cuda or precision == "bf16"
+    common = ["--num-classes", str(args.num_classes), "--num-workers", str(args.num_workers)]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = make_demo_dataset(Path(tmp) / "VOCdevkit", args.images, size=(args.size,) * 2)
+        splits = root / "VOC2007/ImageSets/Segmentation"
+        (splits / "train.txt").write_text((splits / "trainval.txt").read_text())
+        (splits / "val.txt").write_text("")
+        original, _ = timed_process([
+            sys.executable, "-m", "oracle.original_train", "--dataset-path", str(root), *common,
+            "--input-shape", str(args.size), "--epochs", str(WHOLE_RUN_EPOCHS), "--batch-size",
+            str(args.batch_size), "--dice-loss", "--save-dir", f"{tmp}/original",
+        ])  # fmt: skip
+        ours, printed = timed_process([
+            sys.executable, "train.py", "--dataset-path", str(root), *common, "--model-path", "",
+            "--input-shape", str(args.size), str(args.size), "--no-freeze-train", "--dice-loss",
+            "--unfreeze-epoch", str(WHOLE_RUN_EPOCHS), "--unfreeze-batch-size",
+            str(args.batch_size), "--no-eval-flag", "--device", args.device.type,
+            "--precision", precision, "--channels-last" if channels_last else "--no-channels-last",
+            "--save-dir", f"{tmp}/ours",
+        ])  # fmt: skip
+    fp32 = resident_seconds_per_step(args, args.device, "fp32", cuda)
+    fast = resident_seconds_per_step(args, args.device, precision, channels_last)
+    ceiling, reached = fp32 / fast, original / ours
+    split = next((line for line in printed.splitlines() if line.startswith("Time:")), "")
+    print(f"Whole runs: VGG UNet {args.size}x{args.size}, {WHOLE_RUN_EPOCHS} epochs of "
+          f"{args.images} images, batch {args.batch_size}, CE + Dice, no evaluation, "
+          f"{args.num_workers} workers, on {cpu_info()[0] or 'this CPU'}"
+          f"{' / ' + torch.cuda.get_device_name(args.device) if cuda else ''}:")  # fmt: skip
+    print(f"  the original's script, fp32: {original:.1f} s")
+    print(f"  train.py, {precision}{' + channels-last' if channels_last else ''}: {ours:.1f} s "
+          f"(x{reached:.2f})")  # fmt: skip
+    print(f"  the network alone, resident steps: fp32 {fp32:.3f} s, {precision} {fast:.3f} s "
+          f"(x{ceiling:.2f}, the ceiling)")  # fmt: skip
+    print(f"  train.py reaches {reached / ceiling:.2f} of the ceiling")
+    print(f"  train.py's {split}")
 
 
 if __name__ == "__main__":

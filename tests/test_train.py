@@ -99,7 +99,9 @@ def test_writes_the_reference_output_files(data_root, tmp_path, cli):
     # every weights file but the checkpoint has its settings beside it
     assert [p.stem for p in settings] == [Path(n).stem for n in names if n.endswith("weights.pth")
                                           or n.startswith("ep")]  # fmt: skip
-    assert json.loads(settings[0].read_text()) == {
+    saved = json.loads(settings[0].read_text())
+    assert re.fullmatch(r"crc32:[0-9a-f]{8}", saved.pop("checksum"))
+    assert saved == {
         "num_classes": 4, "backbone": "vgg", "input_shape": [32, 32], "dataset_format": "voc",
         "name_classes": None, "tile": None, "stride": None,
     }  # fmt: skip

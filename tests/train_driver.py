@@ -8,11 +8,14 @@
   torchrun rank; default: every process). Validation losses are not counted.
 - ``CHECKSUM_DIR``: when training ends, each process writes the SHA-256 of its model's weights
   to ``<dir>/rank<R>.txt``: under DDP every rank must hold the same weights.
+- ``HOLD_WRITE=<epoch>:<marker>``: the background write of that epoch's checkpoint writes its
+  temporary file, creates ``<marker>``, then waits (for a kill) instead of renaming it.
 """
 
 import hashlib
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -21,7 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train  # noqa: E402
 from nets.unet_training import SegmentationLoss  # noqa: E402
+from utils import checkpoint  # noqa: E402
 from utils.trainer import Trainer  # noqa: E402
+from utils.writer import temporary_name  # noqa: E402
 
 
 def poisoned_forward(call: int, value: str = "nan", rank: int | None = None):
@@ -55,7 +60,25 @@ def fit_and_write_checksum(folder: Path):
     return fit
 
 
+def holding_save(epoch: int, marker: Path):
+    """An ``atomic_save`` that, for ``epoch``'s checkpoint, writes the temporary file and then
+    waits forever, as a write still in flight when the run is killed."""
+    real = checkpoint.atomic_save
+
+    def save(obj, path):
+        if Path(path).name == "checkpoint_last.pth" and obj.get("epoch") == epoch:
+            torch.save(obj, temporary_name(Path(path)))
+            marker.write_text("holding")
+            time.sleep(3600)
+        return real(obj, path)
+
+    return save
+
+
 if __name__ == "__main__":
+    if "HOLD_WRITE" in os.environ:
+        epoch, marker = os.environ["HOLD_WRITE"].split(":", 1)
+        checkpoint.atomic_save = holding_save(int(epoch), Path(marker))
     if "POISON_CALL" in os.environ:
         rank = os.environ.get("POISON_RANK")
         SegmentationLoss.forward = poisoned_forward(

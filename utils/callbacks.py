@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,20 +12,46 @@ from PIL import Image
 
 from utils.classes import class_colors, enlarge, grid, overlay
 from utils.utils import optional_import
+from utils.writer import write_durably, write_text_durably
 
 #: TensorBoard tags: each class's IoU is ``iou/<name>``; the val samples one image.
 IOU_TAG = "iou"
 SAMPLES_TAG = "val_samples"
+#: While a run trains, its curves are drawn at most this often (seconds; the first this long after
+#: it starts, so a short run imports matplotlib only to draw them once at its end); always at
+#: its end.
+PLOT_SECONDS = 30.0
+
+
+def savgol_filter(values: Sequence[float], window: int, order: int = 3) -> np.ndarray:
+    """``scipy.signal.savgol_filter(values, window, order)`` (odd ``window``, its default
+    ``mode="interp"``) in NumPy: importing scipy.signal takes longer than a short run's epoch.
+    Inside, each value is the least-squares polynomial of the window around it at its centre;
+    the first and last ``window // 2`` values are the polynomial fitted to the first and last
+    windows."""
+    x = np.asarray(values, dtype=np.float64)
+    half = window // 2
+    offsets = np.arange(-half, half + 1, dtype=np.float64)
+    centre = np.linalg.pinv(np.vander(offsets, order + 1, increasing=True))[0]
+    smooth = np.convolve(x, centre[::-1], mode="same")
+    positions = np.arange(window, dtype=np.float64)
+    ends = ((slice(0, window), slice(0, half)), (slice(-window, None), slice(-half, None)))
+    for part, where in ends:
+        fit = np.polyfit(positions, x[part], order)
+        smooth[where] = np.polyval(fit, positions[where])
+    return smooth
 
 
 def _smooth(values: list[float]) -> np.ndarray | None:
     """The reference's Savitzky-Golay smoothing (window 5, or 15 from 25 points on)."""
-    import scipy.signal
-
     window = 5 if len(values) < 25 else 15
     if len(values) < window:
         return None
-    return scipy.signal.savgol_filter(values, window, 3)
+    return savgol_filter(values, window, 3)
+
+
+def empty_history() -> dict:
+    return {"loss": [], "val_loss": [], "miou": [], "miou_epochs": []}
 
 
 class TrainingLog:
@@ -31,8 +59,11 @@ class TrainingLog:
     ``epoch_miou.txt``, ``epoch_miou.png`` and TensorBoard: loss, val_loss, lr, miou, each
     class's IoU, and a picture of val predictions at every mIoU.
 
-    Text files are rewritten whole from the history, so a resumed run continues them without
-    gaps or repeated lines.
+    The history and what TensorBoard is owed are kept here as epochs end (:meth:`append_loss`,
+    :meth:`append_miou`, :meth:`add_samples`); :meth:`writer` hands them to a function that
+    writes the files, which the trainer runs in its background writer. Text files are
+    rewritten whole from the history, so a resumed run continues them without gaps or repeated
+    lines. The curves are redrawn at most every :data:`PLOT_SECONDS`, and by :meth:`close`.
     """
 
     def __init__(
@@ -42,30 +73,31 @@ class TrainingLog:
         class_names: Sequence[str] = (),
     ):
         self.log_dir = Path(log_dir)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.history = history or {"loss": [], "val_loss": [], "miou": [], "miou_epochs": []}
+        self.history = history or empty_history()
         self.class_names = list(class_names)
-        tensorboard = optional_import(
-            "torch.utils.tensorboard", "tensorboard", "no TensorBoard events are written"
-        )
-        self.writer = tensorboard.SummaryWriter(str(self.log_dir)) if tensorboard else None
-        if self.writer is not None:  # the classes' IoU in one chart (the Custom Scalars tab)
-            chart = {"IoU of each class": ["Multiline", [f"{IOU_TAG}/.*"]]}
-            self.writer.add_custom_scalars({"per-class IoU": chart})
+        # what the next write owes: TensorBoard events, text files, curves whose data changed
+        self._events: list[tuple[str, str, object, int]] = []
+        self._texts: dict[str, str] = {}
+        self._changed: set[str] = set()
+        self.closed = False  # whether the final write (curves, TensorBoard closed) is owed no more
+        # the writing side's own state (one write at a time)
+        self._tensorboard = None  # a SummaryWriter, made by the first write
+        self._undrawn: set[str] = set()
+        self._drawn = time.monotonic()  # when the curves were last drawn
 
     def append_loss(
         self, epoch: int, loss: float, val_loss: float | None, lr: float | None = None
     ) -> None:
         self.history["loss"].append(loss)
         self._scalar("loss", loss, epoch)
+        self._text("epoch_loss.txt", self.history["loss"])
         if lr is not None:
             self._scalar("lr", lr, epoch)
-        self._write("epoch_loss.txt", self.history["loss"])
         if val_loss is not None:
             self.history["val_loss"].append(val_loss)
             self._scalar("val_loss", val_loss, epoch)
-            self._write("epoch_val_loss.txt", self.history["val_loss"])
-        self._plot_loss()
+            self._text("epoch_val_loss.txt", self.history["val_loss"])
+        self._changed.add("loss")
 
     def append_miou(
         self,
@@ -87,24 +119,84 @@ class TrainingLog:
         if best:
             self.history["best_miou_epoch"] = epoch
         self._scalar("miou", miou, epoch)
-        self._write("epoch_miou.txt", self.history["miou"])
+        last = ""
         best_epoch = self.history.get("best_miou_epoch")
         if best is not None and best_epoch is not None:
             best_miou = self.history["miou"][self.history["miou_epochs"].index(best_epoch)]
-            with open(self.log_dir / "epoch_miou.txt", "a") as f:
-                f.write(f"# best_epoch_weights.pth: epoch {best_epoch}, mIoU {best_miou}\n")
-        fig = self.miou_figure()
-        if fig is not None:
-            fig.savefig(self.log_dir / "epoch_miou.png")
+            last = f"# best_epoch_weights.pth: epoch {best_epoch}, mIoU {best_miou}\n"
+        self._text("epoch_miou.txt", self.history["miou"], last)
+        self._changed.add("miou")
 
-    def miou_figure(self):
+    def add_samples(self, epoch: int, picture: np.ndarray) -> None:
+        """An (H, W, 3) picture of val images, labels and predictions, in TensorBoard."""
+        self._events.append(("image", SAMPLES_TAG, picture, epoch))
+
+    def writer(self, final: bool = False) -> Callable[[], None]:
+        """A function that writes what was logged so far (a copy of it: the history may grow
+        meanwhile), for a background thread; ``final`` also draws the curves and closes
+        TensorBoard."""
+        owed = (copy.deepcopy(self.history), self._events, self._texts, self._changed)
+        self._events, self._texts, self._changed = [], {}, set()
+        self.closed = final
+        return lambda: self._write(*owed, final)
+
+    def close(self) -> None:
+        """Write everything now, the curves included."""
+        self.writer(final=True)()
+
+    def _write(
+        self, history: dict, events: list, texts: dict[str, str], changed: set[str], final: bool
+    ) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for name, text in texts.items():
+            write_text_durably(self.log_dir / name, text)
+        self._tensorboard_events(events, final)
+        self._undrawn |= changed
+        if final or time.monotonic() - self._drawn >= PLOT_SECONDS:
+            self._draw(history)
+
+    def _tensorboard_events(self, events: list, final: bool) -> None:
+        if self._tensorboard is None and events:
+            tensorboard = optional_import(
+                "torch.utils.tensorboard", "tensorboard", "no TensorBoard events are written"
+            )
+            if tensorboard is not None:
+                self._tensorboard = tensorboard.SummaryWriter(str(self.log_dir))
+                # the classes' IoU in one chart (the Custom Scalars tab)
+                chart = {"IoU of each class": ["Multiline", [f"{IOU_TAG}/.*"]]}
+                self._tensorboard.add_custom_scalars({"per-class IoU": chart})
+        if self._tensorboard is None:
+            return
+        for kind, tag, value, step in events:
+            if kind == "image":
+                self._tensorboard.add_image(tag, value, step, dataformats="HWC")
+            else:
+                self._tensorboard.add_scalar(tag, value, step)
+        if final:
+            self._tensorboard.close()
+            self._tensorboard = None
+        else:
+            self._tensorboard.flush()
+
+    def _draw(self, history: dict) -> None:
+        for name, figure in (("loss", self.loss_figure), ("miou", self.miou_figure)):
+            if name in self._undrawn and history[name]:
+                fig = figure(history)
+                if fig is not None:
+                    path = self.log_dir / f"epoch_{name}.png"
+                    write_durably(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png"))
+        self._undrawn.clear()
+        self._drawn = time.monotonic()
+
+    def miou_figure(self, history: dict | None = None):
         """The mIoU curve (a matplotlib Figure; None without matplotlib)."""
+        history = history or self.history
         fig, axes = self._figure()
         if fig is None:
             return None
         axes.plot(
-            self.history["miou_epochs"],
-            self.history["miou"],
+            history["miou_epochs"],
+            history["miou"],
             "red",
             lw=2,
             label="val mIoU",
@@ -116,21 +208,11 @@ class TrainingLog:
         axes.legend(loc="lower right")  # the curve rises: its last points are at the top
         return fig
 
-    def add_samples(self, epoch: int, picture: np.ndarray) -> None:
-        """An (H, W, 3) picture of val images, labels and predictions, in TensorBoard."""
-        if self.writer is not None:
-            self.writer.add_image(SAMPLES_TAG, picture, epoch, dataformats="HWC")
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
     def _scalar(self, tag: str, value: float, epoch: int) -> None:
-        if self.writer is not None:
-            self.writer.add_scalar(tag, value, epoch)
+        self._events.append(("scalar", tag, value, epoch))
 
-    def _write(self, name: str, values: list[float]) -> None:
-        (self.log_dir / name).write_text("".join(f"{v}\n" for v in values))
+    def _text(self, name: str, values: list[float], last: str = "") -> None:
+        self._texts[name] = "".join(f"{v}\n" for v in values) + last
 
     @staticmethod
     def _figure():
@@ -142,22 +224,18 @@ class TrainingLog:
         axes.grid(True)
         return fig, axes
 
-    def _plot_loss(self) -> None:
-        fig = self.loss_figure()
-        if fig is not None:
-            fig.savefig(self.log_dir / "epoch_loss.png")
-
-    def loss_figure(self):
+    def loss_figure(self, history: dict | None = None):
         """The train (and val) loss curves, raw and smoothed (a matplotlib Figure; None without
         matplotlib)."""
+        history = history or self.history
         fig, axes = self._figure()
         if fig is None:
             return None
         curves = [("loss", "train loss", "red", "green")]
-        if self.history["val_loss"]:
+        if history["val_loss"]:
             curves.append(("val_loss", "val loss", "coral", "#8B4513"))
         for key, label, color, smooth_color in curves:
-            values = self.history[key]
+            values = history[key]
             epochs = range(1, len(values) + 1)
             axes.plot(epochs, values, color, linewidth=2, label=label)
             smooth = _smooth(values)

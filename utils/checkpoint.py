@@ -1,11 +1,13 @@
-"""Weights files and the resumable training checkpoint."""
+"""Weights files and the resumable training checkpoint: what a run saves at each epoch's end
+(written in the background by :mod:`utils.writer`), and reading them back, checked."""
 
 from __future__ import annotations
 
-import os
+import copy
 import pickle
-import shutil
+import zlib
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,47 +18,62 @@ from torch import nn
 from nets.unet import BACKBONE_PREFIX
 from utils.config import FIXED_ON_RESUME, SETTINGS, TrainConfig, format_value
 from utils.errors import UserError
-from utils.model_settings import ModelSettings, settings_path, write_settings_file
+from utils.model_settings import (
+    ModelSettings,
+    saved_checksum,
+    settings_path,
+    write_settings_file,
+)
 from utils.seeding import capture_rng, restore_rng
+from utils.writer import HostSnapshot, atomic_save, replace_with_link
 
 #: What ``checkpoint_last.pth`` holds: written by :meth:`CheckpointSaver.save`, read back by
 #: :func:`load_training_checkpoint` (and ``config`` by train.py, under the flags it is given).
+#: Checkpoints also carry ``checksum`` (those saved before it still load).
 CHECKPOINT_KEYS = ("model", "optimizer", "scaler", "epoch", "history", "log_dir", "rng", "config")
+CHECKSUM_KEY = "checksum"
 
 BACKBONE_PREFIXES = tuple(BACKBONE_PREFIX.values())
 
 
-def atomic_save(obj, path: str | Path) -> None:
-    """``torch.save`` to a temporary file, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _tensors(value: Any, path: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(value, torch.Tensor):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _tensors(item, f"{path}/{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _tensors(item, f"{path}/{index}")
 
 
-def save_weights(state_dict: dict, path: str | Path, settings: ModelSettings) -> None:
-    """Save a state dict (loadable by the original's code) and its settings beside it."""
-    atomic_save(state_dict, path)
-    write_settings_file(path, settings)
+def tensors_checksum(value: Any) -> str:
+    """A CRC-32 of every tensor of a nested structure with its place in it, in order, over its
+    bytes as they lie in memory (a saved file keeps its tensors' layout): what a saved file
+    carries, so that damaged bytes are named when it is loaded instead of turning into a NaN
+    epochs later."""
+    crc = 0
+    for path, tensor in _tensors(value):
+        crc = zlib.crc32(path.encode(), crc)
+        crc = zlib.crc32(_memory(tensor).numpy(), crc)
+    return f"crc32:{crc:08x}"
 
 
-def duplicate_weights(source: Path, target: Path) -> None:
-    """``target`` (and its settings file) become the same weights as ``source``: a hard link,
-    so nothing is written twice, or a copy where the filesystem has no links. Each file is
-    replaced whole (a link made beside it, then renamed), so the other names of the target's
-    old contents keep them."""
-    for src, dst in ((source, target), (settings_path(source), settings_path(target))):
-        tmp = dst.with_name(dst.name + ".tmp")
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+def _memory(tensor: torch.Tensor) -> torch.Tensor:
+    """The bytes of a tensor in its own memory order (no copy for the usual dense layouts)."""
+    tensor = tensor.detach().cpu()
+    dense = tensor.is_contiguous() or tensor.is_contiguous(memory_format=torch.channels_last)
+    tensor = tensor if dense else tensor.contiguous()
+    return tensor.as_strided((tensor.numel(),), (1,)).view(torch.uint8)
 
 
 def load_torch_file(path: Path, flag: str):
     """``torch.load`` (tensors only, onto the CPU), or one sentence saying why it cannot."""
+    if path.stat().st_size == 0:
+        raise UserError(
+            f"{flag} '{path}' is empty (0 bytes), as an interrupted copy or save leaves a file; "
+            "copy or save it again."
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -70,11 +87,54 @@ def load_torch_file(path: Path, flag: str):
         message = f"{flag} '{path}' is not a PyTorch weights file ({reason}); {fix}."
         raise UserError(message) from None
     except Exception as error:
-        reason = str(error).strip().splitlines()[0].rstrip(".")
+        lines = str(error).strip().splitlines()
+        reason = lines[0].rstrip(".") if lines else type(error).__name__
         raise UserError(
-            f"{flag} '{path}' cannot be read ({reason}); it may be incomplete: copy or save it "
-            "again."
+            f"{flag} '{path}' cannot be read ({reason}); it may be incomplete or damaged: copy "
+            "or save it again."
         ) from None
+
+
+def checkpoint_checksums(state: dict, known: dict[str, str] | None = None) -> dict[str, str]:
+    """:func:`tensors_checksum` of each part of a checkpoint that holds tensors (``model`` is
+    the weights file's own); ``known`` parts are taken as given."""
+    known = known or {}
+    return {
+        key: known.get(key) or tensors_checksum(value)
+        for key, value in state.items()
+        if key != CHECKSUM_KEY and next(_tensors(value), None) is not None
+    }
+
+
+def check_checkpoint(state: dict, path: Path, flag: str) -> None:
+    """A checkpoint whose tensors differ from the checksums saved in it is damaged."""
+    expected = state.get(CHECKSUM_KEY)
+    if expected is None:  # saved before checksums
+        return
+    found = checkpoint_checksums(state)
+    damaged = [key for key in expected if found.get(key) != expected[key]]
+    if damaged:
+        raise UserError(
+            f"{flag} '{path}' is damaged: its {' and '.join(damaged)} tensors do not match the "
+            "checksums saved in it; use another copy of it, or start a new run from the weights "
+            "beside it (last_epoch_weights.pth) with --model-path."
+        )
+
+
+def check_weights_file(state: dict, path: Path, flag: str) -> None:
+    """Weights whose tensors differ from the checksum in the settings file beside them are
+    damaged (or were rewritten by code that did not update it)."""
+    expected = saved_checksum(path)
+    if expected is None:  # the original's files, or saved before checksums
+        return
+    found = tensors_checksum(state)
+    if found != expected:
+        beside = settings_path(path)
+        raise UserError(
+            f"{flag} '{path}' is damaged: its tensors do not match the checksum in '{beside}' "
+            f"({found}, not {expected}); copy both files again, or, if other code rewrote the "
+            f"weights on purpose, delete '{beside}'."
+        )
 
 
 def read_state_dict(
@@ -87,7 +147,10 @@ def read_state_dict(
         raise UserError(f"--model-path '{path}' does not exist; {missing}.")
     state = load_torch_file(path, "--model-path")
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        check_checkpoint(state, path, "--model-path")
         state = state["model"]  # our checkpoint_last.pth
+    elif isinstance(state, dict):
+        check_weights_file(state, path, "--model-path")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(
             f"--model-path '{path}' does not hold a state dict of tensors; save model.state_dict()."
@@ -172,6 +235,10 @@ class CheckpointSaver:
     ``last_epoch_weights.pth`` (each a plain state dict with its settings beside it; one file
     per epoch, the others links to it) and ``checkpoint_last.pth``, everything a run needs to
     continue. Only rank 0 saves.
+
+    :meth:`save` copies the epoch's tensors into host buffers (reused from epoch to epoch) and
+    returns the job that writes the files from that copy, which the trainer hands to its
+    background writer.
     """
 
     def __init__(self, config: TrainConfig):
@@ -181,6 +248,7 @@ class CheckpointSaver:
         self.best_by = config.evaluation.save_best_by
         self.settings = ModelSettings(**config.model_settings())
         self.config = config.flat()
+        self.snapshot = HostSnapshot()
 
     def is_best(
         self, history: dict, *, loss: float, val_loss: float | None, miou: float | None
@@ -206,34 +274,48 @@ class CheckpointSaver:
         loss: float,
         val_loss: float | None,
         best: bool,
-    ) -> None:
-        """Save after ``epoch`` (1-based) epochs: the weights once, as ``last_epoch_weights.pth``,
-        linked as the best and periodic files when they are due, then the checkpoint. The
-        weights come to the host once (no copy at all on the CPU), and the checkpoint holds
-        those same tensors."""
-        self.save_dir.mkdir(parents=True, exist_ok=True)
-        weights = {key: value.detach().cpu() for key, value in model.state_dict().items()}
-        last = self.save_dir / "last_epoch_weights.pth"
-        save_weights(weights, last, self.settings)
-        if self.save_period and (epoch % self.save_period == 0 or epoch == self.total_epochs):
-            name = f"ep{epoch:03d}-loss{loss:.3f}"
-            name += f"-val_loss{val_loss:.3f}.pth" if val_loss is not None else ".pth"
-            duplicate_weights(last, self.save_dir / name)
-        if best:
-            rule = self.best_by if self.best_by == "miou" or val_loss is not None else "train loss"
-            print(f"Save best model to best_epoch_weights.pth (by {rule})")
-            duplicate_weights(last, self.save_dir / "best_epoch_weights.pth")
-        state = {
-            "model": weights,
-            "optimizer": optimizer.state_dict(),
+    ) -> Callable[[], None]:
+        """After ``epoch`` (1-based) epochs: the snapshot of the weights and the optimizer (the
+        only wait), and the job that writes the weights once, as ``last_epoch_weights.pth``,
+        links the best and periodic names to it when they are due, then writes the checkpoint,
+        which holds those same tensors."""
+        tensors = self.snapshot.take(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+        )
+        checkpoint = {
+            **tensors,
             "scaler": scaler.state_dict(),
             "epoch": epoch,
-            "history": history,
+            "history": copy.deepcopy(history),
             "log_dir": str(log_dir),
             "rng": capture_rng(next(model.parameters()).device),
             "config": self.config,
         }
-        atomic_save(state, self.save_dir / "checkpoint_last.pth")
+        names = []
+        if self.save_period and (epoch % self.save_period == 0 or epoch == self.total_epochs):
+            name = f"ep{epoch:03d}-loss{loss:.3f}"
+            names.append(
+                name + (f"-val_loss{val_loss:.3f}.pth" if val_loss is not None else ".pth")
+            )
+        if best:
+            rule = self.best_by if self.best_by == "miou" or val_loss is not None else "train loss"
+            print(f"Save best model to best_epoch_weights.pth (by {rule})")
+            names.append("best_epoch_weights.pth")
+        return lambda: self.write(checkpoint, names)
+
+    def write(self, checkpoint: dict, names: list[str]) -> None:
+        """Write what :meth:`save` took (in the writer's thread)."""
+        self.snapshot.wait()
+        weights = checkpoint["model"]
+        last = self.save_dir / "last_epoch_weights.pth"
+        atomic_save(weights, last)
+        checksum = tensors_checksum(weights)
+        write_settings_file(last, self.settings, checksum)
+        for name in names:
+            replace_with_link(last, self.save_dir / name)
+            replace_with_link(settings_path(last), settings_path(self.save_dir / name))
+        checkpoint[CHECKSUM_KEY] = checkpoint_checksums(checkpoint, {"model": checksum})
+        atomic_save(checkpoint, self.save_dir / "checkpoint_last.pth")
 
 
 def read_training_checkpoint(path: str | Path) -> dict:
@@ -244,6 +326,8 @@ def read_training_checkpoint(path: str | Path) -> dict:
             f"--resume '{path}' does not exist; point it at <save-dir>/checkpoint_last.pth."
         )
     state = load_torch_file(path, "--resume")
+    if isinstance(state, dict):
+        check_checkpoint(state, path, "--resume")
     if isinstance(state, dict) and "args" in state and "config" not in state:
         # written before recipe files: the settings were the flags' namespace
         state["config"] = {k: v for k, v in state.pop("args").items() if k in SETTINGS}

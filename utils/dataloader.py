@@ -368,6 +368,16 @@ class Loaders:
             options["batch_size"] = val_batch_size // dist_info.world_size
             self.val = DataLoader(val_set, shuffle=False, sampler=sampler, **options)
 
+    def close(self) -> None:
+        """End the worker processes now (a phase's end, Ctrl-C, SIGTERM), not when the
+        loaders are collected."""
+        for loader in (self.train, self.val):
+            iterator = getattr(loader, "_iterator", None)
+            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
+            if loader is not None:
+                loader._iterator = None
+
     def set_epoch(self, epoch: int) -> None:
         """Shuffle order and augmentation of ``epoch``."""
         self.train.dataset.set_epoch(epoch)

@@ -208,7 +208,7 @@ def backend_settings(deterministic: bool | None = None, tf32: bool = True) -> It
     if deterministic:
         deterministic_cublas()
     if deterministic is not None:
-        torch.use_deterministic_algorithms(deterministic)
+        set_deterministic_algorithms(deterministic)
         torch.backends.cudnn.benchmark = not deterministic
         torch.backends.cudnn.deterministic = deterministic
     if tf32 != tf32_enabled():
@@ -216,9 +216,16 @@ def backend_settings(deterministic: bool | None = None, tf32: bool = True) -> It
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(previous[0])
+        set_deterministic_algorithms(previous[0])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = previous[1:]
         restore_tf32(previous_tf32)
+
+
+def set_deterministic_algorithms(enabled: bool) -> None:
+    """``torch.use_deterministic_algorithms(enabled)`` where that changes something: the call
+    imports torch._inductor, a second and a half of a run's start-up."""
+    if torch.are_deterministic_algorithms_enabled() != enabled:
+        torch.use_deterministic_algorithms(enabled)
 
 
 def gpu_has_native_bf16() -> bool:

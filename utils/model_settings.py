@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,10 @@ from nets.unet import BACKBONE_PREFIX
 from utils.classes import default_class_names
 from utils.config import MODEL_DEFAULTS, MODEL_KEYS, SETTINGS
 from utils.errors import UserError
+from utils.writer import write_text_durably
+
+#: The settings file's key for the checksum of the weights' tensors.
+CHECKSUM_KEY = "checksum"
 
 
 @dataclass(frozen=True)
@@ -107,13 +110,29 @@ def settings_path(weights_path: str | Path) -> Path:
     return Path(weights_path).with_suffix(".json")
 
 
-def write_settings_file(weights_path: str | Path, settings: ModelSettings) -> Path:
-    """The settings beside a weights file, written whole or not at all."""
-    target = settings_path(weights_path)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps(settings.to_dict(), indent=2))
-    os.replace(tmp, target)
-    return target
+def write_settings_file(
+    weights_path: str | Path, settings: ModelSettings, checksum: str | None = None
+) -> Path:
+    """The settings beside a weights file, and the checksum of its tensors (see
+    :func:`utils.checkpoint.tensors_checksum`), written whole or not at all."""
+    values = settings.to_dict() | ({CHECKSUM_KEY: checksum} if checksum else {})
+    return write_text_durably(settings_path(weights_path), json.dumps(values, indent=2))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise UserError(
+            f"the settings file '{path}' beside the weights cannot be read ({error}); delete it "
+            "and give --num-classes, --backbone and --input-shape."
+        ) from error
+    if not isinstance(saved, dict):
+        raise UserError(
+            f"the settings file '{path}' beside the weights does not hold settings; delete it "
+            "and give --num-classes, --backbone and --input-shape."
+        )
+    return saved
 
 
 def read_settings_file(weights_path: str | Path | None) -> dict[str, Any]:
@@ -124,11 +143,11 @@ def read_settings_file(weights_path: str | Path | None) -> dict[str, Any]:
     path = settings_path(weights_path)
     if not path.is_file():
         return {}
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise UserError(
-            f"the settings file '{path}' beside the weights cannot be read ({error}); delete it "
-            "and give --num-classes, --backbone and --input-shape."
-        ) from error
+    saved = _read_json(path)
     return {key: saved[key] for key in MODEL_KEYS if key in saved}
+
+
+def saved_checksum(weights_path: str | Path) -> str | None:
+    """The checksum of the weights' tensors saved beside them, if any."""
+    path = settings_path(weights_path)
+    return _read_json(path).get(CHECKSUM_KEY) if path.is_file() else None

@@ -18,6 +18,7 @@ from typing import Any
 
 from utils.config import SETTINGS, SettingInfo, TrainConfig, unknown_key_message
 from utils.errors import UserError
+from utils.writer import write_text_durably
 
 
 def defaults() -> dict[str, Any]:
@@ -226,5 +227,4 @@ def write_config(config: TrainConfig, path: str | Path) -> Path:
         f"The settings of this run, resolved from the defaults, recipe files and flags.\n"
         f"Train again with: python train.py --config {path}"
     )
-    path.write_text(render_yaml(config.flat(), header))
-    return path
+    return write_text_durably(path, render_yaml(config.flat(), header))

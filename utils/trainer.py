@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import shlex
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,18 +30,18 @@ from utils.classes import (
     grid,
     mapping_lines,
 )
-from utils.config import (
-    DataSettings,
-    OptimizerSettings,
-    TrainConfig,
-)
+from utils.config import DataSettings, TrainConfig
 from utils.dataloader import Loaders, UnetDataset, read_split, split_path
 from utils.device import Runtime
 from utils.distributed import SINGLE_PROCESS, DistInfo, barrier
 from utils.errors import UserError
 from utils.lr_schedule import describe_lr, get_lr_scheduler, set_optimizer_lr
+from utils.optimizers import build_optimizer
 from utils.phases import Phase, check_batches, phase_lrs, val_batch_size
+from utils.recipes import write_config
+from utils.timing import TimedBatches, TimeSplit
 from utils.utils_fit import evaluate_loss, evaluate_miou, train_one_epoch
+from utils.writer import BackgroundWriter, WriteError, check_writable, remove_leftovers
 
 Say = Callable[..., None]
 
@@ -95,35 +96,6 @@ def build_model(data: DataSettings, runtime: Runtime, say: Say = print) -> Unet:
     return runtime.prepare(model)
 
 
-def build_optimizer(
-    model: nn.Module, settings: OptimizerSettings, lr: float
-) -> torch.optim.Optimizer:
-    """Adam with betas (momentum, 0.999), or SGD with Nesterov momentum, as the original.
-
-    Adam is torch's fused implementation, on the CPU as on CUDA: one kernel per step, the
-    original's formula, equal to it up to float rounding (parameters within 2e-8 after 5
-    steps). A step over the VGG UNet's 25M parameters took 22 ms instead of 76 ms on one core of
-    a Zen 4 held to AVX2; with fp16 the GradScaler's inf check stays on the GPU. SGD keeps
-    torch's default: the fused SGD of torch 2.14 fails when the backbone joins at the unfreeze
-    epoch (some momentum buffers exist and some not yet).
-    """
-    if settings.optimizer_type == "adam":
-        return torch.optim.Adam(
-            model.parameters(),
-            lr,
-            betas=(settings.momentum, 0.999),
-            weight_decay=settings.weight_decay,
-            fused=True,
-        )
-    return torch.optim.SGD(
-        model.parameters(),
-        lr,
-        momentum=settings.momentum,
-        nesterov=True,
-        weight_decay=settings.weight_decay,
-    )
-
-
 def build_criterion(config: TrainConfig, device: torch.device) -> SegmentationLoss:
     loss = config.loss
     criterion = SegmentationLoss(
@@ -132,22 +104,38 @@ def build_criterion(config: TrainConfig, device: torch.device) -> SegmentationLo
     return criterion.to(device)
 
 
-class TrainingInterruptedError(Exception):
-    """Ctrl-C during training, at 1-based ``epoch``, with the checkpoint to resume from."""
+class StopSignal(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a scheduler, ``docker stop``, a closed terminal), stopping training
+    as Ctrl-C does; ``signum`` gives the exit code."""
 
-    def __init__(self, epoch: int, checkpoint: Path):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class TrainingInterruptedError(Exception):
+    """Ctrl-C (or ``signum``) during training, at 1-based ``epoch``, with the checkpoint to
+    resume from."""
+
+    def __init__(self, epoch: int, checkpoint: Path, signum: int = signal.SIGINT):
         super().__init__(epoch, checkpoint)
-        self.epoch, self.checkpoint = epoch, checkpoint
+        self.epoch, self.checkpoint, self.signum = epoch, checkpoint, signum
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention: 128 + the signal's number (130 for Ctrl-C)."""
+        return 128 + self.signum
 
     def message(self) -> str:
+        how = "interrupted" if self.signum == signal.SIGINT else signal.Signals(self.signum).name
         if self.checkpoint.is_file():
             return (
-                f"interrupted at epoch {self.epoch}; resume with: python train.py --resume "
+                f"{how} at epoch {self.epoch}; resume with: python train.py --resume "
                 f"{shlex.quote(str(self.checkpoint))}"
             )
         return (
-            f"interrupted at epoch {self.epoch}, before the first checkpoint; start again "
-            "with the same command"
+            f"{how} at epoch {self.epoch}, before the first checkpoint; start again with the "
+            "same command"
         )
 
 
@@ -183,6 +171,8 @@ class Trainer:
             Path(config.output.save_dir) / f"loss_{datetime.datetime.now():%Y_%m_%d_%H_%M_%S}"
         )
         self.saver = CheckpointSaver(config)
+        self.writer = BackgroundWriter()  # rank 0's files, written behind the steps
+        self.clock = TimeSplit()
         data = config.data
         self.class_names = data.name_classes or default_class_names(data.num_classes)
         self._warned: set[str] = set()  # warnings given once per run
@@ -210,30 +200,61 @@ class Trainer:
         self.say(f"Resuming from {path} at epoch {self.start_epoch + 1}/{total}")
 
     def fit(self) -> None:
-        """Run the epochs from the start (or resumed) epoch to ``unfreeze_epoch``."""
+        """Run the epochs from the start (or resumed) epoch to ``unfreeze_epoch``; rank 0's
+        files are written behind them, and the writes in flight always finish before it
+        returns or raises (Ctrl-C and SIGTERM included)."""
         config, dist_info = self.config, self.dist_info
         check_batches(config, self.train_set, self.val_set, self.start_epoch, dist_info)
         self._announce()
-        log = (
-            TrainingLog(self.log_dir, self.history, self.class_names) if dist_info.is_main else None
-        )
+        log = None
+        if dist_info.is_main:
+            check_writable(config.output.save_dir)  # now, not at the first epoch's end
+            remove_leftovers(config.output.save_dir)
+            log = TrainingLog(self.log_dir, self.history, self.class_names)
+            path = Path(config.output.save_dir) / "config.yaml"
+            self.writer.submit(lambda: write_config(config, path))
+            print(f"Settings saved to {path}; train them again with --config {path}")
         phase = loaders = scheduler = None
         epoch = self.start_epoch
         try:
             for epoch in range(self.start_epoch, config.schedule.unfreeze_epoch):
                 if phase != Phase.at(config.schedule, epoch):
+                    if loaders is not None:
+                        loaders.close()
                     phase = Phase.at(config.schedule, epoch)
                     loaders, scheduler = self.start_phase(phase)
                 set_optimizer_lr(self.optimizer, scheduler, epoch)
                 loaders.set_epoch(epoch)
                 self.run_epoch(epoch, loaders, log)
                 barrier()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
+            self._finish(log, loaders, epoch - self.start_epoch)
             path = Path(config.output.save_dir) / "checkpoint_last.pth"
-            raise TrainingInterruptedError(epoch + 1, path) from None
-        finally:
-            if log is not None:
-                log.close()
+            signum = stop.signum if isinstance(stop, StopSignal) else signal.SIGINT
+            raise TrainingInterruptedError(epoch + 1, path, signum) from None
+        except BaseException:
+            self._finish(log, loaders, epoch - self.start_epoch)
+            raise
+        self._finish(log, loaders, epoch + 1 - self.start_epoch)
+        if dist_info.is_main:
+            print(self.clock.line())
+
+    def _finish(self, log: TrainingLog | None, loaders: Loaders | None, epochs: int) -> None:
+        """End the loaders' workers, then wait for the last writes (the curves drawn for the
+        last time, TensorBoard closed); a write that failed is raised here."""
+        self.clock.loop_end(epochs)
+        if loaders is not None:
+            loaders.close()
+        with self.clock.part("final writes"):
+            if log is not None and not log.closed and not self.writer.failed:
+                self.writer.submit(log.writer(final=True))
+            try:
+                self.writer.close()
+            except WriteError as error:
+                path = Path(self.config.output.save_dir) / "checkpoint_last.pth"
+                then = f"resume with python train.py --resume {shlex.quote(str(path))}"
+                then = then if path.is_file() else "start again"
+                raise WriteError(f"{error}; the files written before stay whole: {then}.") from None
 
     def _announce(self) -> None:
         config, runtime = self.config, self.runtime
@@ -305,7 +326,11 @@ class Trainer:
 
     def train_steps(self, batches, steps: int, epoch: int = 0) -> tuple[float, float]:
         """``steps`` training steps on ``batches``: the mean loss and f-score over the ranks."""
-        return train_one_epoch(
+        clock = self.clock
+        clock.steps_start()
+        waited = clock.seconds["waiting for data"]
+        start = time.perf_counter()
+        result = train_one_epoch(
             self.model_train,
             batches,
             optimizer=self.optimizer,
@@ -317,24 +342,30 @@ class Trainer:
             total_epochs=self.config.schedule.unfreeze_epoch,
             dist_info=self.dist_info,
         )
+        waited = clock.seconds["waiting for data"] - waited
+        clock.add("train steps", time.perf_counter() - start - waited)
+        return result
 
     def run_epoch(self, epoch: int, loaders: Loaders, log: TrainingLog | None) -> None:
         """Train one epoch, then the val loss, the mIoU when due, and (rank 0) save."""
         config, runtime = self.config, self.runtime
-        loss, _ = self.train_steps(loaders.train, loaders.train_steps, epoch)
-        val_loss = None
-        if loaders.val is not None:
-            val_loss, _ = evaluate_loss(
-                self.model,
-                loaders.val,
-                criterion=self.criterion,
-                runtime=runtime,
-                steps=loaders.val_steps,
-                dist_info=self.dist_info,
-            )
+        batches = TimedBatches(loaders.train, self.clock)
+        loss, _ = self.train_steps(batches, loaders.train_steps, epoch)
+        val_loss, scores = None, {}
         evaluation = config.evaluation
         due = evaluation.eval_flag and (epoch + 1) % evaluation.eval_period == 0
-        scores = self.evaluate() if due and self.val_set is not None else {}
+        with self.clock.part("evaluation"):
+            if loaders.val is not None:
+                val_loss, _ = evaluate_loss(
+                    self.model,
+                    loaders.val,
+                    criterion=self.criterion,
+                    runtime=runtime,
+                    steps=loaders.val_steps,
+                    dist_info=self.dist_info,
+                )
+            if due and self.val_set is not None:
+                scores = self.evaluate()
         if log is not None:
             self.end_of_epoch(epoch, log, loss=loss, val_loss=val_loss, **scores)
 
@@ -377,7 +408,8 @@ class Trainer:
         class_iou: np.ndarray | None = None,
         samples: np.ndarray | None = None,
     ) -> None:
-        """Rank 0: log the epoch, then save the original's weights files and the checkpoint."""
+        """Rank 0: log the epoch, and hand its files (the logs, the original's weights files and
+        the checkpoint) to the background writer, once those of the epoch before are written."""
         best = self.saver.is_best(log.history, loss=loss, val_loss=val_loss, miou=miou)
         log.append_loss(epoch + 1, loss, val_loss, lr=self.optimizer.param_groups[0]["lr"])
         if miou is not None:
@@ -389,7 +421,8 @@ class Trainer:
         text = f"Total Loss: {loss:.3f}"
         text += f" || Val Loss: {val_loss:.3f}" if val_loss is not None else ""
         print(f"Epoch:{epoch + 1}/{self.config.schedule.unfreeze_epoch}\n{text}")
-        self.saver.save(
+        self.writer.wait()  # the previous epoch's files are whole, and its buffers free
+        write_checkpoint = self.saver.save(
             epoch + 1,
             model=self.model,
             optimizer=self.optimizer,
@@ -400,6 +433,8 @@ class Trainer:
             val_loss=val_loss,
             best=best,
         )
+        last = epoch + 1 == self.config.schedule.unfreeze_epoch
+        self.writer.submit(log.writer(final=last), write_checkpoint)
 
 
 def benchmark(config: TrainConfig, runtime: Runtime, steps: int) -> str:
