@@ -17,7 +17,9 @@ import argparse
 import os
 import signal
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +28,14 @@ from PIL import Image
 
 from unet import Unet
 from utils.classes import BLEND, draw_labels
-from utils.engines import is_onnx
+from utils.engines import ENGINES, engine_for
 from utils.errors import UserError, exit_on_user_error
 from utils.segmenter import (
+    AUTO,
     Chosen,
-    Options,
     Prediction,
     Segmenter,
+    engine_choices,
     find_models,
     options_from,
 )
@@ -60,6 +63,9 @@ LAUNCH = {
     "footer_links": ["api"],
     "prevent_thread_lock": True,
 }
+#: Every 10 minutes Gradio deletes the copies of uploads and results it made over 10 minutes
+#: ago: a page left open all day keeps its disk bounded.
+GRADIO_CACHE_AGE = (600, 600)
 #: Small images fill the overlay's box, as they fill the highlighted view's.
 CSS = ".overlay img {width: 100%; height: 100%; object-fit: contain}"
 #: Pictures travel as PNG files (Gradio's default, WebP, would change the pixels).
@@ -108,14 +114,21 @@ def devices() -> list[str]:
 
 
 def precisions() -> list[str]:
-    return ["fp32", "bf16"] + (["fp16"] if torch.cuda.is_available() else [])
+    """``auto`` (the engine's default: fp32 for torch) and the precisions to choose from."""
+    return [AUTO, "fp32", "bf16"] + (["fp16"] if torch.cuda.is_available() else [])
 
 
 class Page:
     """The page's handlers around one :class:`Segmenter`; :meth:`build` lays it out."""
 
-    def __init__(self, segmenter: Segmenter, models: dict[str, str]):
+    def __init__(
+        self,
+        segmenter: Segmenter,
+        models: dict[str, str],
+        find: Callable[[], dict[str, str]] | None = None,
+    ):
         self.segmenter, self.models = segmenter, models
+        self.find = find or (lambda: models)  # the models listed now (the runs under --logs)
 
     def label(self, path: str) -> str:
         return next((label for label, known in self.models.items() if known == path), path)
@@ -129,7 +142,8 @@ class Page:
         tta: bool = False,
         tile: float | None = None,
         device: str = "auto",
-        precision: str = "fp32",
+        precision: str = AUTO,
+        engine: str = AUTO,
     ) -> tuple[str, str, pd.DataFrame]:
         """One image through one model: the overlay, the class-index mask PNG (the file
         get_miou.py writes) and each class's pixels."""
@@ -137,7 +151,7 @@ class Page:
             raise gr.Error("Upload an image first.", print_exception=False)
         try:
             prediction = self.segmenter.predict(
-                model, options_from(tta, tile, device, precision), image
+                model, options_from(tta, tile, device, precision, engine), image
             )
         except UserError as error:
             raise gr.Error(str(error), print_exception=False) from None
@@ -153,7 +167,9 @@ class Page:
         """One model's column: :meth:`segment`'s overlay and table, the classes highlighted,
         the time the model took, and the downloads."""
         options = chosen.options
-        overlay, mask, table = self.segment(image, model, mix_type, blend, **asdict(options))
+        widgets = {**asdict(options), "precision": options.precision or AUTO}
+        widgets["engine"] = options.engine or AUTO
+        overlay, mask, table = self.segment(image, model, mix_type, blend, **widgets)
         prediction = self.segmenter.predict(model, options, image)  # the one segment made
         width, height = prediction.image.size
         took = f"took {prediction.seconds:.2f} s on {Path(image).name} ({width}x{height})"
@@ -171,20 +187,25 @@ class Page:
         second = self.panel(chosen.compare, chosen, image, mix_type, blend)
         return [*first, gr.Column(visible=True), *second]
 
-    def pick(self, model, compare, tta, tile, device, precision, chosen: Chosen) -> list:
+    def pick(self, model, compare, tta, tile, device, precision, engine, chosen: Chosen) -> list:
         """Load the models and options the widgets name; if one fails to load, the previous
         choice stays in use, and in the widgets."""
         compare = None if compare in (None, NO_MODEL) else compare
-        wanted = Chosen(model, compare, options_from(tta, tile, device, precision))
+        wanted = Chosen(model, compare, options_from(tta, tile, device, precision, engine))
         return self.controls(self.segmenter.choose(wanted, chosen, self.label))
 
     def controls(self, chosen: Chosen) -> list:
         """The state and the widgets' values for ``chosen``, and what its models are."""
         options = chosen.options
-        onnx = any(is_onnx(path) for path in chosen.models())
-        precision = gr.Dropdown(precisions(), value=options.precision, interactive=not onnx)
-        widgets = [chosen.model, chosen.compare or NO_MODEL, options.tta, options.tile]
-        return [chosen, *widgets, options.device, precision, self.describe(chosen)]
+        takes = all(engine_for(p, options.engine).takes_precision for p in chosen.models())
+        precision = gr.Dropdown(precisions(), value=options.precision or AUTO, interactive=takes)
+        engine = gr.Dropdown(engine_choices(chosen.models()), value=options.engine or AUTO)
+        self.models = self.find()  # a run that ended since the page started is listed
+        models = list(self.models.items())
+        model = gr.Dropdown(models, value=chosen.model)
+        compare = gr.Dropdown([NO_MODEL, *models], value=chosen.compare or NO_MODEL)
+        widgets = [model, compare, options.tta, options.tile]
+        return [chosen, *widgets, options.device, precision, engine, self.describe(chosen)]
 
     def describe(self, chosen: Chosen) -> str:
         """Each model's settings, as its settings file gave them."""
@@ -213,7 +234,9 @@ class Page:
 
     def build(self, chosen: Chosen, mix_type: int) -> gr.Blocks:
         """Models, options and images on the left; one column of results per model."""
-        with gr.Blocks(title="unet-pytorch", analytics_enabled=False) as page:
+        with gr.Blocks(
+            title="unet-pytorch", analytics_enabled=False, delete_cache=GRADIO_CACHE_AGE
+        ) as page:
             state = gr.State(chosen)
             with gr.Row():
                 with gr.Column(scale=1, min_width=340):
@@ -236,7 +259,8 @@ class Page:
         return page
 
     def model_controls(self, chosen: Chosen) -> list:
-        """Model, second model, TTA, tile, device, precision, and what the models are."""
+        """Model, second model, TTA, tile, device, precision, engine, and what the models
+        are."""
         models = list(self.models.items())
         options = chosen.options
         model = gr.Dropdown(models, value=chosen.model, label="Model", elem_id="model")
@@ -246,15 +270,24 @@ class Page:
             tile = gr.Number(label="Tile (empty: the model's)", precision=0, minimum=0)
         with gr.Row():
             device = gr.Dropdown(devices(), value=options.device, label="Device")
-            precision = gr.Dropdown(precisions(), value=options.precision, label="Precision")
+            precision = gr.Dropdown(
+                precisions(), value=options.precision or AUTO, label="Precision"
+            )
+        names = ", ".join(f"{name}: {engine.summary}" for name, engine in ENGINES.items())
+        engine = gr.Dropdown(
+            engine_choices([chosen.model]),
+            value=options.engine or AUTO,
+            label="Engine",
+            info=f"what runs the network (auto: by the file); {names}",
+        )
         info = gr.Markdown(elem_id="model-info")
-        return [model, compare, tta, tile, device, precision, info]
+        return [model, compare, tta, tile, device, precision, engine, info]
 
     def wire(self, state, controls: list, show_inputs: list, show_outputs: list) -> None:
         """A change of model or option loads it, then redraws; so does a new image or drawing."""
-        model, compare, tta, tile, device, precision, _ = controls
+        model, compare, tta, tile, device, precision, engine, _ = controls
         changes = [model.input, compare.input, tta.input, tile.submit, tile.blur]
-        changes += [device.input, precision.input]
+        changes += [device.input, precision.input, engine.input]
         private = {"api_visibility": "private"}
         picked = gr.on(changes, self.pick, [*controls[:-1], state], [state, *controls], **private)
         picked.then(self.show, show_inputs, show_outputs, **private)
@@ -264,13 +297,13 @@ class Page:
 
     def api(self, controls: list, mix, blend) -> None:
         """``/segment`` for scripts: :meth:`segment` on a hidden image input and outputs."""
-        model, _, tta, tile, device, precision, _ = controls
+        model, _, tta, tile, device, precision, engine, _ = controls
         with gr.Column(visible=False):
             image = gr.File(label="image")
             outputs = [gr.Image(label="overlay", **PNG), gr.File(label="mask")]
             outputs.append(gr.Dataframe(label="table"))
             button = gr.Button()
-        inputs = [image, model, mix, blend, tta, tile, device, precision]
+        inputs = [image, model, mix, blend, tta, tile, device, precision, engine]
         button.click(self.segment, inputs, outputs, api_name="segment")
 
 
@@ -312,7 +345,10 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     flag("--port", type=int, default=7860, help="(default: %(default)s)")
     flag("--mix-type", type=int, choices=(0, 1, 2), default=0, help="as predict.py's (default: 0)")
     flag("--device", choices=devices(), default="auto", help="to start with (default: auto)")
-    flag("--precision", choices=precisions(), default="fp32", help="to start with (default: fp32)")
+    flag("--precision", choices=precisions(), default=AUTO,
+         help="to start with (default: auto, the engine's: fp32 for torch)")  # fmt: skip
+    flag("--engine", choices=[AUTO, *ENGINES], default=AUTO,
+         help="to start with (default: auto, by the file)")  # fmt: skip
     flag("--max-pixels", type=float, default=40e6, help="refuse larger images (default: 40e6)")
     return parser.parse_args(argv)
 
@@ -355,13 +391,16 @@ def main(argv: list[str] | None = None) -> None:
             f"no weights under '{args.logs}' and no --model-path; train a model "
             "(make demo) or give --model-path."
         )
-    options = Options(device=args.device, precision=args.precision)
+    options = options_from(False, None, args.device, args.precision, args.engine)
     chosen = Chosen(next(iter(models.values())), None, options)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as Ctrl-C does, cleaning up
     with tempfile.TemporaryDirectory(prefix="unet-app-") as folder:
+        # Gradio's copies of uploads and results go in the same folder, deleted at exit
+        os.environ["GRADIO_TEMP_DIR"] = str(Path(folder) / "gradio")
         segmenter = Segmenter(Path(folder), int(args.max_pixels), Unet, warn=gr.Warning)
         segmenter.predictor(chosen.model, options)  # loaded before the first visit, or stop
-        page = Page(segmenter, models).build(chosen, args.mix_type)
+        find = partial(find_models, Path(args.logs), args.model_path)
+        page = Page(segmenter, models, find).build(chosen, args.mix_type)
         serve(page, args.host, args.port, Path(folder))
 
 

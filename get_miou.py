@@ -36,10 +36,10 @@ from utils.dataloader import (
 )
 from utils.device import backend_settings
 from utils.engines import settings_of
-from utils.errors import exit_on_user_error
-from utils.inference import check_batching
+from utils.errors import UserError, exit_on_user_error
+from utils.inference import check_batching, check_threads
 from utils.progress import progress
-from utils.utils_metrics import compute_mIoU, nanmean, per_Accuracy, show_results
+from utils.utils_metrics import compute_mIoU, nanmean, never_found, per_Accuracy, show_results
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -68,6 +68,7 @@ def get_parser() -> argparse.ArgumentParser:
 def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = get_parser().parse_args(argv)
     check_batching(args.batch_size, args.num_workers)
+    check_threads(args.num_threads)
     return args
 
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         names = read_split(args.dataset_path, args.split, settings.dataset_format)
         layout = DatasetLayout.of(args.dataset_path, settings.dataset_format)
         if args.miou_mode in (0, 1):
-            predict_split(
+            names = predict_split(
                 unet, layout.image_files(names), names, pred_dir, args.batch_size, args.num_workers
             )
     gt_dir = layout.labels
@@ -112,15 +113,27 @@ def predict_split(
     pred_dir: Path,
     batch_size: int | None = None,
     num_workers: int | None = None,
-) -> None:
-    """Save each image's class map as ``<id>.png`` in ``pred_dir``."""
+) -> list[str]:
+    """Save each image's class map as ``<id>.png`` in ``pred_dir``; return the ids predicted.
+    An image that cannot be read (damaged, too large) is skipped, named with its reason at the
+    end; none predicted is an error."""
     pred_dir.mkdir(parents=True, exist_ok=True)
     print("Get predict result.")
-    predictions = unet.predict_files(images, batch_size, num_workers)
+    predictions = unet.predict_files(images, batch_size, num_workers, skip_unreadable=True)
     bar = progress(predictions, total=len(names), desc="Get predict result")
+    done, skipped = [], []
     for name, result in zip(names, bar, strict=True):
+        if result.error:
+            skipped.append(result.error)
+            continue
         Image.fromarray(result.labels).save(pred_dir / f"{name}.png")
+        done.append(name)
     print("Get predict result done.")
+    if skipped:
+        print(f"skipped {len(skipped)} of {len(names)} images:", *skipped, sep="\n  ")
+    if not done:
+        raise UserError(f"no image of the split could be read ({len(names)} tried); see above.")
+    return done
 
 
 def evaluate(
@@ -131,7 +144,9 @@ def evaluate(
     print("Get miou.")
     num_classes = len(name_classes)
     hist, ious, recall, precision = compute_mIoU(gt_dir, pred_dir, names, num_classes, name_classes)
-    print("Get miou done.")
+    print(f"Get miou done: over {len(names)} images.")
+    for line in never_found(hist, name_classes):
+        print(line)
     show_results(out, hist, ious, recall, precision, name_classes)
     metrics = {
         "mIoU": nanmean(ious),

@@ -17,8 +17,6 @@ in every mode.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import tempfile
 import time
 from pathlib import Path
@@ -31,12 +29,13 @@ from unet import Unet
 from utils.cli import add_batch_flags, add_model_flags, argument_parser, predictor_kwargs
 from utils.config import MODEL_KEYS
 from utils.dataloader import IMAGE_EXTENSIONS, DatasetLayout, read_split
-from utils.device import backend_settings, cpu_has_native_bf16, gpu_has_native_bf16
+from utils.device import backend_settings
+from utils.engines import ENGINES
 from utils.errors import UserError, exit_on_user_error
-from utils.inference import check_batching, default_batching
+from utils.inference import check_batching, check_threads, default_batching
 from utils.progress import progress, say
 from utils.quantize import DEFAULT_CALIBRATION_IMAGES, calibration_paths, quantize_int8
-from utils.speed import network_seconds, throughput
+from utils.speed import command_for, engine_predictors, network_seconds, throughput
 from utils.utils import distinct_names, read_image
 from utils.video import VideoFile, read_frames
 
@@ -107,8 +106,8 @@ def add_onnx_flags(parser: argparse.ArgumentParser) -> None:
     flag("--int8", action="store_true", help="export_onnx: int8, calibrated on --calibration-dir")
     flag(
         "--calibration-dir",
-        help="--int8: a folder of your training images, never the "
-        "images you will score (default: none; --int8 needs it)",
+        help="--int8: a folder of your training images, or a train split file (its ids' "
+        "images), never the images you will score (default: none; --int8 needs it)",
     )
     flag(
         "--calibration-images",
@@ -139,6 +138,7 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = get_parser().parse_args(argv)
     check_batching(args.batch_size, args.num_workers)
     check_batching(args.fps_batch_size, args.num_workers, "--fps-batch-size")
+    check_threads(args.num_threads)
     if args.int8 and args.mode != "export_onnx":
         raise UserError("--int8 is for --mode export_onnx; add --mode export_onnx.")
     if args.int8 and not args.calibration_dir:
@@ -148,6 +148,8 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     if args.int8:  # before the export, not after it
         calibration_paths(args.calibration_dir, args.calibration_images)
+    if args.mode in ("predict", "predict_onnx"):
+        refuse_folders(args.images)
     if args.dir_origin_path and args.mode in ("predict", "predict_onnx"):
         model = f" --onnx-path {args.onnx_path or ONNX_PATH}" if args.mode == "predict_onnx" else ""
         raise UserError(
@@ -183,16 +185,22 @@ def show(image: Image.Image | np.ndarray, title: str, wait: int = 0) -> int:
     return cv2.waitKey(wait)
 
 
-def predict_images(unet, paths: list[str], args, missing: str = "check the path") -> None:
-    """Segment each image file and save the drawing in --dir-save-path (stems that collide,
-    a.jpg and a.png, keep their whole names: a.jpg.png)."""
-    out = Path(args.dir_save_path)
+def refuse_folders(paths: list[str]) -> None:
+    """A folder given as an image: one sentence with the dir_predict command (before the model
+    loads, when it comes on the command line)."""
     for path in paths:
         if Path(path).is_dir():
             raise UserError(
                 f"'{path}' is a folder; to segment every image in it, run --mode dir_predict "
                 f"--dir-origin-path {path}."
             )
+
+
+def predict_images(unet, paths: list[str], args, missing: str = "check the path") -> None:
+    """Segment each image file and save the drawing in --dir-save-path (stems that collide,
+    a.jpg and a.png, keep their whole names: a.jpg.png)."""
+    out = Path(args.dir_save_path)
+    refuse_folders(paths)
     out.mkdir(parents=True, exist_ok=True)
     unet.save_legend(out)
     for path, name in zip(paths, distinct_names(paths), strict=True):
@@ -243,7 +251,7 @@ def dir_predict(unet, args) -> None:
     skipped, written = [], 0
     for result in progress(predictions, total=len(paths), desc="dir_predict"):
         if result.error:
-            skipped.append(result.path)
+            skipped.append(result.error)
             say(f"warning: skipped {result.error}")
             continue
         unet.draw(result.image, result.labels).save(out / names[result.path])
@@ -252,7 +260,7 @@ def dir_predict(unet, args) -> None:
     if legend is not None:
         print(f"which colour is which class: {legend}")
     if skipped:
-        print(f"skipped (unreadable): {', '.join(repr(str(path)) for path in skipped)}")
+        print(f"skipped {len(skipped)}:", *skipped, sep="\n  ")
     if not written:
         raise UserError(
             f"no image in '{folder}' could be read ({len(paths)} tried); see the warnings above."
@@ -313,48 +321,25 @@ def fps_image(path: str) -> tuple[Image.Image, str]:
     return read_image(path, missing="check --fps-image-path"), path
 
 
-def fps_predictors(args: argparse.Namespace, unet: Unet, folder: Path) -> list[Unet]:
-    """What this machine can run for the model given, torch fp32 first: the model the mode
-    runs; for torch weights (or a --model-path given beside an ONNX model), torch fp32, torch
-    bf16 where bf16 is native, and onnxruntime fp32 (exported into ``folder``)."""
-    predictors = [unet]
-    weights = unet.model_path if unet.net is not None else args.model_path
-    if weights is None:  # an ONNX model alone
-        return predictors
-    base = {**predictor_kwargs(args, Unet), "model_path": weights, "engine": None}
-    fp32 = unet if unet.net is not None and unet.precision == "fp32" else None
-    fp32 = fp32 or Unet(**{**base, "precision": "fp32"})
-    predictors += [fp32] if fp32 is not unet else []
-    cuda = fp32.runtime.device.type == "cuda"
-    native = gpu_has_native_bf16() if cuda else cpu_has_native_bf16()
-    if native and not (unet.net is not None and unet.precision == "bf16"):
-        predictors.append(Unet(**{**base, "precision": "bf16"}))
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # the export's own lines
-            fp32.convert_to_onnx(False, str(folder / "fp32.onnx"))
-        onnx = {"model_path": str(folder / "fp32.onnx"), "precision": "fp32"}
-        predictors.append(Unet(**{**base, **onnx}))
-    except UserError as error:  # onnx or onnxruntime missing: the other rows still run
-        print(f"onnxruntime fp32 is not timed: {error}")
-    return sorted(predictors, key=lambda predictor: predictor is not fp32)
-
-
 def fps(unet: Unet, args) -> None:
     """One table: each engine and precision this machine can run for the model, in seconds
     per image of the network + argmax (what the original's get_FPS times) and of the whole
-    get_miou_png pipeline, with the speed-up over torch fp32; then the batched throughput."""
+    get_miou_png pipeline, with the speed-up over torch fp32; the fastest, and the command
+    that runs it; then the batched throughput."""
     image, name = fps_image(args.fps_image_path)
     height, width = unet.input_shape
+    weights = unet.model_path if unet.net is not None else args.model_path
+    base = {**predictor_kwargs(args, Unet), "precision": None}
     with tempfile.TemporaryDirectory(prefix="unet-fps-") as folder:
+        make = lambda **kwargs: Unet(**{**base, **kwargs})  # noqa: E731
+        predictors = engine_predictors(make, unet, weights, Path(folder))
         rows = [
-            (
-                u.how() + ("" if u.runtime.device == unet.runtime.device else " (cpu)"),
-                network_seconds(u, image, args.test_interval),
-                u.get_FPS(image, args.test_interval),
-            )
-            for u in fps_predictors(args, unet, Path(folder))
+            (u, network_seconds(u, image, args.test_interval), u.get_FPS(image, args.test_interval))
+            for u in predictors
         ]
-    base = rows[0][2] if rows[0][0].startswith("torch fp32") else None
+        fastest = min(rows, key=lambda row: row[2])[0]
+        command = command_for(fastest, weights, Path(folder))
+    base_seconds = rows[0][2] if rows[0][0].how().startswith("torch fp32") else None
     print(
         f"Seconds per image on {unet.runtime.device.type}, {name} ({image.width}x"
         f"{image.height}), {args.test_interval} runs each:"
@@ -364,9 +349,12 @@ def fps(unet: Unet, args) -> None:
         f"{'engine and precision':<28} {network:>26} {'whole get_miou_png':>20} "
         f"{'vs torch fp32':>14}"
     )
-    for label, seconds, whole in rows:
-        ratio = f"x{base / whole:.2f}" if base else "-"
+    for predictor, seconds, whole in rows:
+        label = predictor.how()
+        label += "" if predictor.runtime.device == unet.runtime.device else " (cpu)"
+        ratio = f"x{base_seconds / whole:.2f}" if base_seconds else "-"
         print(f"{label:<28} {seconds:>24.4f} s {whole:>18.4f} s {ratio:>14}")
+    print(f"fastest here: {fastest.how()} ({command})")
     batches = max(1, args.test_interval // args.fps_batch_size)
     workers = default_batching(unet.runtime.device, num_workers=args.num_workers)[1]
     speed = throughput(unet, image, args.fps_batch_size, batches, workers)
@@ -404,21 +392,29 @@ def export(unet: Unet, args) -> None:
 
 
 def score_int8(fp32: Path, args) -> None:
-    """Print fp32 against int8 on --dataset-path's --split: mIoU, and the pixels that agree."""
+    """For each engine that runs the int8 file here: fp32 against int8 on --dataset-path's
+    --split, mIoU and the pixels that agree."""
     from utils.dataloader import read_class_label
     from utils.onnx_export import compare_int8
 
-    kwargs = {**predictor_kwargs(args, Unet), "engine": None, "precision": "fp32"}
-    models = [Unet(**{**kwargs, "model_path": str(path)}) for path in (fp32, args.onnx_save_path)]
-    settings = models[0].settings
+    kwargs = {**predictor_kwargs(args, Unet), "precision": None}
+    settings = Unet(**{**kwargs, "model_path": str(fp32), "engine": None}).settings
     layout = DatasetLayout.of(args.dataset_path, settings.dataset_format)
     names = read_split(args.dataset_path, args.split, settings.dataset_format)
-    labels = (
-        read_class_label(path, settings.num_classes, settings.dataset_format)
-        for path in layout.label_files(names)
-    )
-    check = compare_int8(*models, layout.image_files(names), labels, settings.num_classes)
-    print("\n".join(check.lines(f"{args.dataset_path} ({args.split})")))
+    images, labels = layout.image_files(names), layout.label_files(names)
+    for name, engine in ENGINES.items():
+        if name == "torch" or not engine.available() or "cpu" not in engine.devices:
+            continue
+        precision = "fp32" if engine.takes_precision else None
+        models = [
+            Unet(**{**kwargs, "model_path": str(fp32), "engine": name, "precision": precision}),
+            Unet(**{**kwargs, "model_path": args.onnx_save_path, "engine": name}),
+        ]
+        truth = (
+            read_class_label(path, settings.num_classes, settings.dataset_format) for path in labels
+        )
+        check = compare_int8(*models, images, truth, settings.num_classes)
+        print("\n".join(check.lines(f"{args.dataset_path} ({args.split}) in {name}")))
 
 
 @exit_on_user_error

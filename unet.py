@@ -20,8 +20,8 @@ from PIL import Image
 from nets.unet import check_input_shape, check_tile
 from utils.classes import VOC_CLASSES, class_colors, default_class_names, draw_labels, draw_legend
 from utils.config import MODEL_DEFAULTS, MODEL_KEYS, SETTINGS
-from utils.device import Runtime, resolve_runtime, use_device
-from utils.engines import OnnxEngine, TorchEngine, engine_for
+from utils.device import use_device
+from utils.engines import engine_for
 from utils.errors import UserError
 from utils.inference import InferencePipeline, default_batching, read_file
 from utils.model_settings import ModelSettings
@@ -47,17 +47,18 @@ class FilePrediction(NamedTuple):
 
 
 class Unet:
-    """Load a trained UNet, from a ``.pth`` in PyTorch or an ``.onnx`` in onnxruntime, and
-    segment images with the reference's pipeline.
+    """Load a trained UNet, from a ``.pth`` in PyTorch, an ``.onnx`` in onnxruntime or any of
+    them in OpenVINO (the engines of :mod:`utils.engines`), and segment images with the
+    reference's pipeline.
 
-    kwargs and defaults are the original's, plus ``engine`` (None: by the file; torch or
-    onnxruntime), ``device`` (auto/cpu/cuda/cuda:N; by default taken from ``cuda``),
-    ``precision`` (fp32/bf16/fp16, torch only), ``channels_last`` (None: the faster layout for
-    the device), ``tile``/``stride`` (sliding windows for large images), ``tta``
-    (horizontal-flip averaging) and ``name_classes``. The settings a model carries (train.py's
-    ``<name>.json`` beside the weights, an export's metadata; :data:`~utils.config.MODEL_KEYS`)
-    that are not given come from there, and without any (the original's files) from the
-    original's defaults.
+    kwargs and defaults are the original's, plus ``engine`` (None: by the file; a name of
+    :data:`utils.engines.ENGINES`), ``device`` (auto/cpu/cuda/cuda:N; by default taken from
+    ``cuda``), ``precision`` (None: the engine's default, fp32 for torch), ``channels_last``
+    (None: the faster layout for the device), ``num_threads`` (None: torch's),
+    ``tile``/``stride`` (sliding windows for large images), ``tta`` (horizontal-flip averaging)
+    and ``name_classes``. The settings a model carries (train.py's ``<name>.json`` beside the
+    weights, an export's metadata; :data:`~utils.config.MODEL_KEYS`) that are not given come
+    from there, and without any (the original's files) from the original's defaults.
     """
 
     _defaults = {
@@ -67,8 +68,9 @@ class Unet:
         "cuda": True,
         "engine": None,
         "device": None,
-        "precision": SETTINGS["precision"].default,
+        "precision": None,
         "channels_last": None,
+        "num_threads": None,
         "tta": False,
     }
 
@@ -76,31 +78,30 @@ class Unet:
         options = self._options(kwargs)
         given = {key: options[key] for key in MODEL_KEYS}
         device = options["device"] or ("auto" if options["cuda"] else "cpu")
-        if engine_for(options["model_path"], options["engine"]) == "onnxruntime":
-            if options["precision"] != "fp32":
-                raise UserError(
-                    f"--precision {options['precision']} is for the torch engine; an ONNX "
-                    "model runs as it was exported (fp32, or int8 with --int8)."
-                )
-            self.engine = OnnxEngine(options["model_path"], device)
-            runtime = Runtime(self.engine.device)
-        else:
-            self.engine = TorchEngine(options["model_path"])
-            if options["cuda"] and options["device"] is None and not torch.cuda.is_available():
-                print("cuda=True but no CUDA GPU is visible: running on the CPU.")
-            runtime = resolve_runtime(
-                device, options["precision"], channels_last=options["channels_last"]
-            )
+        if options["cuda"] and options["device"] is None and not torch.cuda.is_available():
+            print("cuda=True but no CUDA GPU is visible: running on the CPU.")
+        if options["num_threads"]:
+            torch.set_num_threads(options["num_threads"])
+        engine = engine_for(options["model_path"], options["engine"])
+        self.engine = engine(
+            options["model_path"],
+            device=device,
+            precision=options["precision"],
+            channels_last=options["channels_last"],
+            num_threads=options["num_threads"],
+        )
+        runtime = self.engine.runtime
         saved, source = self.engine.saved_settings(given)
         self.settings = ModelSettings.resolve(given, saved, source)
         settings = self.settings
         check_input_shape(settings.input_shape[0], settings.input_shape[1], settings.backbone)
         check_tile(settings.tile, settings.stride, settings.backbone)
         use_device(runtime.device)
-        self.engine.load(settings, runtime)
+        self.engine.load(settings)
         settings.check_names(given, source)
         # the original's attributes (``engine``, given as a name, is the engine itself here)
         options.pop("engine")
+        options["precision"] = self.engine.precision
         self.__dict__.update({**options, **settings.to_dict()})
         self.channels_last, self.runtime = runtime.channels_last, runtime
         self.colors = class_colors(settings.num_classes)
@@ -128,11 +129,8 @@ class Unet:
         return options
 
     def how(self) -> str:
-        """The engine and precision: ``torch fp32, NCHW`` or ``onnxruntime int8``."""
-        if self.engine.name == "onnxruntime":
-            return f"onnxruntime {'int8' if self.engine.int8 else 'fp32'}"
-        layout = "channels-last" if self.runtime.channels_last else "NCHW"
-        return f"torch {self.runtime.precision}, {layout}"
+        """The engine and precision: ``torch fp32, NCHW``, ``onnxruntime int8``..."""
+        return self.engine.how()
 
     def describe(self) -> str:
         """``4 classes, vgg, 512x512, on cpu: torch fp32, NCHW``."""
@@ -145,12 +143,12 @@ class Unet:
 
     def generate(self) -> None:
         """(Re)load the weights, as the original's ``generate``."""
-        self.engine.load(self.settings, self.runtime)
+        self.engine.load(self.settings)
 
     @property
     def net(self) -> torch.nn.Module | None:
-        """The PyTorch network (None in onnxruntime), as the original's ``self.net``."""
-        return getattr(self.engine, "net", None)
+        """The PyTorch network (None in the other engines), as the original's ``self.net``."""
+        return self.engine.net
 
     @net.setter
     def net(self, module: torch.nn.Module) -> None:
@@ -248,7 +246,9 @@ class Unet:
 
         if self.net is None:
             raise UserError(
-                f"'{self.model_path}' is already an ONNX model; export from the .pth weights."
+                f"--mode export_onnx exports PyTorch weights, and {self.how()} runs "
+                f"'{self.model_path}'; give the .pth weights with --engine torch (the default "
+                "for a .pth)."
             )
         export_onnx(self.net, self.settings, model_path, simplify=simplify, dynamic=dynamic)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from utils.classes import default_class_names, mapping_lines
+from utils.classes import default_class_names, mapping_lines, write_classes_file
 from utils.cli import argument_parser
 from utils.dataloader import DatasetLayout
 from utils.errors import UserError, exit_on_user_error
@@ -32,6 +32,8 @@ class LabelScan:
     counts: np.ndarray = field(default_factory=lambda: np.zeros(256, dtype=np.int64))
     problems: list[str] = field(default_factory=list)
     label_paths: list[Path] = field(default_factory=list)
+    #: the first label file holding each value
+    where: dict[int, Path] = field(default_factory=dict)
 
     @property
     def values(self) -> np.ndarray:
@@ -70,7 +72,10 @@ def scan_labels(dataset_path: str | Path, names: list[str]) -> LabelScan:
         if label.max(initial=0) > 255:
             scan.problems.append(f"label '{label_path}' holds values above 255")
             continue
-        scan.counts += np.bincount(label.reshape(-1), minlength=256)
+        counts = np.bincount(label.reshape(-1), minlength=256)
+        for value in np.flatnonzero(counts).tolist():
+            scan.where.setdefault(value, label_path)
+        scan.counts += counts
     return scan
 
 
@@ -165,6 +170,19 @@ def check_scan(
         )
 
 
+def check_num_classes(scan: LabelScan, num_classes: int | None) -> None:
+    """Every label value (255 aside) below ``num_classes``, or one sentence naming a file."""
+    if num_classes is None:
+        return
+    over = [value for value in scan.values.tolist() if num_classes <= value != 255]
+    if over:
+        raise UserError(
+            f"label '{scan.where[over[0]]}' holds value {over[0]}, but --num-classes {num_classes} "
+            f"allows 0 to {num_classes - 1} (and 255, ignored); relabel it, or raise "
+            "--num-classes."
+        )
+
+
 def class_names(scan: LabelScan, given: list[str] | None) -> list[str]:
     """``given`` (--name-classes), which must name every class the labels hold, or the default
     names of as many classes as the labels hold (two for 0/255 labels)."""
@@ -208,6 +226,13 @@ def get_parser() -> argparse.ArgumentParser:
         "class_1, ..., or the 21 VOC names for 21 classes)",
     )
     parser.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="classes the model will have, background included: every label value must be "
+        "below it (255, the ignored border, aside) (default: not checked)",
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="write nothing: no split files, and --fix-binary only lists what it would rewrite",
@@ -243,8 +268,13 @@ def main(argv: list[str] | None = None) -> None:
     print("Check datasets format, this may take a while.")
     scan = scan_labels(args.dataset_path, list_labels(args.dataset_path))
     print_value_table(scan.counts)
+    check_num_classes(scan, args.num_classes)
     names = class_names(scan, args.name_classes)
     check_scan(scan, args.dataset_path, args.fix_binary, names, args.dry_run)
+    if args.name_classes and not args.dry_run:
+        folder = DatasetLayout.of(args.dataset_path).images.parent
+        written = write_classes_file(folder, names, scan.values.tolist())
+        print(f"Class names saved to {written}; train.py takes them from there.")
     if not (args.fix_binary and args.dry_run):
         print("Classes (label value -> class -> name, share of all pixels):")
         print("\n".join(mapping_lines(scan.counts, names)))

@@ -39,15 +39,10 @@ from nets.unet import Unet as Model
 from nets.unet_training import weights_init
 from oracle.original import RefPredictor
 from unet import Unet
-from utils.device import (
-    cpu_has_native_bf16,
-    cpu_info,
-    gpu_has_native_bf16,
-    prefers_channels_last,
-)
+from utils.device import cpu_has_native_bf16, cpu_info
 from utils.errors import UserError
 from utils.inference import default_batching
-from utils.speed import network_seconds
+from utils.speed import engine_predictors, network_seconds
 from utils.utils import read_image
 
 SHARED = Path(
@@ -80,12 +75,6 @@ def device_name(device: torch.device) -> str:
     model = cpu_info()[0] or platform.processor()
     return (f"{model}, {os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()}, "
             f"native bf16: {cpu_has_native_bf16()}")  # fmt: skip
-
-
-def half_precisions(device: torch.device) -> list[str]:
-    if device.type == "cuda":
-        return ["bf16", "fp16"] if gpu_has_native_bf16() else ["fp16"]
-    return ["bf16"] if cpu_has_native_bf16() else []
 
 
 def write_images(folder: Path, count: int, size: tuple[int, int]) -> list[Path]:
@@ -164,9 +153,9 @@ def _peak_resident_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS
 
 
-def onnx_predictors(fp32: Unet, tmp: Path, images: list[Path], device) -> dict[str, Unet]:
-    """The model in onnxruntime, fp32 and int8 (calibrated on ``images``), where onnxruntime
-    can run on ``device``; none (said so) where it cannot."""
+def export_int8(fp32: Unet, tmp: Path, images: list[Path]) -> list[Path]:
+    """The model's int8 export, calibrated on ``images`` (none, said so, where onnx or
+    onnxruntime's quantization tools are missing)."""
     import contextlib
     import io
 
@@ -176,157 +165,171 @@ def onnx_predictors(fp32: Unet, tmp: Path, images: list[Path], device) -> dict[s
         with contextlib.redirect_stdout(io.StringIO()):
             fp32.convert_to_onnx(False, str(tmp / "fp32.onnx"))
             quantize_int8(tmp / "fp32.onnx", tmp / "int8.onnx", images[:8], fp32.input_shape)
-        return {
-            f"onnxruntime {p}": Unet(model_path=str(tmp / f"{p}.onnx"), device=device.type)
-            for p in ("fp32", "int8")
-        }
     except UserError as error:
-        print(f"onnxruntime rows skipped: {error}")
-        return {}
+        print(f"int8 rows skipped: {error}")
+        return []
+    return [tmp / "int8.onnx"]
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    parser.add_argument("--input-shape", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
-    parser.add_argument("--num-classes", type=int, default=21)
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per row; best kept")
-    parser.add_argument("--eval-images", type=int, default=48, help="generated images to evaluate")
-    parser.add_argument("--eval-size", type=int, nargs=2, default=[500, 375], metavar=("W", "H"),
-                        help="their size (default: 500 375)")  # fmt: skip
-    parser.add_argument("--data", type=Path, default=SHARED,
-                        help="the shared data folder, for street.jpg and the ISBI images "
-                        "(default: $UNET_SHARED_DATA or ../shared/data); absent: generated "
-                        "or skipped")  # fmt: skip
-    parser.add_argument("--batch-size", type=int, default=8, help="our evaluation's batch size")
-    parser.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1))
-    parser.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True,
-                        help="also time onnxruntime fp32 and int8 (default: on)")  # fmt: skip
-    parser.add_argument(
-        "--memory-probe",
-        action="store_true",
-        help="only print the post-processing peak of 8 images, in bytes, and exit",
-    )
+    flag = parser.add_argument
+    flag("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    flag("--input-shape", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
+    flag("--num-classes", type=int, default=21)
+    flag("--repeats", type=int, default=3, help="timed runs per row; best kept")
+    flag("--eval-images", type=int, default=48, help="generated images to evaluate")
+    flag("--eval-size", type=int, nargs=2, default=[500, 375], metavar=("W", "H"),
+         help="their size (default: 500 375)")  # fmt: skip
+    flag("--data", type=Path, default=SHARED,
+         help="the shared data folder, for street.jpg and the ISBI images (default: "
+         "$UNET_SHARED_DATA or ../shared/data); absent: generated or skipped")  # fmt: skip
+    flag("--batch-size", type=int, default=8, help="our evaluation's batch size")
+    flag("--num-workers", type=int, default=min(4, os.cpu_count() or 1))
+    flag("--engines", action=argparse.BooleanOptionalAction, default=True,
+         help="also time onnxruntime and OpenVINO, fp32 and int8 (default: on)")  # fmt: skip
+    flag("--memory-probe", action="store_true",
+         help="only print the post-processing peak of 8 images, in bytes, and exit")  # fmt: skip
     args = parser.parse_args(argv)
-    if args.memory_probe:
-        print(_postprocess_peak(torch.device("cpu")))
-        return
-    device = torch.device(
-        "cuda" if args.device == "auto" and torch.cuda.is_available() else
-        ("cpu" if args.device == "auto" else args.device)
-    )  # fmt: skip
-    shape = tuple(args.input_shape)
-    rows: list[tuple[str, float, float]] = []  # (name, ours ms per image, the original's ms)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    auto = args.device == "auto"
+    args.device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if auto else args.device
+    )
+    return args
+
+
+class Bench:
+    """One run of the benchmark: the weights, the original's predictor around them, ours in
+    each engine and precision, and the rows timed so far."""
+
+    def __init__(self, args: argparse.Namespace, tmp: Path):
+        self.args, self.tmp, self.device = args, tmp, args.device
+        self.shape = tuple(args.input_shape)
         torch.manual_seed(0)
         net = Model(num_classes=args.num_classes)
         weights_init(net, "kaiming")
-        weights = tmp / "weights.pth"
-        torch.save(net.state_dict(), weights)
-        street_path = args.data / "samples" / "street.jpg"
-        if not street_path.is_file():
-            street_path = write_images(tmp / "street", 1, (1330, 1330))[0]
-        street = read_image(street_path)
-        reference = RefPredictor(net, shape, device)
+        self.weights = tmp / "weights.pth"
+        torch.save(net.state_dict(), self.weights)
+        street = args.data / "samples" / "street.jpg"
+        if not street.is_file():
+            street = write_images(tmp / "street", 1, (1330, 1330))[0]
+        self.street = read_image(street)
+        self.reference = RefPredictor(net, self.shape, self.device)
+        self.paths = write_images(tmp / "eval", args.eval_images, tuple(args.eval_size))
+        self.rows: list[tuple[str, float, float]] = []  # (name, ours ms, the original's ms)
+        self.nchw = self.ours(precision="fp32", channels_last=False)
+        self.fp32 = self.ours(precision="fp32")
+        self.predictors = self.engines() if args.engines else {self.fp32.how(): self.fp32}
 
-        def ours(precision: str = "fp32", channels_last: bool | None = None, **kw) -> Unet:
-            return Unet(model_path=str(weights), num_classes=args.num_classes,
-                        input_shape=list(shape), device=device.type, precision=precision,
-                        channels_last=channels_last, **kw)  # fmt: skip
+    def ours(self, **kwargs) -> Unet:
+        given = {"num_classes": self.args.num_classes, "input_shape": list(self.shape)}
+        return Unet(**{"model_path": str(self.weights), "device": self.device.type, **given,
+                       **kwargs})  # fmt: skip
 
-        def add(name, original, pipeline):
-            rows.append((name, pipeline * 1e3, original * 1e3))
+    def engines(self) -> dict[str, Unet]:
+        """Ours in every engine and precision this machine runs, by their ``how()``."""
+        int8 = export_int8(self.fp32, self.tmp, self.paths)
+        found = engine_predictors(self.ours, self.fp32, str(self.weights), self.tmp, int8)
+        return {unet.how(): unet for unet in found}
 
-        half = half_precisions(device)
-        rep = args.repeats
-        settings = [("fp32", False), ("fp32", True)] + [(p, True) for p in half]
-        unets = {f"{p}{' + channels_last' if cl else ''}": ours(p, cl) for p, cl in settings}
-        fp32 = unets["fp32 + channels_last" if prefers_channels_last(device) else "fp32"]
-        paths = write_images(tmp / "eval", args.eval_images, tuple(args.eval_size))
-        engines = onnx_predictors(fp32, tmp, paths, device) if args.onnx else {}
-        # network + argmax at the input size: get_FPS and network_seconds report one timed run
-        timed = {**unets, **engines}
-        fps = interleaved_best(
-            [lambda: reference.get_FPS(street, 1)]
-            + [lambda u=u: network_seconds(u, street, 1) for u in timed.values()],
-            rep,
+    def add(self, name: str, original: float, ours: float) -> None:
+        self.rows.append((name, ours * 1e3, original * 1e3))
+
+    def network(self) -> None:
+        """Network + argmax at the input size, beside the original's ``get_FPS``."""
+        timed = {self.nchw.how(): self.nchw, **self.predictors}
+        seconds = interleaved_best(
+            [lambda: self.reference.get_FPS(self.street, 1)]
+            + [lambda u=u: network_seconds(u, self.street, 1) for u in timed.values()],
+            self.args.repeats,
         )
-        for name, seconds in zip(timed, fps[1:], strict=True):
-            add(f"network + argmax, {name}", fps[0], seconds)
-        chosen = {"fp32": fp32, **{p: unets[f"{p} + channels_last"] for p in half}, **engines}
+        for name, ours in zip(timed, seconds[1:], strict=True):
+            self.add(f"network + argmax, {name}", seconds[0], ours)
+
+    def pipelines(self) -> None:
+        """``get_miou_png`` and ``detect_image`` on street.jpg, each engine's beside the
+        original's."""
         for method in ("get_miou_png", "detect_image"):
-            seconds = interleaved_best(
-                [lambda m=method: getattr(reference, m)(street)]
-                + [lambda m=method, u=u: getattr(u, m)(street) for u in chosen.values()],
-                rep,
-            )
-            for unet, ms in zip(chosen.values(), seconds[1:], strict=True):
-                add(f"{method} street.jpg, ours {unet.how()}", seconds[0], ms)
+            steps = [lambda m=method: getattr(self.reference, m)(self.street)]
+            steps += [lambda m=method, u=u: getattr(u, m)(self.street)
+                      for u in self.predictors.values()]  # fmt: skip
+            seconds = interleaved_best(steps, self.args.repeats)
+            for name, ours in zip(self.predictors, seconds[1:], strict=True):
+                self.add(f"{method} street.jpg, ours {name}", seconds[0], ours)
 
-        size = f"{args.eval_size[0]}x{args.eval_size[1]}"
-        batchings = [(args.batch_size, args.num_workers), default_batching(device)]
-        for batch, workers in dict.fromkeys(batchings):  # the defaults, when they differ
-            original, seconds = evaluation_seconds(fp32, reference, paths, tmp / "pred",
-                                                   batch, workers)  # fmt: skip
-            add(f"evaluation, {len(paths)} {size}, batch {batch}, {workers} workers, fp32",
-                original, seconds)  # fmt: skip
-        for name, unet in engines.items():  # get_miou.py over a folder, on the CPU's defaults
-            batch, workers = default_batching(unet.runtime.device)
-            original, seconds = evaluation_seconds(unet, reference, paths, tmp / "pred",
-                                                   batch, workers)  # fmt: skip
-            add(f"evaluation, {len(paths)} {size}, batch {batch}, {workers} workers, {name}",
-                original, seconds)  # fmt: skip
-        isbi = args.data / "isbi2012_cells" / "Images"
+    def evaluations(self) -> None:
+        """get_miou.py's loop over generated images: at --batch-size, at the device's
+        defaults, and in each other engine; the ISBI held-out ids when they are there."""
+        size = f"{self.args.eval_size[0]}x{self.args.eval_size[1]}"
+        batchings = [(self.args.batch_size, self.args.num_workers), default_batching(self.device)]
+        runs = [(self.fp32, b, w) for b, w in dict.fromkeys(batchings)]
+        runs += [(u, *default_batching(u.runtime.device)) for u in self.predictors.values()
+                 if u is not self.fp32]  # fmt: skip
+        for unet, batch, workers in runs:
+            original, ours = evaluation_seconds(unet, self.reference, self.paths, self.tmp / "pred",
+                                                batch, workers)  # fmt: skip
+            self.add(f"evaluation, {len(self.paths)} {size}, batch {batch}, {workers} workers, "
+                     f"{unet.how()}", original, ours)  # fmt: skip
+        isbi = self.args.data / "isbi2012_cells" / "Images"
         if isbi.is_dir():
-            torch.manual_seed(0)
-            small = Model(num_classes=2)
-            weights_init(small, "kaiming")
-            torch.save(small.state_dict(), tmp / "isbi.pth")
-            unet = Unet(model_path=str(tmp / "isbi.pth"), num_classes=2, input_shape=[160, 160],
-                        device=device.type)  # fmt: skip
-            ids = [isbi / f"{i}.png" for i in range(24, 30)]
-            batch, workers = default_batching(device)
-            original, seconds = evaluation_seconds(
-                unet, RefPredictor(small, (160, 160), device), ids, tmp / "isbi_pred",
-                batch, workers,
-            )  # fmt: skip
-            add(f"evaluation, ISBI ids 24-29 at 160x160, batch {batch}, fp32", original, seconds)
-        peak = postprocess_peak_bytes(device)
+            self.isbi(isbi)
 
+    def isbi(self, images: Path) -> None:
+        torch.manual_seed(0)
+        small = Model(num_classes=2)
+        weights_init(small, "kaiming")
+        torch.save(small.state_dict(), self.tmp / "isbi.pth")
+        unet = Unet(model_path=str(self.tmp / "isbi.pth"), num_classes=2, input_shape=[160, 160],
+                    device=self.device.type)  # fmt: skip
+        ids = [images / f"{i}.png" for i in range(24, 30)]
+        batch, workers = default_batching(self.device)
+        reference = RefPredictor(small, (160, 160), self.device)
+        original, ours = evaluation_seconds(unet, reference, ids, self.tmp / "isbi_pred",
+                                            batch, workers)  # fmt: skip
+        self.add(f"evaluation, ISBI ids 24-29 at 160x160, batch {batch}, fp32", original, ours)
+
+
+def report(bench: Bench, peak: int) -> dict:
+    """Print the table and what it says; return the summary the GPU check reads."""
+    args, device = bench.args, bench.device
     print(f"Prediction speed on {device.type}: {device_name(device)}; VGG UNet, "
-          f"{args.num_classes} classes, {shape[0]}x{shape[1]} input, best of {rep}")  # fmt: skip
-    print(f"{'what':<62} {'ours ms':>9} {'original ms':>12} {'speed-up':>9}")
-    for name, ms, original_ms in rows:
-        print(f"{name:<62} {ms:>9.1f} {original_ms:>12.1f} {original_ms / ms:>8.2f}x")
-    summary = {"device": device_name(device), "rows": rows, "postprocess_peak_bytes": peak}
-    by_name = {name: ms for name, ms, _ in rows}
-    ceiling_note = []
-    if half:
-        p = half[0]
-        net_ms = by_name[f"network + argmax, {p} + channels_last"]
-        ceiling = by_name["network + argmax, fp32"] / net_ms
-        detect = next(
-            r for r in rows if r[0].startswith(f"detect_image street.jpg, ours torch {p}")
-        )
-        miou = next(r for r in rows if r[0].startswith(f"get_miou_png street.jpg, ours torch {p}"))
-        ceiling_note = [
-            f"ceiling (network fp32 NCHW / {p} + channels_last): {ceiling:.2f}x",
-            f"detect_image {p} speed-up over the original's fp32: {detect[2] / detect[1]:.2f}x "
-            f"= {detect[2] / detect[1] / ceiling:.0%} of the ceiling",
-            f"get_miou_png {p} / network {p}: {miou[1] / net_ms:.2f}x the network's time",
-        ]
-        summary.update(ceiling=ceiling)
-        int8 = by_name.get("detect_image street.jpg, ours onnxruntime int8")
-        if int8:  # on a CPU with native bf16, what int8 adds to it
-            ceiling_note.append(f"detect_image onnxruntime int8 vs torch {p}: "
-                                f"{detect[1] / int8:.2f}x")  # fmt: skip
-    for line in ceiling_note:
+          f"{args.num_classes} classes, {bench.shape[0]}x{bench.shape[1]} input, best of "
+          f"{args.repeats}")  # fmt: skip
+    print(f"{'what':<66} {'ours ms':>9} {'original ms':>12} {'speed-up':>9}")
+    for name, ms, original_ms in bench.rows:
+        print(f"{name:<66} {ms:>9.1f} {original_ms:>12.1f} {original_ms / ms:>8.2f}x")
+    by_name = {name: ms for name, ms, _ in bench.rows}
+    summary = {"device": device_name(device), "rows": bench.rows, "postprocess_peak_bytes": peak}
+    network = [r for r in bench.rows if r[0].startswith("network + argmax")]
+    fastest = min(network, key=lambda row: row[1])
+    torch_fp32 = by_name[f"network + argmax, {bench.nchw.how()}"]
+    detect = min((r for r in bench.rows if r[0].startswith("detect_image")), key=lambda r: r[1])
+    lines = [
+        f"fastest network: {fastest[0].split(', ', 1)[1]}, x{torch_fp32 / fastest[1]:.2f} torch "
+        "fp32 NCHW",
+        f"fastest detect_image: {detect[0].split('ours ')[1]}, x{detect[2] / detect[1]:.2f} the "
+        "original's fp32 detect_image",
+    ]
+    summary.update(fastest_network=fastest[0], fastest_detect_image=detect[0])
+    for line in lines:
         print(line)
-    print(
-        f"post-processing peak, 8 images of 1330x1330, 21 classes: {peak / 2**20:.0f} MiB "
-        f"(one full-size probability map is {1330 * 1330 * 21 * 4 / 2**20:.0f} MiB)"
-    )
+    print(f"post-processing peak, 8 images of 1330x1330, 21 classes: {peak / 2**20:.0f} MiB "
+          f"(one full-size probability map is {1330 * 1330 * 21 * 4 / 2**20:.0f} MiB)")  # fmt: skip
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.memory_probe:
+        print(_postprocess_peak(torch.device("cpu")))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        bench = Bench(args, Path(tmp))
+        bench.network()
+        bench.pipelines()
+        bench.evaluations()
+        peak = postprocess_peak_bytes(args.device)
+    summary = report(bench, peak)
     if os.environ.get("PREDICT_SPEED_JSON"):
         Path(os.environ["PREDICT_SPEED_JSON"]).write_text(json.dumps(summary, indent=2))
 

@@ -1,7 +1,10 @@
-"""Segment images with an exported UNet on onnxruntime alone: no torch, no code from this repo.
+"""Segment images with an exported UNet on onnxruntime or OpenVINO alone: no torch, no code
+from this repo.
 
     pip install onnxruntime numpy pillow        # or: pip install -r deploy/requirements.txt
     python onnx_predict.py street.jpg photos/ --model models.onnx --out results
+    pip install openvino numpy pillow           # OpenVINO: faster on Intel CPUs, an IR too
+    python onnx_predict.py photos/ --model models.onnx --out results --engine openvino
 
 For each image it writes ``results/masks/<name>.png``, the 8-bit class indices at the image's
 own size (what get_miou.py writes), and ``results/overlays/<name>.png``, the class colours
@@ -16,15 +19,16 @@ from __future__ import annotations
 
 import argparse
 import colorsys
+import importlib
 import json
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 try:
     import numpy as np
-    import onnxruntime as ort
     from PIL import Image
 except ImportError as missing:  # main() says what to install
     MISSING: str | None = str(missing).strip().splitlines()[0].rstrip(".")
@@ -32,7 +36,11 @@ else:
     MISSING = None
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-INSTALL = "pip install -r deploy/requirements.txt (or pip install onnxruntime numpy pillow)"
+INSTALL = {
+    "onnxruntime": "pip install -r deploy/requirements.txt (or pip install onnxruntime numpy "
+    "pillow)",
+    "openvino": "pip install openvino numpy pillow",
+}
 
 
 class UserError(Exception):
@@ -40,10 +48,21 @@ class UserError(Exception):
 
 
 @dataclass(frozen=True)
-class Predictor:
-    """An onnxruntime session and the settings its pipeline needs."""
+class Network:
+    """A loaded model: the function that runs it on a (1, 3, H, W) float32 input, its input and
+    output dimensions (None where free), and the settings our export stores (each value JSON)."""
 
-    session: ort.InferenceSession
+    run: Callable[[np.ndarray], np.ndarray]
+    inputs: list
+    outputs: list
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """A loaded model and the settings its pipeline needs."""
+
+    network: Network
     input_shape: tuple[int, int]
     num_classes: int
     tile: int | None = None
@@ -56,27 +75,91 @@ def first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else repr(error)
 
 
-def load_session(path: Path) -> ort.InferenceSession:
-    """Open an ONNX model on onnxruntime's CUDA provider when it has one, else the CPU."""
+def import_engine(name: str):
+    """The engine's module, or one sentence saying how to install it."""
+    try:
+        if name == "openvino":
+            # at every import openvino sends a usage event to Google Analytics from a forked
+            # process, unless a consent file says no; blocked, it uses its silent stub
+            sys.modules.setdefault("openvino_telemetry", None)
+        return importlib.import_module(name)
+    except ImportError as missing:
+        reason = first_line(missing)
+        message = f"this script needs {name}, numpy and pillow ({reason}); {INSTALL[name]}."
+        raise UserError(message) from None
+
+
+def check_model_file(path: Path) -> None:
     if not path.is_file():
         raise UserError(f"model file '{path}' does not exist; give an exported .onnx with --model.")
+    if path.suffix.lower() == ".xml" and not path.with_suffix(".bin").is_file():
+        raise UserError(
+            f"'{path}' is an OpenVINO model without its weights '{path.with_suffix('.bin')}'; "
+            "copy the .bin beside it."
+        )
+
+
+def load_onnxruntime(path: Path) -> Network:
+    """An ONNX model on onnxruntime's CUDA provider when it has one, else the CPU."""
+    ort = import_engine("onnxruntime")
     available = ort.get_available_providers()
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     try:
-        return ort.InferenceSession(str(path), providers=providers)
+        session = ort.InferenceSession(str(path), providers=providers)
     except Exception as error:  # onnxruntime raises its own types for files it cannot load
         raise UserError(
             f"'{path}' is not an ONNX model onnxruntime can load ({first_line(error)}); export "
             "one with predict.py --mode export_onnx."
         ) from None
+    name = session.get_inputs()[0].name
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # its failure is said by run_model, in one sentence
+    return Network(
+        lambda x: session.run(None, {name: x}, quiet)[0],
+        [static(size) for size in session.get_inputs()[0].shape],
+        [static(size) for size in session.get_outputs()[0].shape],
+        dict(session.get_modelmeta().custom_metadata_map),
+    )
 
 
-def read_metadata(session: ort.InferenceSession, path: Path) -> dict:
+def load_openvino(path: Path) -> Network:
+    """An ONNX model or an OpenVINO IR (.xml and .bin) on OpenVINO's CPU plugin, in its
+    defaults (bf16 where the CPU has it natively)."""
+    ov = import_engine("openvino")
+    core = ov.Core()
+    try:
+        model = core.read_model(str(path))
+        compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+    except Exception as error:  # OpenVINO raises its own types
+        raise UserError(
+            f"'{path}' is not a model OpenVINO can load ({first_line(error)}); export one with "
+            "predict.py --mode export_onnx."
+        ) from None
+    request = compiled.create_infer_request()
+    info = model.get_rt_info()
+    metadata = {}
+    if "framework" in info:  # an ONNX export's metadata, kept in an IR saved from it
+        metadata = {key: value.astype(str) for key, value in info["framework"].items()}
+
+    def run(x: np.ndarray) -> np.ndarray:
+        request.start_async({0: x})  # in OpenVINO's threads (see utils/engine_openvino.py)
+        request.wait()
+        return request.get_output_tensor(0).data.copy()
+
+    def dims(port) -> list:
+        return [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+
+    return Network(run, dims(model.inputs[0]), dims(model.outputs[0]), metadata)
+
+
+LOADERS = {"onnxruntime": load_onnxruntime, "openvino": load_openvino}
+
+
+def read_metadata(network: Network, path: Path) -> dict:
     """The settings our export stores (each value JSON); other keys are left out."""
     known = ("num_classes", "input_shape", "tile", "stride")
-    metadata = session.get_modelmeta().custom_metadata_map
     try:
-        return {key: json.loads(value) for key, value in metadata.items() if key in known}
+        return {key: json.loads(value) for key, value in network.metadata.items() if key in known}
     except ValueError:
         raise UserError(
             f"'{path}' has settings in its metadata that are not JSON; re-export it with "
@@ -94,14 +177,16 @@ def build_predictor(
     input_shape: list[int] | None = None,
     num_classes: int | None = None,
     tta: bool = False,
+    engine: str = "onnxruntime",
 ) -> Predictor:
-    """The predictor of an ONNX file: settings from the flags, else its metadata, else its
-    static input and output shapes."""
-    session = load_session(path)
-    metadata = read_metadata(session, path)
-    graph = [static(size) for size in session.get_inputs()[0].shape[2:4]]
+    """The predictor of a model file in ``engine``: settings from the flags, else its metadata,
+    else its static input and output shapes."""
+    check_model_file(path)
+    network = LOADERS[engine](path)
+    metadata = read_metadata(network, path)
+    graph = network.inputs[2:4]
     graph_shape = graph if len(graph) == 2 and None not in graph else None
-    graph_classes = static(session.get_outputs()[0].shape[1])
+    graph_classes = network.outputs[1]
     shape = input_shape or metadata.get("input_shape") or graph_shape
     classes = num_classes or metadata.get("num_classes") or graph_classes
     needed = [
@@ -127,7 +212,7 @@ def build_predictor(
         )
     tile = metadata.get("tile")
     stride = metadata.get("stride") or (max(tile // 2, 1) if tile else None)
-    return Predictor(session, (int(shape[0]), int(shape[1])), int(classes), tile, stride, tta)
+    return Predictor(network, (int(shape[0]), int(shape[1])), int(classes), tile, stride, tta)
 
 
 def letterbox(image: Image.Image, size: tuple[int, int]) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -149,12 +234,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def run_model(predictor: Predictor, x: np.ndarray) -> np.ndarray:
     """The (C, H, W) float32 logits of a (1, 3, H, W) float32 input."""
-    session = predictor.session
     try:
-        quiet = ort.RunOptions()
-        quiet.log_severity_level = 4  # its failure is said below, in one sentence
-        logits = session.run(None, {session.get_inputs()[0].name: x}, quiet)[0]
-    except Exception as error:  # onnxruntime's own types; a wrong --input-shape ends here
+        logits = predictor.network.run(x)
+    except Exception as error:  # the engine's own types; a wrong --input-shape ends here
         raise UserError(
             f"the model fails on a {x.shape[2]}x{x.shape[3]} input ({first_line(error)}); give "
             "the --input-shape it was trained with."
@@ -353,19 +435,32 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--num-classes", type=int, help="classes (default: from the model)")
     parser.add_argument("--tta", action="store_true", help="average with the mirrored image")
+    parser.add_argument(
+        "--engine",
+        choices=list(LOADERS),
+        default="onnxruntime",
+        help="what runs the model: onnxruntime (.onnx), or OpenVINO (.onnx, or its .xml + .bin; "
+        "faster on Intel CPUs) (default: onnxruntime)",
+    )
     return parser
 
 
 def run(args: argparse.Namespace) -> None:
     """Check the flags, load the model, segment every image and say what was written."""
     if MISSING:
-        raise UserError(f"this script needs onnxruntime, numpy and pillow ({MISSING}); {INSTALL}.")
+        raise UserError(
+            f"this script needs {args.engine}, numpy and pillow ({MISSING}); "
+            f"{INSTALL[args.engine]}."
+        )
+    import_engine(args.engine)  # a missing package first: nothing else can be done without it
     if args.input_shape and min(args.input_shape) < 1:
         raise UserError(f"--input-shape must be positive, not {args.input_shape}.")
     if args.num_classes is not None and not 1 <= args.num_classes <= 256:
         raise UserError(f"--num-classes must be 1 to 256 (8-bit masks), not {args.num_classes}.")
     paths = collect_images(args.inputs)
-    predictor = build_predictor(args.model, args.input_shape, args.num_classes, args.tta)
+    predictor = build_predictor(
+        args.model, args.input_shape, args.num_classes, args.tta, args.engine
+    )
     (h, w), tile = predictor.input_shape, predictor.tile
     print(
         f"{args.model}: {predictor.num_classes} classes, {h}x{w} input"

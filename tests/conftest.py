@@ -3,6 +3,7 @@ marker's skip on machines without a GPU."""
 
 import multiprocessing
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,20 @@ def _outputs_stay_in_tmp_path(tmp_path, monkeypatch):
     """Every test runs in its own temporary folder, so whatever a script writes to its default
     place (img_out/, miou_out/, logs/) lands there and never in the working tree."""
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _no_sigchld_handler_outlives_its_test():
+    """A multi-worker DataLoader installs a SIGCHLD handler and keeps it for the process's life.
+    In a test process that handler runs on the small alternate stack pytest's faulthandler gives
+    the main thread, and on a CPU with AMX, once the main thread has run AMX kernels, the
+    kernel's signal frame (8 KB of tile data more) no longer fits there: the next child to exit
+    (any later test's subprocess) killed the process with SIGSEGV. A script enables no
+    faulthandler and is not affected."""
+    before = signal.getsignal(signal.SIGCHLD)
+    yield
+    if signal.getsignal(signal.SIGCHLD) is not before:
+        signal.signal(signal.SIGCHLD, before)
 
 
 def shared_data(*parts: str) -> Path:
@@ -210,3 +225,12 @@ def onnx_files(trained, tmp_path_factory):
         if name == "static":
             (folder / "export.txt").write_text(printed.getvalue())
     return folder
+
+
+@pytest.fixture
+def without_openvino(monkeypatch):
+    """The engine table without OpenVINO, for fps tables that test something else: each of its
+    rows costs a compile (tests/test_engines.py times it)."""
+    from utils.engines import ENGINES
+
+    monkeypatch.delitem(ENGINES, "openvino", raising=False)

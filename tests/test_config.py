@@ -100,6 +100,7 @@ def test_a_missing_recipe_file_is_named(cli):
     assert code == 2 and "--config 'no/such.yaml' does not exist" in err
 
 
+@pytest.mark.slow
 def test_a_resumed_run_refuses_a_recipe_that_changes_the_models_shape(data_root, tmp_path, cli):
     argv = ["--dataset-path", str(data_root), "--num-classes", "4", "--model-path", "",
             "--input-shape", "32", "32", "--no-freeze-train", "--unfreeze-epoch", "1",

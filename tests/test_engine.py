@@ -78,6 +78,7 @@ def test_the_optimizer_state_takes_this_runs_fused_flag_and_layout():
 
 
 @pytest.mark.bf16
+@pytest.mark.slow
 def test_a_resume_in_another_precision_gets_a_fresh_scaler_and_says_so(data_root, tmp_path, cli):
     assert "fresh" in load_scaler_state(torch.amp.GradScaler("cpu", enabled=True), {})
     fp16_state = torch.amp.GradScaler("cpu", enabled=True).state_dict()
@@ -245,6 +246,7 @@ def test_nccl_binds_each_rank_to_its_gpu_when_the_group_starts(monkeypatch):
     assert calls == [("gloo", {})]
 
 
+@pytest.mark.slow
 def test_the_gpu_check_and_make_test_gpu_stop_with_a_sentence_without_a_gpu(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")

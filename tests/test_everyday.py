@@ -21,6 +21,7 @@ from utils.trainer import Trainer
 TYPED_OUT = ["--num-classes", "4", "--backbone", "vgg", "--input-shape", "32", "32"]
 
 
+@pytest.mark.slow
 def test_predicting_with_only_the_model_path_equals_typing_every_setting(trained, tmp_path, cli):
     root, logs = trained
     weights = logs / "last_epoch_weights.pth"
@@ -289,8 +290,10 @@ def test_the_prompt_strips_quotes_and_spaces(trained, tmp_path, cli, answer_prom
     assert "remove its id" not in out
 
 
-def test_fps_mode_without_the_originals_image_times_a_generated_one(trained, tmp_path,
-                                                                    monkeypatch, cli):  # fmt: skip
+@pytest.mark.slow
+def test_fps_mode_without_the_originals_image_times_a_generated_one(
+    trained, tmp_path, monkeypatch, cli, without_openvino
+):
     weights = trained[1] / "last_epoch_weights.pth"
     monkeypatch.chdir(tmp_path)  # no img/street.jpg here
     argv = ["--mode", "fps", "--model-path", str(weights), "--device", "cpu",

@@ -4,6 +4,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import get_miou
@@ -13,6 +14,7 @@ from oracle.original import RefPredictor
 from tests.conftest import save_random_weights, shared_data, write_video
 from tests.numerics import assert_labels_agree
 from unet import Unet
+from utils.inference import Placement, class_map, labels_at_original, resize_to_original
 from utils.utils import read_image
 
 CPU = torch.device("cpu")
@@ -99,6 +101,7 @@ def test_batches_of_mixed_sizes_equal_one_image_at_a_time(
         assert_labels_agree(labels, single, unet.probabilities(read_image(path)))
 
 
+@pytest.mark.slow
 def test_tiles_in_batches_equal_tiles_one_at_a_time(model_file, mixed_images):
     unet = Unet(model_path=str(model_file), num_classes=5, input_shape=[32, 32], device="cpu",
                 tile=64, stride=40)  # fmt: skip
@@ -107,6 +110,7 @@ def test_tiles_in_batches_equal_tiles_one_at_a_time(model_file, mixed_images):
         assert_labels_agree(labels, unet.labels(image), unet.probabilities(image))
 
 
+@pytest.mark.slow
 def test_get_miou_batches_give_the_figures_of_one_image_at_a_time(tmp_path, model_file, cli):
     """Batched and one-at-a-time prediction run different kernels: their masks agree outside
     near-ties, so their confusion matrices differ only by those pixels' moves."""
@@ -152,7 +156,7 @@ def test_dir_predict_skips_an_unreadable_image_and_says_so(model_file, mixed_ima
     code, stdout, err = cli(predict.main, argv)
     assert code == 0, err
     assert "warning: skipped image file" in stdout and "2b.jpg' cannot be read" in stdout
-    assert f"saved 7 of 8 to {out}" in stdout and "skipped (unreadable):" in stdout
+    assert f"saved 7 of 8 to {out}" in stdout and "skipped 1:" in stdout
     assert sorted(p.stem for p in out.iterdir()) == sorted(
         [*(p.stem for p in mixed_images), "legend"]
     )
@@ -224,11 +228,37 @@ def test_the_predict_benchmark_prints_every_row(tmp_path, monkeypatch, capsys):
     predict_speed.main(["--device", "cpu", "--input-shape", "32", "32", "--num-classes", "3",
                         "--repeats", "1", "--eval-images", "3", "--batch-size", "2"])  # fmt: skip
     out = capsys.readouterr().out
-    rows = ["network + argmax, fp32 + channels_last", "get_miou_png street.jpg, ours torch fp32",
-            "detect_image street.jpg, ours torch fp32", "evaluation, 3 500x375, batch 2",
-            "network + argmax, onnxruntime int8", "detect_image street.jpg, ours onnxruntime fp32",
-            "evaluation, 3 500x375, batch 1, 0 workers, onnxruntime int8"]  # fmt: skip
+    rows = ["network + argmax, torch fp32, channels-last", "network + argmax, torch fp32, NCHW",
+            "get_miou_png street.jpg, ours torch fp32", "detect_image street.jpg, ours torch fp32",
+            "evaluation, 3 500x375, batch 2", "network + argmax, onnxruntime int8",
+            "detect_image street.jpg, ours onnxruntime fp32", "network + argmax, openvino int8",
+            "evaluation, 3 500x375, batch 1, 0 workers, onnxruntime int8",
+            "detect_image street.jpg, ours openvino int8", "fastest detect_image: "]  # fmt: skip
     assert all(row in out for row in rows), out
     summary = json.loads((tmp_path / "speed.json").read_text())
     assert all(ours > 0 and original > 0 for _, ours, original in summary["rows"])
     assert 0 < summary["postprocess_peak_bytes"] < 2**30
+
+
+@pytest.mark.parametrize("size", [(1330, 1330), (700, 1100), (90, 61), (40, 30)])
+def test_labels_at_the_image_size_are_the_argmax_of_the_resized_probabilities(size):
+    """Computed where the four source pixels disagree only, the labels equal those of the whole
+    resized map outside near-ties, when enlarging (and shrinking, where it is the same code)."""
+    torch.manual_seed(0)
+    coarse = torch.randn(1, 21, 6, 6) * 4
+    probs = torch.softmax(F.interpolate(coarse, size=(64, 64), mode="bicubic")[0], dim=0)
+    width, height = size
+    scale = min(64 / width, 64 / height)
+    inner_w, inner_h = int(width * scale), int(height * scale)
+    placement = Placement(width, height, (64 - inner_h) // 2, (64 - inner_w) // 2, inner_h, inner_w)
+    resized = resize_to_original(probs, placement)
+    ours = labels_at_original(probs, placement).numpy()
+    assert len(np.unique(ours)) > 3, "a map of few classes tests little"
+    assert_labels_agree(ours, class_map(resized).numpy(), resized.permute(1, 2, 0).numpy())
+
+
+def test_the_class_map_is_argmax_with_its_first_class_on_ties():
+    scores = torch.randint(0, 3, (21, 50, 40)).float()  # many exact ties
+    assert torch.equal(class_map(scores), scores.argmax(0).to(torch.uint8))
+    layout = scores.unsqueeze(0).contiguous(memory_format=torch.channels_last)[0]
+    assert torch.equal(class_map(layout), scores.argmax(0).to(torch.uint8))

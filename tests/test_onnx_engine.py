@@ -168,13 +168,13 @@ def test_an_export_without_settings_and_a_free_size_asks_for_them(busy, tmp_path
     [(["--mode", "export_onnx", "--int8"], "--int8 calibrates on your own images: give "
       "--calibration-dir"),
      (["--int8"], "--int8 is for --mode export_onnx"),
-     (["--model-path", "x.onnx", "--engine", "torch"], "is an ONNX model, which --engine torch "
-      "cannot run"),
-     (["--model-path", "x.pth", "--engine", "onnxruntime"], "--engine onnxruntime runs .onnx "
-      "models and 'x.pth' is not one"),
+     (["--model-path", "x.onnx", "--engine", "torch"], "--engine torch opens .pth files, and "
+      "'x.onnx' is not one (--engine onnxruntime or openvino can)"),
+     (["--model-path", "x.pth", "--engine", "onnxruntime"], "--engine onnxruntime opens .onnx "
+      "files, and 'x.pth' is not one (--engine torch or openvino can); export it first"),
      (["--model-path", "missing.onnx"], "'missing.onnx' does not exist; export one"),
-     (["--model-path", "x.onnx", "--precision", "bf16"], "--precision bf16 is for the torch "
-      "engine"),
+     (["--model-path", "x.onnx", "--precision", "bf16"], "--precision bf16 is not how 'x.onnx' "
+      "runs in onnxruntime: as it was exported (fp32)"),
      (["--model-path", "x.onnx", "--device", "cuda:x"], "unknown device 'cuda:x'; use auto, "
       "cpu, cuda or cuda:N")],
 )  # fmt: skip
@@ -205,8 +205,10 @@ def test_int8_export_calibrates_on_the_folder_keeps_the_settings_and_scores_agai
     assert code == 0, err
     assert f"int8 model saved as {out}: QDQ, per-channel int8 weights, minmax calibration on 4 " \
         "images of" in stdout and "reduce_range on." in stdout  # fmt: skip
-    assert re.search(r"On 6 images of .*\(trainval\): mIoU fp32 [\d.]+, int8 [\d.]+ \([-+][\d.]+\)"
-                     r"; the labels agree on [\d.]+% of the pixels\.", stdout), stdout  # fmt: skip
+    for engine in ("onnxruntime", "openvino"):  # each engine that runs the int8 file here
+        assert re.search(rf"On 6 images of .*\(trainval\) in {engine}: mIoU fp32 [\d.]+, int8 "
+                         r"[\d.]+ \([-+][\d.]+\); the labels agree on [\d.]+% of the pixels\.",
+                         stdout), stdout  # fmt: skip
     int8 = Unet(model_path=str(out), device="cpu")
     assert int8.how() == "onnxruntime int8" and int8.class_names() == list(NAMES)
     metadata = dict(int8.engine.metadata)

@@ -136,7 +136,7 @@ def test_predict_mode_saves_each_image(weights, images, tmp_path, cli):
     assert Image.open(tmp_path / "out/b.png").size == (32, 48)
 
 
-def test_fps_mode_uses_its_image_path(weights, images, cli):
+def test_fps_mode_uses_its_image_path(weights, images, cli, without_openvino):
     argv = ["--mode", "fps", "--fps-image-path", str(images / "a.jpg"), "--test-interval", "2",
             *model_flags(weights)]  # fmt: skip
     code, out, _ = cli(predict.main, argv)

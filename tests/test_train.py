@@ -122,6 +122,7 @@ def test_writes_the_reference_output_files(data_root, tmp_path, cli):
     Unet(num_classes=4).load_state_dict(weights, strict=True)
 
 
+@pytest.mark.slow
 def test_each_epochs_weights_are_written_once_and_the_other_names_link_to_them(
     data_root, tmp_path, monkeypatch, cli
 ):
@@ -151,6 +152,7 @@ def test_each_epochs_weights_are_written_once_and_the_other_names_link_to_them(
             assert all(torch.equal(state[k], checkpoint["model"][k]) for k in state)
 
 
+@pytest.mark.slow
 def test_a_resumed_run_lets_go_of_the_checkpoint_once_loaded(data_root, tmp_path, cli):
     argv = base_argv(data_root, tmp_path, "--no-freeze-train", "--unfreeze-epoch", "1",
                      "--no-eval-flag")  # fmt: skip
@@ -171,7 +173,7 @@ class SimulatedCrashError(Exception):
 @pytest.mark.parametrize(
     "run_flags",
     [
-        ["--device", "cpu"],
+        pytest.param(["--device", "cpu"], marks=pytest.mark.slow),
         pytest.param(["--device", "cpu", "--deterministic"], marks=pytest.mark.slow),
         pytest.param(["--device", "cuda", "--deterministic"], marks=pytest.mark.cuda),
     ],
@@ -207,7 +209,7 @@ def test_resume_matches_uninterrupted(data_root, tmp_path, monkeypatch, cli, run
     assert not torch.are_deterministic_algorithms_enabled()  # restored after the run
 
 
-@pytest.mark.slow  # the copied-run resume extends training in the fast set
+@pytest.mark.slow  # as the copied-run resume, which extends training too
 def test_resume_can_extend_training(data_root, tmp_path, cli):
     argv = base_argv(data_root, tmp_path, "--no-freeze-train", "--unfreeze-epoch", "1",
                      "--no-eval-flag")  # fmt: skip

@@ -33,6 +33,7 @@ def files_of(folder: Path) -> dict[str, tuple[int, int]]:
     }
 
 
+@pytest.mark.slow
 def test_resuming_a_copied_run_writes_into_the_copy_and_says_so_first(data_root, tmp_path, cli):
     first = tmp_path / "intr"
     argv = base_argv(data_root, first, "--no-freeze-train", "--unfreeze-epoch", "1",
@@ -121,7 +122,7 @@ def test_fps_with_an_onnx_path_times_that_model(onnx_files, tmp_path, cli):
     code, out, err = cli(predict.main, argv)
     assert code == 0, err
     rows = [line.split("  ")[0] for line in out.splitlines() if line.endswith((" s", " -"))]
-    assert rows == ["onnxruntime fp32"]  # no .pth given: no torch rows
+    assert "onnxruntime fp32" in rows and not any(row.startswith("torch") for row in rows)
     code, _, err = cli(predict.main, ["--mode", "fps", "--model-path", str(tmp_path / "no.pth")])
     assert code == 2 and "does not exist" in err and "train.py" not in err
 

@@ -109,6 +109,7 @@ def test_damaged_weights_and_checkpoints_are_named_when_loaded(trained, tmp_path
         read_state_dict(tmp_path / "empty.pth")
 
 
+@pytest.mark.slow
 def test_the_run_ends_with_where_its_time_went(data_root, tmp_path, cli):
     argv = base_argv(data_root, tmp_path, "--no-freeze-train", "--unfreeze-epoch", "2",
                      "--eval-period", "1")  # fmt: skip

@@ -17,6 +17,8 @@ from utils.writer import write_durably, write_text_durably
 #: TensorBoard tags: each class's IoU is ``iou/<name>``; the val samples one image.
 IOU_TAG = "iou"
 SAMPLES_TAG = "val_samples"
+#: TensorBoard text tag of the classes never found at an evaluation.
+WARNINGS_TAG = "never_found"
 #: While a run trains, its curves are drawn at most this often (seconds; the first this long after
 #: it starts, so a short run imports matplotlib only to draw them once at its end); always at
 #: its end.
@@ -131,6 +133,12 @@ class TrainingLog:
         """An (H, W, 3) picture of val images, labels and predictions, in TensorBoard."""
         self._events.append(("image", SAMPLES_TAG, picture, epoch))
 
+    def add_text(self, epoch: int, text: str) -> None:
+        """A note in TensorBoard's Text tab (the classes never found at an evaluation; nothing
+        when ``text`` is empty)."""
+        if text:
+            self._events.append(("text", WARNINGS_TAG, text, epoch))
+
     def writer(self, final: bool = False) -> Callable[[], None]:
         """A function that writes what was logged so far (a copy of it: the history may grow
         meanwhile), for a background thread; ``final`` also draws the curves and closes
@@ -170,6 +178,8 @@ class TrainingLog:
         for kind, tag, value, step in events:
             if kind == "image":
                 self._tensorboard.add_image(tag, value, step, dataformats="HWC")
+            elif kind == "text":
+                self._tensorboard.add_text(tag, value, step)
             else:
                 self._tensorboard.add_scalar(tag, value, step)
         if final:

@@ -220,13 +220,23 @@ def load_matching_weights(
     report.unexpected = [key for key in state if key not in own]
     missing_backbone = report.total["backbone"] - report.loaded["backbone"]
     if missing_backbone and not allow_backbone_mismatch:
+        held = backbone_of(state)
+        other = f"it holds {held} weights: --backbone {held}?" if held else "another --backbone?"
         raise UserError(
             f"{missing_backbone} of {report.total['backbone']} backbone tensors in {path} do not "
-            "fit this model (another --backbone?); pass the weights of this backbone, or "
+            f"fit this model ({other}); pass the weights of this backbone, or "
             "--allow-backbone-mismatch to train with what does fit."
         )
     model.load_state_dict(matched, strict=False)
     return report
+
+
+def backbone_of(state: dict) -> str | None:
+    """The backbone whose tensor names a state dict holds (None: neither)."""
+    for name, prefix in BACKBONE_PREFIX.items():
+        if any(key.startswith(prefix) for key in state):
+            return name
+    return None
 
 
 class CheckpointSaver:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 from collections.abc import Sequence
 from typing import Any
 
@@ -126,11 +127,32 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: {shown.replace('%', '%%')})"
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose "unrecognized arguments" names the flag each misspelt one is
+    closest to, as a misspelt recipe key is answered."""
+
+    def error(self, message: str):
+        if message.startswith("unrecognized arguments:"):
+            flags = [option for option in self._option_string_actions if option.startswith("--")]
+            hints = []
+            for word in message.split(":", 1)[1].split():
+                close = difflib.get_close_matches(word.split("=")[0], flags, n=1, cutoff=0.6)
+                if word.startswith("-") and close:
+                    hints.append(f"{word}: did you mean {close[0]}?")
+            message = "; ".join([message, *hints])
+        super().error(message)
+
+
 def argument_parser(description: str | None) -> argparse.ArgumentParser:
-    """An ``ArgumentParser`` with :class:`HelpFormatter`."""
-    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    """An :class:`ArgumentParser` with :class:`HelpFormatter`."""
+    return ArgumentParser(description=description, formatter_class=HelpFormatter)
 
 
+#: What --precision defaults to in the predicting scripts.
+ENGINE_PRECISION = (
+    "the engine's: fp32 for torch (the original's), as exported for onnxruntime, bf16 for "
+    "openvino where the CPU has it natively, else fp32"
+)
 #: How the predicting scripts show the defaults of the settings that come with the weights.
 FROM_WEIGHTS = "from the settings file beside the weights, else {}"
 
@@ -153,20 +175,32 @@ def add_model_flags(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> 
     flag = argument_group(parser, SETTINGS["model_path"].group).add_argument
     flag(
         "--model-path",
-        help="trained weights (.pth), or an ONNX export (.onnx, run in onnxruntime) (default: "
-        f"{SETTINGS['model_path'].default})",
+        help="trained weights (.pth), an ONNX export (.onnx, run in onnxruntime) or an OpenVINO "
+        f"model (.xml) (default: {SETTINGS['model_path'].default})",
+    )
+    engines = "; ".join(f"{name}: {engine.summary}" for name, engine in ENGINES.items())
+    defaults = ", ".join(
+        f"{engine.name} for {'/'.join(engine.default_for)}"
+        for engine in ENGINES.values()
+        if engine.default_for
     )
     flag(
         "--engine",
-        choices=ENGINES,
-        help="what runs the network (default: onnxruntime for a .onnx model, else torch)",
+        choices=list(ENGINES),
+        help=f"what runs the network: {engines} (default: {defaults}, else torch)",
     )
     add_weights_setting_flags(parser, names)
-    add_setting_flags(parser, ["device", "precision", "tf32"])
+    add_setting_flags(parser, ["device", "precision", "tf32"], precision=ENGINE_PRECISION)
     parser.set_defaults(
         device=SETTINGS["device"].default,
-        precision=SETTINGS["precision"].default,
+        precision=None,
         tf32=SETTINGS["tf32"].default,
+    )
+    flag(
+        "--num-threads",
+        type=int,
+        default=None,
+        help="CPU threads of the network, in every engine (default: torch's, the machine's cores)",
     )
     flag(
         "--channels-last",

@@ -27,7 +27,7 @@ from utils.seeding import one_opencv_thread_per_worker, seed_worker
 from utils.utils import read_image, read_label_png, stack_images
 
 DATASET_FORMATS = ("voc", "medical")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 #: How many labels are fully checked before training; the rest are checked as they load.
 CHECK_SAMPLE = 32
 

@@ -1,7 +1,9 @@
-"""A small synthetic VOC-layout data set: coloured shapes on textured backgrounds.
+"""A small synthetic VOC-layout data set: shapes on textured backgrounds.
 
 Deterministic for a seed, a few seconds to make, and learnable in minutes on a CPU, so
-``make demo`` and the tests train on real files without any download.
+``make demo`` and the tests train on real files without any download. By default each class
+keeps a hue of its own (``--colours class``: quick to learn); with ``--colours random`` every
+shape takes any colour, so that only its shape tells its class, as in users' data.
 """
 
 from __future__ import annotations
@@ -29,14 +31,21 @@ def _background(rng: np.random.Generator, width: int, height: int) -> Image.Imag
     return Image.fromarray(np.clip(np.asarray(field) + grain, 0, 255).astype(np.uint8))
 
 
-def _shape_color(rng: np.random.Generator, class_id: int) -> tuple[int, int, int]:
-    hue = (HUES[class_id] + int(rng.integers(-18, 19))) % 256
+#: How shapes are coloured: a hue per class, or any hue (only the shape tells the class).
+COLOURS = ("class", "random")
+
+
+def _shape_color(rng: np.random.Generator, class_id: int, colours: str) -> tuple[int, int, int]:
+    if colours == "random":
+        hue = int(rng.integers(0, 256))
+    else:
+        hue = (HUES[class_id] + int(rng.integers(-18, 19))) % 256
     hsv = np.array([[[hue, rng.integers(170, 256), rng.integers(150, 256)]]], dtype=np.uint8)
     return tuple(int(c) for c in Image.fromarray(hsv, "HSV").convert("RGB").getpixel((0, 0)))
 
 
 def make_sample(
-    rng: np.random.Generator, width: int, height: int
+    rng: np.random.Generator, width: int, height: int, colours: str = "class"
 ) -> tuple[Image.Image, Image.Image]:
     """One image with 1-4 shapes and its palette label (255 on a thin border, as in VOC)."""
     image = _background(rng, width, height)
@@ -46,7 +55,7 @@ def make_sample(
         class_id = int(rng.integers(1, len(CLASSES)))
         r = int(rng.integers(min(width, height) // 8, min(width, height) // 4))
         cx, cy = int(rng.integers(r, width - r)), int(rng.integers(r, height - r))
-        color = _shape_color(rng, class_id)
+        color = _shape_color(rng, class_id, colours)
         if class_id == 1:
             box = [cx - r, cy - r, cx + r, cy + r]
             draw_image.rectangle(box, fill=color)
@@ -65,7 +74,11 @@ def make_sample(
 
 
 def make_demo_dataset(
-    root: str | Path, num_images: int = 60, seed: int = 0, size: tuple[int, int] = (160, 120)
+    root: str | Path,
+    num_images: int = 60,
+    seed: int = 0,
+    size: tuple[int, int] = (160, 120),
+    colours: str = "class",
 ) -> Path:
     """Write ``<root>/VOC2007/{JPEGImages,SegmentationClass}`` and the split files; return root.
 
@@ -80,7 +93,7 @@ def make_demo_dataset(
     for index in range(num_images):
         width = int(size[0] * rng.uniform(0.8, 1.2))
         height = int(size[1] * rng.uniform(0.8, 1.2))
-        image, label = make_sample(rng, width, height)
+        image, label = make_sample(rng, width, height, colours)
         image.save(images_dir / f"{index:04d}.jpg", quality=92)
         label.save(labels_dir / f"{index:04d}.png")
     write_splits(root, trainval_percent=1.0, train_percent=0.8, seed=0)
@@ -92,12 +105,21 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="demo_data/VOCdevkit", help="data set root to write")
     parser.add_argument("--num-images", type=int, default=60, help="how many image/label pairs")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
+    parser.add_argument(
+        "--colours",
+        choices=COLOURS,
+        default="class",
+        help="class: a hue per class (default); random: any colour, only shapes tell classes",
+    )
+    parser.add_argument(
+        "--size", type=int, nargs=2, default=(160, 120), metavar=("W", "H"), help="image size"
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
-    root = make_demo_dataset(args.out, args.num_images, args.seed)
+    root = make_demo_dataset(args.out, args.num_images, args.seed, tuple(args.size), args.colours)
     print(f"Wrote {args.num_images} images, classes {', '.join(CLASSES)}, to {root}")
 
 

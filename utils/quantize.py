@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from utils.dataloader import IMAGE_EXTENSIONS
+from utils.dataloader import IMAGE_EXTENSIONS, DatasetLayout, read_split
 from utils.device import cpu_info
 from utils.errors import UserError
 from utils.inference import letterbox_input
@@ -59,21 +59,27 @@ QDQ_OPSET = 13
 
 
 def calibration_paths(folder: str | Path, count: int = DEFAULT_CALIBRATION_IMAGES) -> list[Path]:
-    """``count`` images of ``folder`` (all when it has fewer): sorted by name and evenly spread,
-    so one folder always gives the same set. Files that are not images are passed over."""
+    """``count`` images of ``folder``, or of the ids of a VOC split file
+    (``VOCdevkit/VOC2007/ImageSets/Segmentation/train.txt``: the train images only), all when
+    there are fewer: sorted by name and evenly spread, so one source always gives the same set.
+    Files of a folder that are not images are passed over."""
     folder = Path(folder)
     if count < 1:
         raise UserError(f"--calibration-images must be at least 1, not {count}.")
-    if not folder.is_dir():
+    if folder.suffix == ".txt" and folder.is_file():
+        layout = DatasetLayout.of(folder.resolve().parents[3])
+        images = sorted(layout.image_files(read_split(layout.root, str(folder))))
+    elif not folder.is_dir():
         raise UserError(
             f"--calibration-dir '{folder}' is not a folder; point it at a folder of your "
-            "training images (not the ones you evaluate on)."
+            "training images (not the ones you evaluate on), or at a train split file."
         )
-    images = [
-        path
-        for path in sorted(folder.iterdir())
-        if path.suffix.lower() in IMAGE_EXTENSIONS and _is_image(path)
-    ]
+    else:
+        images = [
+            path
+            for path in sorted(folder.iterdir())
+            if path.suffix.lower() in IMAGE_EXTENSIONS and _is_image(path)
+        ]
     if not images:
         raise UserError(
             f"--calibration-dir '{folder}' holds no readable image "

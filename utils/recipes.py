@@ -16,7 +16,9 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from utils.classes import CLASSES_FILE, read_classes_file
 from utils.config import SETTINGS, SettingInfo, TrainConfig, unknown_key_message
+from utils.dataloader import DatasetLayout
 from utils.errors import UserError
 from utils.writer import write_text_durably
 
@@ -32,7 +34,27 @@ def resolve_config(*layers: dict[str, Any]) -> TrainConfig:
     values = defaults()
     for layer in layers:
         values.update(layer)
+    values.update(names_from_dataset(values))
     return TrainConfig.from_flat(values)
+
+
+def names_from_dataset(values: dict[str, Any]) -> dict[str, Any]:
+    """``{"name_classes": [...]}`` from the data set's classes.txt (voc_annotation.py
+    --name-classes writes it) when the settings ``values`` name no classes and it names as
+    many as they have; else nothing (with a line saying why, where the counts differ)."""
+    if values.get("name_classes") is not None or values.get("dataset_format") != "voc":
+        return {}
+    folder = DatasetLayout.of(values["dataset_path"]).images.parent
+    names = read_classes_file(folder)
+    if names is None:
+        return {}
+    if len(names) != values["num_classes"]:
+        print(
+            f"note: {folder / CLASSES_FILE} names {len(names)} classes but --num-classes is "
+            f"{values['num_classes']}; its names are not used."
+        )
+        return {}
+    return {"name_classes": names}
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -6,6 +6,7 @@ weights and ONNX exports alike, which app.py hands in (the library imports no sc
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from utils.engines import is_onnx
+from utils.engines import ENGINES, engine_for
 from utils.errors import UserError
 from utils.utils import read_image
 
@@ -28,19 +29,28 @@ from utils.utils import read_image
 WEIGHTS_NAMES = ("best_epoch_weights.pth", "last_epoch_weights.pth", "*.onnx")
 
 
+#: The page's name for "the engine's default" (None) in its engine and precision lists.
+AUTO = "auto"
+
+
 @dataclass(frozen=True)
 class Options:
-    """How a model runs: the choices the page offers beside the model."""
+    """How a model runs: the choices the page offers beside the model (None: the default)."""
 
     tta: bool = False
     tile: int | None = None
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str | None = None
+    engine: str | None = None
 
     def for_model(self, path: str) -> dict:
-        """The predictor's keywords; an ONNX model runs in the precision it was exported in."""
+        """The predictor's keywords for ``path``; the precision only where the engine takes
+        one (an ONNX model in onnxruntime runs as it was exported)."""
         options = {"tta": self.tta, "tile": self.tile, "device": self.device}
-        return options if is_onnx(path) else {**options, "precision": self.precision}
+        options["engine"] = self.engine
+        if engine_for(path, self.engine).takes_precision:
+            options["precision"] = self.precision
+        return options
 
 
 @dataclass(frozen=True)
@@ -82,12 +92,24 @@ def check_size(path: str, max_pixels: int) -> None:
         raise UserError(f"{Path(path).name} is {width}x{height}, over {limit}; {advice}.")
 
 
-def remember(cache: OrderedDict, key, make: Callable, keep: int):
-    """``cache[key]``, made on a miss; the least recently used beyond ``keep`` are dropped."""
+#: Predictions the page keeps (their images and files): a long session's disk stays bounded.
+KEEP = 8
+
+
+def forget(prediction: Prediction) -> None:
+    """Delete the files of a prediction that left the page's cache."""
+    shutil.rmtree(prediction.folder, ignore_errors=True)
+
+
+def remember(cache: OrderedDict, key, make: Callable, keep: int, drop: Callable | None = None):
+    """``cache[key]``, made on a miss; the least recently used beyond ``keep`` are dropped, and
+    ``drop(value)`` is called for each (to delete a prediction's files)."""
     if key not in cache:
         cache[key] = make()
         while len(cache) > keep:
-            cache.popitem(last=False)
+            _, value = cache.popitem(last=False)
+            if drop is not None:
+                drop(value)
     cache.move_to_end(key)
     return cache[key]
 
@@ -135,7 +157,9 @@ class Segmenter:
         """The class map of one image file, read as predict.py reads it."""
         key = (path, options, image_path, os.stat(image_path).st_mtime_ns)
         with self._lock:
-            return remember(self._predictions, key, lambda: self._run(*key[:3]), keep=8)
+            return remember(
+                self._predictions, key, lambda: self._run(*key[:3]), keep=KEEP, drop=forget
+            )
 
     def _run(self, path: str, options: Options, image_path: str) -> Prediction:
         predictor = self.predictor(path, options)
@@ -157,11 +181,28 @@ def find_models(logs: Path, given: list[str]) -> dict[str, str]:
     """``{label: path}``: each --model-path given, then each run's best and last weights (and
     .onnx exports) under ``logs``, the newest first."""
     models = {path: path for path in given}
+    listed = {Path(path).resolve() for path in given}  # a given file found again is listed once
     found = [path for name in WEIGHTS_NAMES for path in logs.rglob(name)] if logs.is_dir() else []
     for path in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True):
-        models.setdefault(str(path.relative_to(logs)), str(path))
+        if path.resolve() not in listed:
+            listed.add(path.resolve())
+            models.setdefault(str(path.relative_to(logs)), str(path))
     return models
 
 
-def options_from(tta: bool, tile: float | None, device: str, precision: str) -> Options:
-    return Options(bool(tta), int(tile) if tile else None, device, precision)
+def options_from(
+    tta: bool, tile: float | None, device: str, precision: str, engine: str = AUTO
+) -> Options:
+    """Options from the page's widgets (``auto``: the default)."""
+    auto = lambda value: None if value in (None, AUTO) else value  # noqa: E731
+    return Options(bool(tta), int(tile) if tile else None, device, auto(precision), auto(engine))
+
+
+def engine_choices(paths: list[str]) -> list[str]:
+    """``auto`` and the engines that can run every one of ``paths`` here."""
+    usable = [
+        name
+        for name, engine in ENGINES.items()
+        if engine.available() and all(engine.can_open(path) for path in paths)
+    ]
+    return [AUTO, *usable]

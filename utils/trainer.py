@@ -11,7 +11,7 @@ import datetime
 import shlex
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,7 @@ from utils.phases import Phase, check_batches, phase_lrs, val_batch_size
 from utils.recipes import write_config
 from utils.timing import TimedBatches, TimeSplit
 from utils.utils_fit import evaluate_loss, evaluate_miou, train_one_epoch
+from utils.utils_metrics import never_found, per_class_iu
 from utils.writer import BackgroundWriter, WriteError, check_writable, remove_leftovers
 
 Say = Callable[..., None]
@@ -387,7 +388,12 @@ class Trainer:
             stride=evaluation.stride,
             samples=predictions,
         )
-        scores = {"miou": matrix.miou * 100, "class_iou": matrix.iou}
+        hist = matrix.hist
+        scores = {
+            "miou": matrix.miou * 100,
+            "class_iou": per_class_iu(hist),
+            "never_found": never_found(hist, self.class_names),
+        }
         if predictions:
             colors = class_colors(self.config.data.num_classes)
             strips = []
@@ -406,6 +412,7 @@ class Trainer:
         val_loss: float | None = None,
         miou: float | None = None,
         class_iou: np.ndarray | None = None,
+        never_found: Sequence[str] = (),
         samples: np.ndarray | None = None,
     ) -> None:
         """Rank 0: log the epoch, and hand its files (the logs, the original's weights files and
@@ -416,6 +423,9 @@ class Trainer:
             by_miou = self.config.evaluation.save_best_by == "miou"
             log.append_miou(epoch + 1, miou, best=best if by_miou else None, class_iou=class_iou)
             print(f"Epoch {epoch + 1} mIoU: {miou:.2f}")
+            for line in never_found:
+                print(line)
+            log.add_text(epoch + 1, "\n".join(never_found))
         if samples is not None:
             log.add_samples(epoch + 1, samples)
         text = f"Total Loss: {loss:.3f}"

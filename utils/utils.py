@@ -25,21 +25,51 @@ def cvtColor(image: Image.Image) -> Image.Image:
 def read_image(
     path: str | Path, missing: str = "add it or remove its id from the split file"
 ) -> Image.Image:
-    """Open and fully decode an image (so truncation shows here), converted to RGB.
+    """Open and fully decode an image (so truncation shows here), as 8-bit RGB.
 
-    ``missing`` is what to do when the file does not exist, in the caller's context.
+    ``missing`` is what to do when the file does not exist, in the caller's context. An image
+    over Pillow's decompression-bomb limit is refused in a sentence; 16-bit and float images are
+    scaled to 8 bits (:func:`to_8_bits`), never clipped.
     """
     try:
         image = Image.open(path)
         image.load()  # decodes everything and closes the file
     except FileNotFoundError:
         raise UserError(f"image file '{path}' does not exist; {missing}.") from None
+    except Image.DecompressionBombError as error:
+        raise UserError(
+            f"image file '{path}' is too large to open ({str(error).split(',')[0]}); "
+            "downscale it, or split it into tiles."
+        ) from None
     except OSError as error:
         reason = str(error).rstrip(".")
         raise UserError(
             f"image file '{path}' cannot be read ({reason}); re-export or remove it."
         ) from error
-    return cvtColor(image)
+    return cvtColor(to_8_bits(image))
+
+
+#: Pillow's modes of more than 8 bits a channel, which its convert("RGB") clips at 255.
+WIDE_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+
+
+def to_8_bits(image: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit or float grey image as 8 bits, scaled as image viewers show it:
+    16-bit (and integer values up to 65535) by 257, floats in [0, 1] by 255, other ranges
+    stretched from their minimum to their maximum. Other modes are returned as they are."""
+    if image.mode not in WIDE_MODES:
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if image.mode == "F":
+        scale = (0.0, 1.0) if low >= 0 and high <= 1 else (low, high)
+    elif image.mode.startswith("I;16") or (low >= 0 and high <= 65535):
+        scale = (0.0, 255.0 if high <= 255 and image.mode == "I" else 65535.0)
+    else:
+        scale = (low, high)
+    span = (scale[1] - scale[0]) or 1.0
+    scaled = np.clip(np.rint((values - scale[0]) * (255 / span)), 0, 255).astype(np.uint8)
+    return Image.fromarray(scaled, mode="L")
 
 
 def read_label_png(path: Path, role: str = "label", grayscale: bool = False) -> np.ndarray:
@@ -80,7 +110,8 @@ def letterbox(
     iw, ih = image.size
     h, w = size
     scale = min(w / iw, h / ih)
-    nw, nh = int(iw * scale), int(ih * scale)
+    # at least a pixel each way: a 20000x2 strip still fills one row of the input
+    nw, nh = max(int(iw * scale), 1), max(int(ih * scale), 1)
     offset = ((w - nw) // 2, (h - nh) // 2)
     canvas = Image.new("RGB", (w, h), PAD_COLOR)
     canvas.paste(cvtColor(image).resize((nw, nh), Image.BICUBIC), offset)

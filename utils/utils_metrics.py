@@ -84,6 +84,34 @@ def per_Accuracy(hist: np.ndarray) -> float:
     return float(_ratio(np.trace(hist), np.sum(hist)))
 
 
+#: A class with labelled pixels and an IoU under this (5%) counts as not found.
+NEVER_FOUND_IOU = 0.05
+#: What to try for a class never found.
+NEVER_FOUND_ADVICE = (
+    "train longer, weight it up with --cls-weights, or add --focal-loss; from scratch on a CPU, "
+    "start from recipes/cpu.yaml"
+)
+
+
+def never_found(hist: np.ndarray, class_names: Sequence[str]) -> list[str]:
+    """One line for each class that has labelled pixels but an IoU near zero (under 5%): the
+    model never predicts it, or predicts it elsewhere."""
+    iou, labelled, predicted = per_class_iu(hist), hist.sum(1), hist.sum(0)
+    lines = []
+    for index, name in enumerate(class_names):
+        if labelled[index] == 0 or iou[index] >= NEVER_FOUND_IOU:
+            continue
+        if predicted[index] == 0:
+            what, how = "never found", "never predicted"
+        else:
+            what, how = "barely found", f"IoU {100 * iou[index]:.1f}"
+        lines.append(
+            f"warning: class '{name}' is {what} ({how} on its {int(labelled[index])} labelled "
+            f"pixels); {NEVER_FOUND_ADVICE}."
+        )
+    return lines
+
+
 def nanmean(values: np.ndarray) -> float:
     """Mean over the defined entries; NaN (not a warning) when none is defined."""
     values = np.asarray(values, dtype=np.float64)
