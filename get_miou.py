@@ -39,7 +39,14 @@ from utils.engines import settings_of
 from utils.errors import UserError, exit_on_user_error
 from utils.inference import check_batching, check_threads
 from utils.progress import progress
-from utils.utils_metrics import compute_mIoU, nanmean, never_found, per_Accuracy, show_results
+from utils.utils_metrics import (
+    cell_scores,
+    compute_mIoU,
+    nanmean,
+    never_found,
+    per_Accuracy,
+    show_results,
+)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -95,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     if settings.dataset_format == "medical":
         gt_dir = medical_labels(layout, names, settings.num_classes, out / "ground-truth")
     if args.miou_mode in (0, 2):
-        evaluate(names, gt_dir, pred_dir, out, settings.class_names)
+        cells = settings.dataset_format == "medical" and settings.num_classes == 2
+        evaluate(names, gt_dir, pred_dir, out, settings.class_names, cells)
 
 
 def medical_labels(layout: DatasetLayout, names: list[str], num_classes: int, folder: Path) -> Path:
@@ -137,10 +145,17 @@ def predict_split(
 
 
 def evaluate(
-    names: list[str], gt_dir: Path, pred_dir: Path, out: Path, name_classes: list[str]
+    names: list[str],
+    gt_dir: Path,
+    pred_dir: Path,
+    out: Path,
+    name_classes: list[str],
+    cells: bool = False,
 ) -> None:
     """The per-class table, the charts, ``confusion_matrix.csv``, ``metrics.json`` and the
-    legend of the classes' colours, for the ``names`` of the split."""
+    legend of the classes' colours, for the ``names`` of the split; with ``cells`` (the
+    medical layout's membranes, class 0 the cells) the ISBI challenge's Rand and information
+    errors too."""
     print("Get miou.")
     num_classes = len(name_classes)
     hist, ious, recall, precision = compute_mIoU(gt_dir, pred_dir, names, num_classes, name_classes)
@@ -160,6 +175,14 @@ def evaluate(
         },
         "confusion_matrix": hist.tolist(),
     }
+    scores = cell_scores(gt_dir, pred_dir, names) if cells else None
+    if scores:
+        print(
+            f"===> Rand error: {scores['rand_error']:.4f}; information error: "
+            f"{scores['information_error']:.4f} (ISBI 2012: foreground-restricted, on connected "
+            "cells)"
+        )
+        metrics.update(scores)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(f"Save metrics out to {out / 'metrics.json'}")
     legend = draw_legend(name_classes, class_colors(num_classes), out / "legend.png")

@@ -55,10 +55,11 @@ class Unet:
     :data:`utils.engines.ENGINES`), ``device`` (auto/cpu/cuda/cuda:N; by default taken from
     ``cuda``), ``precision`` (None: the engine's default, fp32 for torch), ``channels_last``
     (None: the faster layout for the device), ``num_threads`` (None: torch's),
-    ``tile``/``stride`` (sliding windows for large images), ``tta`` (horizontal-flip averaging)
-    and ``name_classes``. The settings a model carries (train.py's ``<name>.json`` beside the
-    weights, an export's metadata; :data:`~utils.config.MODEL_KEYS`) that are not given come
-    from there, and without any (the original's files) from the original's defaults.
+    ``tile``/``stride`` (sliding windows for large images), ``tta`` (True or "flip": averaged
+    with the mirrored image; "d4": with its 8 turns and mirrors) and ``name_classes``. The
+    settings a model carries (train.py's ``<name>.json`` beside the weights, an export's
+    metadata; :data:`~utils.config.MODEL_KEYS`) that are not given come from there, and
+    without any (the original's files) from the original's defaults.
     """
 
     _defaults = {

@@ -9,7 +9,13 @@ import torch
 from PIL import Image
 
 from utils.errors import UserError
-from utils.utils_metrics import ConfusionMatrix, compute_mIoU, fast_hist, show_results
+from utils.utils_metrics import (
+    ConfusionMatrix,
+    cell_scores,
+    compute_mIoU,
+    fast_hist,
+    show_results,
+)
 
 # Two images, 3 classes; 255 is the border to ignore; class 2 appears in neither.
 LABELS = {"a": [[0, 0, 1], [1, 255, 0]], "b": [[1, 1], [0, 255]]}
@@ -119,3 +125,20 @@ def test_show_results_writes_charts_and_csv(tmp_path, folders):
         rows = list(csv.reader(f))
     assert rows[0] == ["label \\ prediction", *names]  # rows are labels, columns predictions
     assert rows[1:] == [[n, *map(str, r)] for n, r in zip(names, EXPECTED_HIST, strict=True)]
+
+
+def test_cell_scores_are_zero_for_a_perfect_membrane_map_and_grow_when_cells_merge(tmp_path):
+    """Cells (class 0) inside a grid of membranes (class 1): the same map scores 0; a gap in
+    one membrane merges two cells, which the Rand and information errors count."""
+    pytest.importorskip("skimage")
+    label = np.zeros((40, 40), np.uint8)
+    label[::10, :] = label[:, ::10] = 1  # 16 cells
+    merged = label.copy()
+    merged[10, 2:9] = 0  # the wall between two cells is gone
+    for folder, array in (("gt", label), ("same", label), ("merged", merged)):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(array).save(tmp_path / folder / "a.png")
+    same = cell_scores(tmp_path / "gt", tmp_path / "same", ["a"])
+    assert same == {"rand_error": 0.0, "information_error": 0.0}
+    worse = cell_scores(tmp_path / "gt", tmp_path / "merged", ["a"])
+    assert worse["rand_error"] > 0.01 and worse["information_error"] > 0.01

@@ -99,3 +99,26 @@ def test_a_misspelt_flag_gets_did_you_mean(script, argv, hint, cli):
 def test_a_folder_given_as_an_image_is_refused_before_the_model_loads(tmp_path, cli):
     code, _, err = cli(predict.main, [str(tmp_path), "--model-path", str(tmp_path / "no.pth")])
     assert code == 2 and "is a folder; to segment every image in it, run --mode dir_predict" in err
+
+
+def test_every_train_label_is_checked_before_the_first_step(tmp_path, cli):
+    """A label value past the classes in the last of 40 train labels stops the run at start,
+    not at step 16 of the first epoch (the start-up check once read a sample of 32)."""
+    root = make_demo_dataset(tmp_path / "VOCdevkit", 40, size=(48, 40))
+    ids = (root / "VOC2007/ImageSets/Segmentation/train.txt").read_text().split()
+    last = root / f"VOC2007/SegmentationClass/{ids[-1]}.png"
+    label = np.asarray(Image.open(last)).copy()
+    label[:2, :2] = 5
+    Image.fromarray(label).save(last)
+    code, out, err = cli(train.main, base_argv(root, tmp_path / "run"))
+    assert code == 2 and "Epoch" not in out + err.replace("error:", "")
+    assert f"label {last} holds class 5 but num_classes is 4" in err
+
+
+def test_precision_auto_is_bf16_where_native_and_fp32_elsewhere(monkeypatch):
+    from utils.device import resolve_runtime
+
+    monkeypatch.setattr("utils.device.cpu_has_native_bf16", lambda: True)
+    assert resolve_runtime("cpu", "auto").precision == "bf16"
+    monkeypatch.setattr("utils.device.cpu_has_native_bf16", lambda: False)
+    assert resolve_runtime("cpu", "auto").precision == "fp32"

@@ -21,7 +21,8 @@ from unet import Unet
 from utils.classes import class_colors, draw_legend
 from utils.demo_data import make_demo_dataset
 from utils.device import prefers_channels_last
-from utils.inference import InferencePipeline
+from utils.errors import UserError
+from utils.inference import InferencePipeline, letterbox_input, tta_mode, tta_views
 
 CPU_ONLY = ["--device", "cpu"]
 
@@ -83,8 +84,8 @@ def model_flags(weights, num_classes=4):
 
 
 def predictor(weights, num_classes=4, **settings) -> Unet:
-    return Unet(model_path=str(weights), num_classes=num_classes, input_shape=[32, 32],
-                device="cpu", **settings)  # fmt: skip
+    settings = {"input_shape": [32, 32], **settings}
+    return Unet(model_path=str(weights), num_classes=num_classes, device="cpu", **settings)
 
 
 def drawn_labels(path, num_classes=4) -> np.ndarray:
@@ -478,3 +479,31 @@ def test_prediction_lets_cudnn_autotune_for_its_fixed_input_size_while_it_runs(
     miou = miou_argv(voc, weights, tmp_path / "miou", "--miou-mode", "1")
     assert cli(get_miou.main, miou)[0] == 0
     assert seen == [True, True] and torch.backends.cudnn.benchmark is False
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (64, 96)])
+def test_tta_d4_averages_every_turn_and_mirror_turned_back(weights, plain, pictures, shape):
+    """Against the 8 views averaged by hand; a non-square input is turned too (torch takes
+    the swapped size) and its probabilities come back at the input's own shape."""
+    picture = Image.open(pictures / "small.png").convert("RGB").resize(shape[::-1])
+    unet = predictor(weights, tta="d4", input_shape=list(shape))
+    pipeline = unet.pipeline
+    x = letterbox_input(picture, shape)[0][None]
+    once = InferencePipeline(pipeline.forward, shape, pipeline.runtime)  # no TTA
+    views = []
+    for turns in range(4):
+        for mirror in (False, True):
+            view = torch.rot90(x.flip(-1) if mirror else x, turns, (-2, -1))
+            seen = torch.rot90(once.input_probabilities(view), -turns, (-2, -1))
+            views.append(seen.flip(-1) if mirror else seen)
+    by_hand = torch.stack(views).mean(0)
+    d4 = pipeline.input_probabilities(x)
+    assert d4.shape == by_hand.shape == (1, unet.num_classes, *shape)
+    assert torch.allclose(d4, by_hand, atol=1e-5)  # one sum order against another
+
+
+def test_tta_d4_keeps_the_shape_preserving_views_where_the_network_size_is_fixed():
+    assert len(tta_views("d4", square=True)) == 7 and tta_views("flip") == [(0, True)]
+    assert sorted(tta_views("d4", square=False)) == [(0, True), (2, False), (2, True)]
+    with pytest.raises(UserError, match="unknown --tta 'd8'; use flip or d4"):
+        tta_mode("d8")

@@ -358,11 +358,13 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_that_it_is_emulated(monkeypatch
 
 @pytest.mark.parametrize("capability", ["AVX512", "AVX2", "DEFAULT"])
 def test_channels_last_is_the_default_only_where_it_is_faster(monkeypatch, capability):
-    """Prediction: channels-last on every CPU kind and on CUDA. Training: on CUDA only (NCHW
-    trains faster on a CPU in fp32), so the in-training evaluation on CUDA needs no copy."""
+    """Prediction: channels-last on every CPU kind and on CUDA. Training: on CUDA, and on a CPU
+    in bf16 only (NCHW trains faster on a CPU in fp32), so the in-training evaluation on CUDA
+    needs no copy."""
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     assert prefers_channels_last(torch.device("cpu")) is True
     assert prefers_channels_last(torch.device("cpu"), training=True) is False
+    assert prefers_channels_last(torch.device("cpu"), training=True, precision="bf16") is True
     assert prefers_channels_last(torch.device("cuda")) is True
     assert prefers_channels_last(torch.device("cuda"), training=True) is True
     assert resolve_runtime("cpu", channels_last=None, training=True).channels_last is False

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 from utils.config import SETTINGS, format_value
 from utils.engines import ENGINES
+from utils.inference import TTA_MODES
 
 HELP_WIDTH = 100
 
@@ -129,7 +131,20 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser, whose "unrecognized arguments" names the flag each misspelt one is
-    closest to, as a misspelt recipe key is answered."""
+    closest to, as a misspelt recipe key is answered; and whose flags with an optional choice
+    (``--tta [flip|d4]``) take the next word only when it is one of their choices, so
+    ``--tta image.jpg`` keeps the image."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        words = list(sys.argv[1:] if args is None else args)
+        for action in self._actions:
+            if action.nargs != "?" or not action.choices or action.const is None:
+                continue
+            for i, word in enumerate(words):
+                after = words[i + 1] if i + 1 < len(words) else None
+                if word in action.option_strings and after not in action.choices:
+                    words[i] = f"{word}={action.const}"
+        return super().parse_known_args(words, namespace)
 
     def error(self, message: str):
         if message.startswith("unrecognized arguments:"):
@@ -209,7 +224,15 @@ def add_model_flags(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> 
         help="channels-last memory layout for the network (default: on, faster for prediction "
         "on CUDA and on every CPU kind measured; torch engine only)",
     )
-    flag("--tta", action="store_true", help="average with the mirrored prediction (default: off)")
+    flag(
+        "--tta",
+        nargs="?",
+        const="flip",
+        choices=TTA_MODES,
+        default=None,
+        help="test-time augmentation: --tta (flip) averages with the mirrored prediction; "
+        "--tta d4 with the 8 turns and mirrors, each turned back (default: off)",
+    )
 
 
 def add_batch_flags(parser: argparse.ArgumentParser, batch_size: int | None = None) -> None:

@@ -186,12 +186,13 @@ class RuntimeSettings:
         original="Cuda", metavar="{auto,cpu,cuda,cuda:N}")
     precision: str = setting(
         "fp32", "fp32 gives the original's numbers; bf16: autocast on CPU or CUDA (fast only "
-        "with native bf16: AVX512-BF16/AMX or a GPU); fp16: CUDA autocast (--fp16 is the same)",
+        "with native bf16: AVX512-BF16/AMX or a GPU); fp16: CUDA autocast (--fp16 is the same); "
+        "auto: bf16 where it is native, else fp32",
         original="fp16", choices=PRECISIONS)
     channels_last: bool | None = setting(
         None, "channels-last memory format for the model and batches: faster on a GPU, and on a "
         "CPU with bf16; on a CPU in fp32 the original's NCHW trains faster",
-        shown="on with CUDA, off on a CPU")
+        shown="on with CUDA and with bf16, off on a CPU in fp32")
     tf32: bool = setting(
         True, "let CUDA fp32 convolutions use TF32 tensor cores, PyTorch's default and the "
         "original's behaviour; --no-tf32 keeps fp32 strict (no effect on a CPU)")

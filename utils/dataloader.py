@@ -11,7 +11,9 @@ built on the device (``nets.unet_training.one_hot_target``), not here.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +30,8 @@ from utils.utils import read_image, read_label_png, stack_images
 
 DATASET_FORMATS = ("voc", "medical")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
-#: How many labels are fully checked before training; the rest are checked as they load.
+#: How many images are fully decoded before training (every label is read); the rest are
+#: decoded as they load.
 CHECK_SAMPLE = 32
 
 
@@ -197,9 +200,10 @@ def read_class_label(path: Path, num_classes: int, dataset_format: str = "voc") 
 class UnetDataset(Dataset):
     """Images and class-index labels of a VOC or medical layout, letterboxed or augmented.
 
-    Construction checks that every listed file exists and fully checks a sample of
-    :data:`CHECK_SAMPLE` pairs; each item is checked again as it loads. Training samples get
-    the ``augment`` augmentation (one of :data:`AUGMENTATIONS`). Augmentation draws
+    Construction checks that every listed file exists, reads every label (values and size)
+    and fully decodes a sample of :data:`CHECK_SAMPLE` images; each item is checked again as
+    it loads. Training samples get the ``augment`` augmentation (one of
+    :data:`AUGMENTATIONS`). Augmentation draws
     from a generator keyed by ``(seed, epoch, index)``: every sample, worker and epoch differs,
     and the same seed repeats a run exactly whatever the number of workers. The epoch comes
     with each index from an :class:`EpochSampler` (``dataset[(epoch, index)]``), so persistent
@@ -253,31 +257,52 @@ class UnetDataset(Dataset):
         image = read_image(self.image_paths[index])
         label_path = self.label_paths[index]
         label = read_class_label(label_path, self.num_classes, self.dataset_format)
-        if label.shape != (image.height, image.width):
-            raise UserError(
-                f"label {label_path} is {label.shape[1]}x{label.shape[0]} but image "
-                f"{self.image_paths[index]} is {image.width}x{image.height}; a label must have "
-                "its image's size (re-export it from that image)."
-            )
+        self._check_size(index, label, image.size)
         return image, label
 
+    def _check_size(self, index: int, label: np.ndarray, size: tuple[int, int]) -> None:
+        """A label must have its image's (width, height) ``size``."""
+        if label.shape != (size[1], size[0]):
+            raise UserError(
+                f"label {self.label_paths[index]} is {label.shape[1]}x{label.shape[0]} but image "
+                f"{self.image_paths[index]} is {size[0]}x{size[1]}; a label must have its "
+                "image's size (re-export it from that image)."
+            )
+
     def check(self, sample: int = CHECK_SAMPLE) -> None:
-        """Fully read an evenly spread sample of pairs and look at their label values together
-        (kept in ``label_counts`` for the table of which value is which class)."""
-        indices = np.unique(np.linspace(0, len(self) - 1, min(sample, len(self))).astype(int))
-        counts = np.zeros(256, dtype=np.int64)
-        for index in indices:
-            _, label = self.read_pair(int(index))
-            counts += np.bincount(label.reshape(-1), minlength=256)
-        #: pixels per label value (medical: per class) in the checked sample, and how many
-        self.label_counts, self.checked = counts, len(indices)
+        """Read every label (its values against ``num_classes``, its size against its image's
+        header) and fully decode an evenly spread sample of ``sample`` images, in a thread per
+        core; keep the labels' value counts in ``label_counts`` for the table of which value is
+        which class, and the time it took in ``check_seconds``."""
+        start = time.perf_counter()
+        decoded = set(np.linspace(0, len(self) - 1, min(sample, len(self))).astype(int).tolist())
+        with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+            counts = sum(pool.map(lambda i: self._label_counts(i, i in decoded), range(len(self))))
+        #: pixels per label value (medical: per class) over every label, and how many
+        self.label_counts, self.checked = counts, len(self)
+        self.check_seconds = time.perf_counter() - start
         seen = counts > 0
         if self.dataset_format == "voc" and seen[255] and seen[0] and not seen[1:255].any():
             raise UserError(
                 f"the labels in {self.layout.labels} hold only 0 and 255 (checked "
-                f"{len(indices)}); a two-class task needs 0 for background and 1 for the object: "
+                f"{len(self)}); a two-class task needs 0 for background and 1 for the object: "
                 f"run voc_annotation.py --dataset-path {self.layout.root} --fix-binary."
             )
+
+    def _label_counts(self, index: int, decode: bool) -> np.ndarray:
+        """One label's value counts, checked against its image (fully decoded with
+        ``decode``, else its size read from the header)."""
+        if decode:
+            _, label = self.read_pair(index)
+            return np.bincount(label.reshape(-1), minlength=256)
+        label = read_class_label(self.label_paths[index], self.num_classes, self.dataset_format)
+        try:
+            with Image.open(self.image_paths[index]) as image:
+                size = image.size
+        except OSError:
+            return self._label_counts(index, decode=True)  # read_pair says what is wrong
+        self._check_size(index, label, size)
+        return np.bincount(label.reshape(-1), minlength=256)
 
     def rng(self, index: int, epoch: int | None = None) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch if epoch is None else epoch, index])

@@ -79,7 +79,8 @@ class OpenVinoEngine(Engine):
             )
         self.model_path = Path(model_path)
         self.runtime = Runtime(torch.device("cpu"))
-        self.float_precision = _openvino_precision(None if precision == "int8" else precision)
+        wanted = None if precision in ("int8", "auto") else precision  # auto: OpenVINO's own
+        self.float_precision = _openvino_precision(wanted)
         self.num_threads = num_threads or torch.get_num_threads()
         self.core = self.ov.Core()
         self.model = None if TorchEngine.can_open(self.model_path) else self._read()
@@ -126,6 +127,7 @@ class OpenVinoEngine(Engine):
         self.compiled = self.core.compile_model(self.model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.one_at_a_time = self._shapes()[0][0] == 1
+        self.fixed_size = all(isinstance(size, int) for size in self._shapes()[0][2:])
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = images.contiguous().cpu().numpy()

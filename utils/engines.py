@@ -72,6 +72,8 @@ class Engine:
     runtime: Runtime
     precision: str
     net: torch.nn.Module | None = None
+    #: Whether the network takes only the input size it was exported for (set by load).
+    fixed_size: bool = False
 
     @classmethod
     def available(cls) -> bool:
@@ -338,7 +340,7 @@ class OnnxRuntimeEngine(Engine):
         self.outputs = self.session.get_outputs()[0].shape
         self.metadata = self.session.get_modelmeta().custom_metadata_map
         self.precision = "int8" if self.int8 else "fp32"
-        if precision not in (None, "fp32", self.precision):
+        if precision not in (None, "auto", "fp32", self.precision):
             raise UserError(
                 f"--precision {precision} is not how '{path}' runs in onnxruntime: as it was "
                 f"exported ({self.precision}); drop --precision, or use --engine torch with "
@@ -367,6 +369,7 @@ class OnnxRuntimeEngine(Engine):
 
     def load(self, settings: ModelSettings) -> None:
         check_exported(self.model_path, self.inputs, self.outputs, settings)
+        self.fixed_size = all(isinstance(size, int) for size in self.inputs[2:])
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = images.contiguous().cpu().numpy()

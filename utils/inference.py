@@ -244,6 +244,32 @@ def collate_predictions(batch) -> tuple[torch.Tensor | None, list[Sample]]:
     return (stack_images(inputs) if inputs else None), [sample for _, sample in batch]
 
 
+#: Test-time augmentation: the views averaged with the input's own prediction.
+TTA_MODES = ("flip", "d4")
+
+
+def tta_mode(tta: bool | str | None) -> str | None:
+    """None, "flip" or "d4" (True, the original-style switch, is "flip")."""
+    if tta in (None, False, "", "none"):
+        return None
+    mode = "flip" if tta is True else tta
+    if mode not in TTA_MODES:
+        raise UserError(f"unknown --tta {tta!r}; use flip or d4 (--tta alone is flip).")
+    return mode
+
+
+def tta_views(mode: str | None, square: bool = True) -> list[tuple[int, bool]]:
+    """The (quarter turns, mirrored) views besides the input itself. ``d4`` on a network that
+    takes only a non-square input size keeps the four views of that shape (mirrors and the
+    half turn): a quarter turn would swap its height and width."""
+    if mode == "flip":
+        return [(0, True)]
+    if mode == "d4":
+        views = [(turns, mirror) for turns in range(4) for mirror in (False, True)][1:]
+        return views if square else [(0, True), (2, False), (2, True)]
+    return []
+
+
 class InferencePipeline:
     """Class maps and probabilities of images through one forward function, on its device.
 
@@ -251,7 +277,8 @@ class InferencePipeline:
     model (run under the runtime's autocast) or an onnxruntime session. ``tile``/``stride``:
     predict ``tile`` x ``tile`` windows of the original image, ``stride`` apart (default
     ``tile // 2``), and average the overlapping probabilities. ``tta``: average with the
-    prediction of the mirrored image.
+    prediction of the mirrored image (``"flip"``, or True), or of the 8 turns and mirrors of
+    the dihedral group (``"d4"``), each turned back.
     """
 
     def __init__(
@@ -261,14 +288,17 @@ class InferencePipeline:
         runtime: Runtime,
         tile: int | None = None,
         stride: int | None = None,
-        tta: bool = False,
+        tta: bool | str | None = None,
     ):
         self.forward = forward
         self.input_shape = (int(input_shape[0]), int(input_shape[1]))
         self.runtime = runtime
         self.tile = tile
         self.stride = stride or (max(tile // 2, 1) if tile else None)
-        self.tta = tta
+        self.tta = tta_mode(tta)
+        #: whether the network takes only its exported input size (a turned view of a
+        #: non-square input then cannot run)
+        self.fixed_size = bool(getattr(forward, "fixed_size", False))
 
     @torch.inference_mode()
     def input_probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -277,11 +307,14 @@ class InferencePipeline:
         with self.runtime.autocast():
             logits = self.forward(x)
         probs = torch.softmax(logits.float(), dim=1)
-        if self.tta:
+        views = tta_views(self.tta, square=x.shape[-1] == x.shape[-2] or not self.fixed_size)
+        for turns, mirror in views:
+            view = torch.rot90(x.flip(-1) if mirror else x, turns, (-2, -1))
             with self.runtime.autocast():
-                mirrored = self.forward(x.flip(-1))
-            probs = (probs + torch.softmax(mirrored.float(), dim=1).flip(-1)) / 2
-        return probs
+                seen = torch.softmax(self.forward(view).float(), dim=1)
+            seen = torch.rot90(seen, -turns, (-2, -1))
+            probs += seen.flip(-1) if mirror else seen
+        return probs / (len(views) + 1)
 
     @torch.inference_mode()
     def probabilities(self, image: Image.Image) -> torch.Tensor:

@@ -272,8 +272,9 @@ class Trainer:
         counts = self.train_set.label_counts
         counts = counts[:2] if data.dataset_format == "medical" else counts
         self.say(
-            f"Classes (label value -> class -> name, share of the pixels in "
-            f"{self.train_set.checked} checked train labels):"
+            f"Classes (label value -> class -> name, share of the pixels in the "
+            f"{self.train_set.checked} train labels, all checked in "
+            f"{self.train_set.check_seconds:.1f} s):"
         )
         self.say("\n".join(mapping_lines(counts, self.class_names, data.dataset_format)))
         frozen = Phase.at(config.schedule, self.start_epoch).frozen
