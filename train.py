@@ -35,7 +35,7 @@ from utils.config import (
     format_value,
     validate,
 )
-from utils.device import Runtime, backend_settings, bf16_note, resolve_runtime, use_device
+from utils.device import Runtime, backend_settings, resolve_runtime, use_device
 from utils.distributed import DistInfo, cleanup_distributed, init_distributed, launched_by_torchrun
 from utils.errors import UserError, exit_on_user_error
 from utils.recipes import read_config_file, resolve_config
@@ -176,8 +176,6 @@ def main(
         )
         use_device(runtime.device)  # --device cuda:N, or this rank's GPU
         dist_info = init_distributed(runtime.device.type)
-        if dist_info.is_main and bf16_note(runtime):
-            print(bf16_note(runtime))
         seed_everything(settings.seed)
         try:
             run(

@@ -32,7 +32,7 @@ from utils.classes import (
 )
 from utils.config import DataSettings, TrainConfig
 from utils.dataloader import Loaders, UnetDataset, read_split, split_path
-from utils.device import Runtime
+from utils.device import Runtime, bf16_note
 from utils.distributed import SINGLE_PROCESS, DistInfo, barrier
 from utils.errors import UserError
 from utils.lr_schedule import describe_lr, get_lr_scheduler, set_optimizer_lr
@@ -269,6 +269,8 @@ class Trainer:
             f"train / {len(self.val_set) if self.val_set else 0} val images, {height}x{width}, "
             f"{runtime.device.type} {runtime.precision}, {processes}"
         )
+        if bf16_note(runtime):
+            self.say(bf16_note(runtime))
         counts = self.train_set.label_counts
         counts = counts[:2] if data.dataset_format == "medical" else counts
         self.say(
