@@ -113,6 +113,7 @@ class Unet:
             tile=settings.tile,
             stride=settings.stride,
             tta=options["tta"],
+            fixed_size=self.engine.fixed_size,
         )
         print(
             f"{self.model_path} model, and classes loaded ({self.describe()}"

@@ -20,7 +20,7 @@ from tests.numerics import assert_labels_agree
 from unet import Unet
 from utils.classes import class_colors, draw_legend
 from utils.demo_data import make_demo_dataset
-from utils.device import prefers_channels_last
+from utils.device import Runtime, prefers_channels_last
 from utils.errors import UserError
 from utils.inference import InferencePipeline, letterbox_input, tta_mode, tta_views
 
@@ -502,8 +502,22 @@ def test_tta_d4_averages_every_turn_and_mirror_turned_back(weights, plain, pictu
     assert torch.allclose(d4, by_hand, atol=1e-5)  # one sum order against another
 
 
-def test_tta_d4_keeps_the_shape_preserving_views_where_the_network_size_is_fixed():
-    assert len(tta_views("d4", square=True)) == 7 and tta_views("flip") == [(0, True)]
-    assert sorted(tta_views("d4", square=False)) == [(0, True), (2, False), (2, True)]
+def test_tta_d4_keeps_the_shape_preserving_views_where_the_network_size_is_fixed(onnx_files):
+    assert len(tta_views("d4", quarter_turns=True)) == 7 and tta_views("flip") == [(0, True)]
+    assert sorted(tta_views("d4", quarter_turns=False)) == [(0, True), (2, False), (2, True)]
     with pytest.raises(UserError, match="unknown --tta 'd8'; use flip or d4"):
         tta_mode("d8")
+    seen = []
+
+    def fixed(x: torch.Tensor) -> torch.Tensor:  # a network exported for 32x48 only
+        assert x.shape[-2:] == (32, 48), x.shape
+        seen.append(x.shape)
+        return torch.zeros(len(x), 2, 32, 48)
+
+    pipeline = InferencePipeline(fixed, (32, 48), Runtime(torch.device("cpu")), tta="d4",
+                                 fixed_size=True)  # fmt: skip
+    pipeline.input_probabilities(torch.zeros(1, 3, 32, 48, dtype=torch.uint8))
+    assert len(seen) == 4  # the input, the two mirrors and the half turn
+    static = Unet(model_path=str(onnx_files / "static.onnx"), device="cpu", tta="d4")
+    dynamic = Unet(model_path=str(onnx_files / "dynamic.onnx"), device="cpu", tta="d4")
+    assert static.pipeline.fixed_size and not dynamic.pipeline.fixed_size

@@ -23,6 +23,7 @@ from utils.engines import (
     register_engine,
     require_file,
     run_in_batches_of_one,
+    takes_one_size,
 )
 from utils.errors import UserError
 from utils.model_settings import ModelSettings
@@ -117,7 +118,8 @@ class OpenVinoEngine(Engine):
     def load(self, settings: ModelSettings) -> None:
         if self.model is None:
             self.model = self._converted(settings)
-        check_exported(self.model_path, *self._shapes(), settings)
+        inputs, outputs = self._shapes()
+        check_exported(self.model_path, inputs, outputs, settings)
         hint = {"bf16": "bf16", "fp32": "f32"}[self.float_precision]
         config = {
             "INFERENCE_PRECISION_HINT": hint,
@@ -126,8 +128,8 @@ class OpenVinoEngine(Engine):
         }
         self.compiled = self.core.compile_model(self.model, "CPU", config)
         self.request = self.compiled.create_infer_request()
-        self.one_at_a_time = self._shapes()[0][0] == 1
-        self.fixed_size = all(isinstance(size, int) for size in self._shapes()[0][2:])
+        self.one_at_a_time = inputs[0] == 1
+        self.fixed_size = takes_one_size(inputs)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = images.contiguous().cpu().numpy()

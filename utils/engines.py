@@ -14,6 +14,7 @@ class here, registered with :func:`register_engine`; predict.py, get_miou.py, th
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -229,6 +230,12 @@ class TorchEngine(Engine):
         return f"torch {self.precision}, {layout}"
 
 
+def takes_one_size(inputs: list) -> bool:
+    """Whether an exported graph's input dimensions fix its height and width (ints, where a
+    ``--dynamic`` export has names)."""
+    return all(isinstance(size, int) for size in inputs[2:])
+
+
 def exported_settings(
     metadata: dict[str, str], inputs: list, outputs: list, path: Path, given: dict[str, Any]
 ) -> tuple[dict[str, Any], str]:
@@ -242,7 +249,7 @@ def exported_settings(
             f"the metadata of '{path}' cannot be read ({error}); export the model again with "
             "predict.py --mode export_onnx."
         ) from None
-    if all(isinstance(size, int) for size in inputs[2:]):
+    if takes_one_size(inputs):
         saved.setdefault("input_shape", list(inputs[2:]))
     if isinstance(outputs[1], int):
         saved.setdefault("num_classes", outputs[1])
@@ -263,7 +270,7 @@ def check_exported(path: Path, inputs: list, outputs: list, settings: ModelSetti
     """The input size asked for must be one the exported graph takes, and its classes the
     settings' count."""
     exported = inputs[2:]
-    if all(isinstance(size, int) for size in exported) and tuple(exported) != settings.input_shape:
+    if takes_one_size(inputs) and tuple(exported) != settings.input_shape:
         raise UserError(
             f"'{path}' was exported for {exported[0]}x{exported[1]} inputs but --input-shape is "
             f"{settings.input_shape[0]} {settings.input_shape[1]}; drop --input-shape (or give "
@@ -369,7 +376,7 @@ class OnnxRuntimeEngine(Engine):
 
     def load(self, settings: ModelSettings) -> None:
         check_exported(self.model_path, self.inputs, self.outputs, settings)
-        self.fixed_size = all(isinstance(size, int) for size in self.inputs[2:])
+        self.fixed_size = takes_one_size(self.inputs)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = images.contiguous().cpu().numpy()

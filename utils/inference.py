@@ -258,7 +258,7 @@ def tta_mode(tta: bool | str | None) -> str | None:
     return mode
 
 
-def tta_views(mode: str | None, square: bool = True) -> list[tuple[int, bool]]:
+def tta_views(mode: str | None, quarter_turns: bool = True) -> list[tuple[int, bool]]:
     """The (quarter turns, mirrored) views besides the input itself. ``d4`` on a network that
     takes only a non-square input size keeps the four views of that shape (mirrors and the
     half turn): a quarter turn would swap its height and width."""
@@ -266,7 +266,7 @@ def tta_views(mode: str | None, square: bool = True) -> list[tuple[int, bool]]:
         return [(0, True)]
     if mode == "d4":
         views = [(turns, mirror) for turns in range(4) for mirror in (False, True)][1:]
-        return views if square else [(0, True), (2, False), (2, True)]
+        return views if quarter_turns else [(0, True), (2, False), (2, True)]
     return []
 
 
@@ -278,7 +278,8 @@ class InferencePipeline:
     predict ``tile`` x ``tile`` windows of the original image, ``stride`` apart (default
     ``tile // 2``), and average the overlapping probabilities. ``tta``: average with the
     prediction of the mirrored image (``"flip"``, or True), or of the 8 turns and mirrors of
-    the dihedral group (``"d4"``), each turned back.
+    the dihedral group (``"d4"``), each turned back; ``fixed_size``: the network takes only
+    its exported input size, so a non-square input is never turned a quarter.
     """
 
     def __init__(
@@ -289,6 +290,7 @@ class InferencePipeline:
         tile: int | None = None,
         stride: int | None = None,
         tta: bool | str | None = None,
+        fixed_size: bool = False,
     ):
         self.forward = forward
         self.input_shape = (int(input_shape[0]), int(input_shape[1]))
@@ -298,7 +300,7 @@ class InferencePipeline:
         self.tta = tta_mode(tta)
         #: whether the network takes only its exported input size (a turned view of a
         #: non-square input then cannot run)
-        self.fixed_size = bool(getattr(forward, "fixed_size", False))
+        self.fixed_size = fixed_size
 
     @torch.inference_mode()
     def input_probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -307,7 +309,8 @@ class InferencePipeline:
         with self.runtime.autocast():
             logits = self.forward(x)
         probs = torch.softmax(logits.float(), dim=1)
-        views = tta_views(self.tta, square=x.shape[-1] == x.shape[-2] or not self.fixed_size)
+        turnable = x.shape[-1] == x.shape[-2] or not self.fixed_size
+        views = tta_views(self.tta, quarter_turns=turnable)
         for turns, mirror in views:
             view = torch.rot90(x.flip(-1) if mirror else x, turns, (-2, -1))
             with self.runtime.autocast():
