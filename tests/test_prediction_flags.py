@@ -521,3 +521,22 @@ def test_tta_d4_keeps_the_shape_preserving_views_where_the_network_size_is_fixed
     static = Unet(model_path=str(onnx_files / "static.onnx"), device="cpu", tta="d4")
     dynamic = Unet(model_path=str(onnx_files / "dynamic.onnx"), device="cpu", tta="d4")
     assert static.pipeline.fixed_size and not dynamic.pipeline.fixed_size
+
+
+@pytest.mark.parametrize(
+    "argv, tta, images",
+    [
+        (["--tta", "x.jpg"], "flip", ["x.jpg"]),  # an image after --tta stays an image
+        (["x.jpg", "--tta"], "flip", ["x.jpg"]),
+        (["--tta", "d4", "x.jpg"], "d4", ["x.jpg"]),
+        ([], None, []),
+    ],
+)
+def test_tta_takes_a_mode_only_when_one_follows(argv, tta, images):
+    args = predict.get_parser().parse_args(argv)
+    assert (args.tta, args.images) == (tta, images)
+
+
+def test_a_misspelt_tta_mode_is_an_invalid_choice(cli):
+    code, _, err = cli(predict.main, ["x.jpg", "--tta", "d8"])
+    assert code == 2 and "argument --tta: invalid choice: 'd8'" in err

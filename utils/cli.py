@@ -6,6 +6,7 @@ import argparse
 import difflib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from utils.config import SETTINGS, format_value
@@ -132,8 +133,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser, whose "unrecognized arguments" names the flag each misspelt one is
     closest to, as a misspelt recipe key is answered; and whose flags with an optional choice
-    (``--tta [flip|d4]``) take the next word only when it is one of their choices, so
-    ``--tta image.jpg`` keeps the image."""
+    (``--tta [flip|d4]``) leave the next word alone when it is a file (``--tta image.jpg``
+    keeps the image), so that only a word meant as the choice is checked as one
+    (``--tta d8``: invalid choice)."""
 
     def parse_known_args(self, args=None, namespace=None):
         words = list(sys.argv[1:] if args is None else args)
@@ -141,8 +143,9 @@ class ArgumentParser(argparse.ArgumentParser):
             if action.nargs != "?" or not action.choices or action.const is None:
                 continue
             for i, word in enumerate(words):
-                after = words[i + 1] if i + 1 < len(words) else None
-                if word in action.option_strings and after not in action.choices:
+                after = words[i + 1] if i + 1 < len(words) else "-"
+                not_a_choice = after.startswith("-") or Path(after).suffix or Path(after).exists()
+                if word in action.option_strings and not_a_choice:
                     words[i] = f"{word}={action.const}"
         return super().parse_known_args(words, namespace)
 
