@@ -49,25 +49,25 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 
 # The fast set, what a newcomer waits for; test-all adds the slow tests; check (CI) is lint and
-# test-all. Each run gets its own temporary folder, so runs side by side never share one. Tests
-# run in TEST_WORKERS processes (pytest-xdist), each with its share of the cores: their models
-# are tiny, and two processes on 2 cores take 30% less time than one.
-# The temporary folder (about 3 GB of models and data sets) is deleted when every test passed,
-# and kept for a look when one failed.
+# test-all. Tests run in TEST_WORKERS processes (pytest-xdist), each with its share of the
+# cores: their models are tiny, and two processes on 2 cores take 30% less time than one.
+# pytest's own numbered temporary folder (/tmp/pytest-of-$USER/pytest-N) is deleted when every
+# test passed; of a failed run only the failed tests' folders are kept, and only until the next
+# run (pyproject.toml): each run once kept its 4 GB of checkpoints, and they filled the disk.
 TEST_WORKERS ?= 2
-PYTEST = tmp=$$(mktemp -d) && $(PY) -m pytest --basetemp=$$tmp
+PYTEST = $(PY) -m pytest
 test: $(STAMP)
-	$(PYTEST) -n $(TEST_WORKERS) -m "not slow" && rm -rf $$tmp
+	$(PYTEST) -n $(TEST_WORKERS) -m "not slow"
 
 test-all: $(STAMP)
-	$(PYTEST) -n $(TEST_WORKERS) && rm -rf $$tmp
+	$(PYTEST) -n $(TEST_WORKERS)
 
 check: lint test-all
 
 # The short commands of the README and docs/, run as written in a workspace laid out as after
 # make demo.
 docs-check: $(STAMP)
-	$(PYTEST) tests/test_readme.py && rm -rf $$tmp
+	$(PYTEST) tests/test_readme.py
 
 # On a GPU machine: only the tests marked cuda. Uses .venv when its python imports torch (a .venv
 # brought from another machine links to a python that is not there), else $(PYTHON) as it is (a
@@ -80,7 +80,7 @@ NEEDS_GPU = $(GPU_PY) -c "import importlib.util as u, sys; u.find_spec('torch') 
 	'make $@: torch sees no CUDA GPU here; run it on a GPU machine.')"
 test-gpu:
 	@$(NEEDS_GPU)
-	tmp=$$(mktemp -d) && $(GPU_PY) -m pytest -m cuda --basetemp=$$tmp && rm -rf $$tmp
+	$(GPU_PY) -m pytest -m cuda
 
 # The whole GPU check (the cuda tests, both benchmarks, ISBI at 512x512, the counting ways),
 # within 8 minutes: each step has a time limit; DATA= a copy of ../shared/data (without one the

@@ -1,25 +1,24 @@
-"""UNet with a VGG16 or ResNet50 encoder; state-dict keys match the reference's weights files."""
+"""UNet on an encoder of :data:`nets.backbones.BACKBONES` (the original's VGG16 or ResNet50, or
+one of torchvision's); state-dict keys match the reference's weights files."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from nets.backbones import BACKBONES, backbone_named
 from nets.interpolate import UpsamplingBilinear2d
-from nets.resnet import resnet50
-from nets.vgg import VGG16
 from utils.errors import UserError
 
-BACKBONES = ("vgg", "resnet50")
-#: The state-dict prefix of each backbone's encoder (the attribute it lives at).
-BACKBONE_PREFIX = {"vgg": "vgg.", "resnet50": "resnet."}
-#: Height and width must be multiples of the encoder's deepest stride.
-SIZE_MULTIPLE = {"vgg": 16, "resnet50": 32}
+
+def backbone_prefixes() -> dict[str, str]:
+    """The state-dict prefix of each backbone's encoder (the attribute it lives at)."""
+    return {name: backbone.prefix for name, backbone in BACKBONES.items()}
 
 
 def check_input_shape(height: int, width: int, backbone: str) -> None:
     """Raise a :class:`UserError` (a ``ValueError``) naming the nearest valid sizes if needed."""
-    multiple = SIZE_MULTIPLE[backbone]
+    multiple = backbone_named(backbone).multiple
     problems = []
     for name, value in (("height", height), ("width", width)):
         if value % multiple == 0 and value > 0:
@@ -41,7 +40,7 @@ def check_tile(tile: int | None, stride: int | None, backbone: str) -> None:
         if stride is not None:
             raise UserError("--stride spaces the --tile windows; give --tile as well.")
         return
-    multiple = SIZE_MULTIPLE[backbone]
+    multiple = backbone_named(backbone).multiple
     if tile < multiple:
         raise UserError(
             f"--tile {tile} is smaller than the {backbone} network's input multiple {multiple}; "
@@ -72,23 +71,18 @@ class Unet(nn.Module):
 
     def __init__(self, num_classes: int = 21, pretrained: bool = False, backbone: str = "vgg"):
         super().__init__()
-        if backbone == "vgg":
-            self.vgg = VGG16(pretrained=pretrained)
-            in_filters = [192, 384, 768, 1024]
-        elif backbone == "resnet50":
-            self.resnet = resnet50(pretrained=pretrained)
-            in_filters = [192, 512, 1024, 3072]
-        else:
-            raise UserError(
-                f"unsupported backbone {backbone!r}; use one of {', '.join(BACKBONES)}."
-            )
+        row = backbone_named(backbone)
+        setattr(self, row.attribute, row.build(pretrained))
+        c = row.channels  # the decoder takes each map with the upsampled one below it
         out_filters = [64, 128, 256, 512]
+        in_filters = [c[0] + out_filters[1], c[1] + out_filters[2], c[2] + out_filters[3],
+                      c[3] + c[4]]  # fmt: skip
         self.up_concat4 = unetUp(in_filters[3], out_filters[3])
         self.up_concat3 = unetUp(in_filters[2], out_filters[2])
         self.up_concat2 = unetUp(in_filters[1], out_filters[1])
         self.up_concat1 = unetUp(in_filters[0], out_filters[0])
-        if backbone == "resnet50":
-            # ResNet's first feature map is at stride 2: one more upsampling restores full size.
+        if row.first_at_half:
+            # the first feature map is at stride 2: one more upsampling restores full size
             self.up_conv = nn.Sequential(
                 UpsamplingBilinear2d(scale_factor=2),
                 nn.Conv2d(out_filters[0], out_filters[0], kernel_size=3, padding=1),
@@ -103,7 +97,7 @@ class Unet(nn.Module):
 
     @property
     def encoder(self) -> nn.Module:
-        return self.vgg if self.backbone == "vgg" else self.resnet
+        return getattr(self, backbone_named(self.backbone).attribute)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         check_input_shape(inputs.shape[-2], inputs.shape[-1], self.backbone)

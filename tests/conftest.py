@@ -3,7 +3,9 @@ marker's skip on machines without a GPU."""
 
 import multiprocessing
 import os
+import shutil
 import signal
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,36 @@ if _WORKERS > 1:
 SHARED_DATA = Path(
     os.environ.get("UNET_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
 )
+
+
+#: Free space the whole suite needs in its temporary folder, in GB: it peaked at 5.1 GB (VGG
+#: weights of 95 MB and checkpoints of 285 MB in its shared fixtures and tests), a margin added.
+NEEDED_GB = 7
+
+
+def free_space_problem(folder: Path, free_bytes: int | None = None) -> str | None:
+    """The sentence that stops the run before its first test where ``folder`` (the temporary
+    folder's disk) has too little space, else None: on a full disk a third of the tests once
+    failed at once, each in its own way (a truncated checkpoint, an unreadable ONNX file...)."""
+    if free_bytes is None:
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        free_bytes = shutil.disk_usage(existing).free
+    if free_bytes >= NEEDED_GB * 2**30:
+        return None
+    return (
+        f"the tests need about {NEEDED_GB} GB free in {folder}, which has "
+        f"{free_bytes / 2**30:.1f} GB: free some space (earlier runs' folders are in "
+        f"{Path(tempfile.gettempdir())}/pytest-of-*) or give --basetemp a folder on a larger disk."
+    )
+
+
+def pytest_configure(config):
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller has checked
+        return
+    folder = Path(config.option.basetemp or tempfile.gettempdir())
+    problem = free_space_problem(folder)
+    if problem is not None:
+        pytest.exit(problem, returncode=2)
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m "not slow" deselects

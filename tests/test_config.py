@@ -85,7 +85,7 @@ def test_the_written_config_trains_the_same_weights_again(data_root, tmp_path, c
      ("num_classes: null\n", "num_classes must be a whole number, not None"),
      ("- 1\n- 2\n", "must be a mapping of 'setting: value' lines, not a list"),
      ("num_classes: [4\n", "is not valid YAML at line"),
-     ("backbone: resnet\n", "backbone (--backbone) is 'resnet'; use one of vgg, resnet50."),
+     ("backbone: resnet\n", "backbone (--backbone) is 'resnet'; use one of vgg, resnet50, "),
      ("num_classes: 1\n", "num_classes (--num-classes) must be at least 2, not 1.")],
 )  # fmt: skip
 def test_a_mistake_in_a_recipe_file_is_one_sentence_naming_it(tmp_path, cli, text, message):

@@ -54,6 +54,65 @@ def test_the_writer_runs_one_job_at_a_time_in_order():
     assert done[0] == "first" and sorted(done[1:]) == ["beside it", "second"]
 
 
+def test_a_writer_two_deep_queues_a_job_behind_the_one_writing_and_keeps_their_order():
+    """The trainer's writer: an epoch's end waits only for the files of the epoch before last."""
+    done, writer, release = [], BackgroundWriter(depth=2), threading.Event()
+    writer.submit(lambda: (release.wait(5), done.append("first")))
+    start = time.perf_counter()
+    writer.submit(lambda: done.append("second"))  # queued: returns while the first is writing
+    assert time.perf_counter() - start < 1 and done == []
+    release.set()
+    writer.submit(lambda: done.append("third"))  # waits for the first only
+    writer.close()
+    assert done == ["first", "second", "third"]
+
+
+def test_a_job_behind_a_failed_one_writes_nothing():
+    done, writer, release = [], BackgroundWriter(depth=2, niceness=0), threading.Event()
+
+    def fail():
+        release.wait(5)
+        raise WriteError("no space left in 'x' while writing y.pth")
+
+    writer.submit(fail)
+    writer.submit(lambda: done.append("after"))
+    threading.Timer(0.3, release.set).start()  # fails while close() waits: no interruption
+    with pytest.raises(WriteError, match="no space left"):
+        writer.close()
+    assert done == []
+
+
+def test_a_signal_while_a_job_starts_leaves_every_thread_waited_for(monkeypatch):
+    """SIGTERM arriving inside ``Thread.start`` once raised there, before the thread counted
+    as started, and the wait at the run's end failed with "cannot join thread before it is
+    started" instead of the resume line (seen once in a full test run)."""
+
+    class StopError(Exception):
+        pass
+
+    def stop(_signum, _frame):
+        raise StopError
+
+    real_start, done = threading.Thread.start, []
+
+    def start_during_a_signal(thread):
+        if threading.current_thread() is threading.main_thread():  # not the writer's own
+            signal.raise_signal(signal.SIGTERM)  # to this thread, now: never left pending
+        real_start(thread)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    monkeypatch.setattr(threading.Thread, "start", start_during_a_signal)
+    writer = BackgroundWriter()
+    try:
+        with pytest.raises(StopError):  # delivered once both threads started, not inside start()
+            writer.submit(lambda: done.append(1), lambda: done.append(2))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        monkeypatch.undo()
+    writer.close()
+    assert sorted(done) == [1, 2]
+
+
 def test_a_failed_write_interrupts_the_main_thread_and_keeps_failing():
     """The interruption is a simulated Ctrl-C, which Python delivers only while SIGINT has its
     own handler (an earlier test, or a shell starting a job in the background, may leave it

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nets.unet import BACKBONE_PREFIX
+from nets.unet import backbone_prefixes
 from utils.config import FIXED_ON_RESUME, SETTINGS, TrainConfig, format_value
 from utils.errors import UserError
 from utils.model_settings import (
@@ -32,8 +32,6 @@ from utils.writer import HostSnapshot, atomic_save, replace_with_link
 #: Checkpoints also carry ``checksum`` (those saved before it still load).
 CHECKPOINT_KEYS = ("model", "optimizer", "scaler", "epoch", "history", "log_dir", "rng", "config")
 CHECKSUM_KEY = "checksum"
-
-BACKBONE_PREFIXES = tuple(BACKBONE_PREFIX.values())
 
 
 def _tensors(value: Any, path: str = "") -> Iterator[tuple[str, torch.Tensor]]:
@@ -159,7 +157,7 @@ def read_state_dict(
 
 
 def _group(key: str) -> str:
-    if key.startswith(BACKBONE_PREFIXES):
+    if key.startswith(tuple(backbone_prefixes().values())):
         return "backbone"
     return "head" if key.startswith("final.") else "decoder"
 
@@ -233,7 +231,7 @@ def load_matching_weights(
 
 def backbone_of(state: dict) -> str | None:
     """The backbone whose tensor names a state dict holds (None: neither)."""
-    for name, prefix in BACKBONE_PREFIX.items():
+    for name, prefix in backbone_prefixes().items():
         if any(key.startswith(prefix) for key in state):
             return name
     return None
@@ -258,7 +256,9 @@ class CheckpointSaver:
         self.best_by = config.evaluation.save_best_by
         self.settings = ModelSettings(**config.model_settings())
         self.config = config.flat()
-        self.snapshot = HostSnapshot()
+        # used in turn: an epoch's copy is taken while the writer may still be writing the
+        # one before
+        self.snapshots = (HostSnapshot(), HostSnapshot())
 
     def is_best(
         self, history: dict, *, loss: float, val_loss: float | None, miou: float | None
@@ -289,9 +289,8 @@ class CheckpointSaver:
         only wait), and the job that writes the weights once, as ``last_epoch_weights.pth``,
         links the best and periodic names to it when they are due, then writes the checkpoint,
         which holds those same tensors."""
-        tensors = self.snapshot.take(
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
-        )
+        snapshot = self.snapshots[epoch % len(self.snapshots)]
+        tensors = snapshot.take({"model": model.state_dict(), "optimizer": optimizer.state_dict()})
         checkpoint = {
             **tensors,
             "scaler": scaler.state_dict(),
@@ -311,11 +310,11 @@ class CheckpointSaver:
             rule = self.best_by if self.best_by == "miou" or val_loss is not None else "train loss"
             print(f"Save best model to best_epoch_weights.pth (by {rule})")
             names.append("best_epoch_weights.pth")
-        return lambda: self.write(checkpoint, names)
+        return lambda: self.write(checkpoint, names, snapshot)
 
-    def write(self, checkpoint: dict, names: list[str]) -> None:
-        """Write what :meth:`save` took (in the writer's thread)."""
-        self.snapshot.wait()
+    def write(self, checkpoint: dict, names: list[str], snapshot: HostSnapshot) -> None:
+        """Write what :meth:`save` took into ``snapshot`` (in the writer's thread)."""
+        snapshot.wait()
         weights = checkpoint["model"]
         last = self.save_dir / "last_epoch_weights.pth"
         atomic_save(weights, last)

@@ -71,7 +71,8 @@ class DataSettings:
         None, "train on random H x W crops at native resolution instead of whole images "
         "resized to --input-shape; pair it with --tile", metavar=("H", "W"), shown="off")
     backbone: str = setting(
-        "vgg", "encoder", original="backbone", choices=BACKBONES, travels=True, fixed=True)
+        "vgg", "encoder: " + ", ".join(f"{b.name} ({b.summary})" for b in BACKBONES.values()),
+        original="backbone", choices=BACKBONES, travels=True, fixed=True)
     pretrained: bool = setting(
         False, "start the encoder from ImageNet weights in model_data/ (downloaded if missing)",
         original="pretrained")
@@ -82,7 +83,7 @@ class DataSettings:
     allow_backbone_mismatch: bool = setting(
         False, "train even when backbone tensors of --model-path do not fit the model")
     input_shape: list[int] = setting(
-        [512, 512], "network input size; multiples of 16 (vgg) or 32 (resnet50)",
+        [512, 512], "network input size; multiples of 16 (vgg) or 32 (the other backbones)",
         original="input_shape", metavar=("H", "W"), travels=True, fixed=True)
     init_type: str = setting(
         "kaiming", "weight init when not --pretrained; the original's 'normal' (N(0, 0.02)) "
@@ -200,7 +201,7 @@ class RuntimeSettings:
         False, "deterministic algorithms only, cuDNN without autotuning: a resumed run then "
         "reproduces an uninterrupted one bit for bit on CUDA too, at some speed")
     sync_bn: bool = setting(
-        False, "SyncBatchNorm across torchrun processes (CUDA, resnet50: vgg has no BatchNorm); "
+        False, "SyncBatchNorm across torchrun processes (CUDA; vgg alone has no BatchNorm); "
         "every BatchNorm layer of every step then waits for all of them: worth it only when "
         "each GPU's share of the batch is small (a few images), where its own batch statistics "
         "are noisy", original="sync_bn")

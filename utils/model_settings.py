@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nets.unet import BACKBONE_PREFIX
+from nets.unet import backbone_prefixes
 from utils.classes import default_class_names
 from utils.config import MODEL_DEFAULTS, MODEL_KEYS, SETTINGS
 from utils.errors import UserError
@@ -97,7 +97,7 @@ class ModelSettings:
                 f"{path} was trained with {head.shape[0]} classes but num_classes is "
                 f"{self.num_classes}; set num_classes (--num-classes) to {head.shape[0]}."
             )
-        for other, prefix in BACKBONE_PREFIX.items():
+        for other, prefix in backbone_prefixes().items():
             if other != self.backbone and any(key.startswith(prefix) for key in state):
                 raise UserError(
                     f"{path} holds {other} weights but backbone is {self.backbone}; set backbone "

@@ -172,7 +172,8 @@ class Trainer:
             Path(config.output.save_dir) / f"loss_{datetime.datetime.now():%Y_%m_%d_%H_%M_%S}"
         )
         self.saver = CheckpointSaver(config)
-        self.writer = BackgroundWriter()  # rank 0's files, written behind the steps
+        # rank 0's files, written behind the steps: an epoch's job may wait behind another
+        self.writer = BackgroundWriter(depth=len(self.saver.snapshots))
         self.clock = TimeSplit()
         data = config.data
         self.class_names = data.name_classes or default_class_names(data.num_classes)
@@ -434,7 +435,8 @@ class Trainer:
         text = f"Total Loss: {loss:.3f}"
         text += f" || Val Loss: {val_loss:.3f}" if val_loss is not None else ""
         print(f"Epoch:{epoch + 1}/{self.config.schedule.unfreeze_epoch}\n{text}")
-        self.writer.wait()  # the previous epoch's files are whole, and its buffers free
+        # the files of the epoch before last are whole, and the buffers they used are free
+        self.writer.wait(keep=len(self.saver.snapshots) - 1)
         write_checkpoint = self.saver.save(
             epoch + 1,
             model=self.model,

@@ -5,9 +5,10 @@ next step would change the tensors themselves) and hands the writing to a backgr
 as ``torch.distributed.checkpoint.async_save`` and Lightning's ``AsyncCheckpointIO`` do. One
 epoch's files are written at a time, in order. The thread runs at the lowest CPU priority
 (Linux): on a CPU whose cores the step keeps busy, it then takes the moments they are idle
-instead of stalling the step's threads. A write that fails stops the run (the main thread is
-interrupted) with one sentence; the end of the run, Ctrl-C, SIGTERM and errors wait for the
-write in flight.
+instead of stalling the step's threads. Two sets of buffers are used in turn, so an epoch's
+end waits only for the files of the epoch before last: the writer has two epochs for them. A
+write that fails stops the run (the main thread is interrupted) with one sentence; the end of
+the run, Ctrl-C, SIGTERM and errors wait for the writes in flight.
 
 Every file is written to ``<name>.tmp``, flushed and fsynced, renamed over the final name, and
 its folder fsynced, as SQLite and etcd do: a crash or a power cut leaves the previous file
@@ -21,6 +22,7 @@ import contextlib
 import errno
 import os
 import shutil
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -270,20 +272,43 @@ class HostSnapshot:
         return buffer
 
 
+@contextlib.contextmanager
+def signals_deferred(signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP arriving inside reach their handlers as it ends (in the main
+    thread, where Python runs handlers; elsewhere nothing is deferred)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    handlers = {number: signal.getsignal(number) for number in signals}
+    handlers = {number: handler for number, handler in handlers.items() if handler is not None}
+    for number in handlers:
+        signal.signal(number, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+        for number in dict.fromkeys(caught):
+            signal.raise_signal(number)
+
+
 class BackgroundWriter:
-    """Runs one job at a time in the background, at the lowest CPU priority.
+    """Runs jobs in the background, one at a time and in order, at the lowest CPU priority.
 
     A job is one or more functions that write different files (an epoch's logs and its
-    checkpoint, say), each in its own thread, so that drawing a curve overlaps writing a file.
-    :meth:`submit` waits for the job before (so an epoch's files are whole before the next
-    epoch's writing starts) and re-raises its failure; a job that fails interrupts the main
-    thread, so the run stops at once instead of at the next epoch's end, and every later wait
-    raises the same failure. :meth:`close` waits for the last job.
+    checkpoint, say), each in its own thread, so that drawing a curve overlaps writing a file;
+    a job starts once the one before it is done, so an epoch's files are whole before the next
+    epoch's writing starts. Up to ``depth`` jobs are in flight (one writing, the others queued):
+    :meth:`submit` returns at once while there is room and otherwise waits for the oldest. A job
+    that fails interrupts the main thread, so the run stops at once instead of at the next
+    epoch's end; the jobs after it are dropped, and every later wait raises the same failure.
+    :meth:`close` waits for them all.
     """
 
-    def __init__(self, niceness: int = WRITER_NICENESS):
-        self.niceness = niceness
-        self._threads: list[threading.Thread] = []
+    def __init__(self, niceness: int = WRITER_NICENESS, depth: int = 1):
+        self.niceness, self.depth = niceness, depth
+        self._jobs: list[threading.Thread] = []  # oldest first, each running its own job
         self._error: BaseException | None = None
         self._waiting = False
 
@@ -292,32 +317,45 @@ class BackgroundWriter:
         return self._error is not None
 
     def submit(self, *parts: Callable[[], None]) -> None:
-        """Start the job made of ``parts`` once the previous job is done."""
-        self.wait()
-        self._threads = [
-            threading.Thread(target=self._run, args=(part,), name=f"writer-{i}")
-            for i, part in enumerate(parts)
-        ]
-        for thread in self._threads:
-            thread.start()
+        """Queue the job made of ``parts``: it starts once the jobs before it are done."""
+        self.wait(keep=self.depth - 1)
+        before = self._jobs[-1] if self._jobs else None
+        job = threading.Thread(target=self._run_job, args=(before, parts), name="writer")
+        with signals_deferred():  # a handler raising in start() left a thread none waits for
+            job.start()
+            self._jobs.append(job)
 
-    def wait(self) -> None:
-        """Wait for the job in flight, through Ctrl-C (a second one is the same as the first:
-        the files being written are finished first); re-raise its failure."""
+    def wait(self, keep: int = 0) -> None:
+        """Wait until at most ``keep`` jobs are in flight (the newest), through Ctrl-C (a second
+        one is the same as the first: the files being written are finished first); re-raise
+        a failure."""
         self._waiting = True
         try:
-            while self._threads:
+            while len(self._jobs) > keep:
                 try:
-                    self._threads[0].join()
+                    self._jobs[0].join()
                 except KeyboardInterrupt:
                     continue
-                self._threads.pop(0)
+                self._jobs.pop(0)
         finally:
             self._waiting = False
         if self._error is not None:  # kept: a failed writer fails every later wait too
             raise self._error
 
-    close = wait
+    def close(self) -> None:
+        self.wait()
+
+    def _run_job(self, before: threading.Thread | None, parts: tuple) -> None:
+        if before is not None:
+            before.join()
+        if self._error is not None:  # a job after a failed one writes nothing
+            return
+        beside = [threading.Thread(target=self._run, args=(part,)) for part in parts[1:]]
+        for thread in beside:
+            thread.start()
+        self._run(parts[0])
+        for thread in beside:
+            thread.join()
 
     def _run(self, part: Callable[[], None]) -> None:
         if self.niceness and hasattr(os, "setpriority"):
