@@ -16,14 +16,10 @@ the same model again; a resumed run writes where its checkpoint lies unless --sa
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shlex
-import signal
 import sys
 import textwrap
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 from utils.callbacks import save_augmented_samples
@@ -40,7 +36,8 @@ from utils.distributed import DistInfo, cleanup_distributed, init_distributed, l
 from utils.errors import UserError, exit_on_user_error
 from utils.recipes import read_config_file, resolve_config
 from utils.seeding import seed_everything
-from utils.trainer import StopSignal, Trainer, TrainingInterruptedError, benchmark, build_data
+from utils.stopping import TrainingInterruptedError, stop_on_signals
+from utils.trainer import Trainer, benchmark, build_data
 
 
 def get_parser(
@@ -193,26 +190,6 @@ def main(
             raise SystemExit(stop.exit_code) from None
         finally:
             cleanup_distributed()
-
-
-@contextlib.contextmanager
-def stop_on_signals(signals=(signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
-    """SIGTERM (a scheduler, ``docker stop``, torchrun stopping its ranks) and SIGHUP (a closed
-    terminal) stop training as Ctrl-C does: the writes in flight finish, the resume line is
-    printed, the workers end, and the exit code is 128 + the signal's number."""
-
-    def stop(signum, _frame):
-        raise StopSignal(signum)
-
-    if threading.current_thread() is not threading.main_thread():  # signals go to the main one
-        yield
-        return
-    previous = {number: signal.signal(number, stop) for number in signals}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ from utils.config import MODEL_DEFAULTS, MODEL_KEYS, SETTINGS
 from utils.device import use_device
 from utils.engines import engine_for
 from utils.errors import UserError
-from utils.inference import InferencePipeline, default_batching, read_file
+from utils.inference import InferencePipeline, default_batching
 from utils.model_settings import ModelSettings
+from utils.prediction_inputs import read_file
 from utils.utils import cvtColor
 
 __all__ = ["VOC_CLASSES", "Unet", "Unet_ONNX", "class_colors", "default_class_names"]

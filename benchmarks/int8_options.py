@@ -46,7 +46,7 @@ from utils.dataloader import (
     read_split,
 )
 from utils.device import cpu_info
-from utils.inference import letterbox_input
+from utils.prediction_inputs import letterbox_input
 from utils.quantize import quantize_int8
 from utils.utils import read_image
 from utils.utils_metrics import ConfusionMatrix

@@ -1,13 +1,14 @@
 """The encoders a UNet can be built on, one row each in :data:`BACKBONES`.
 
-A row says how to build the encoder (a module whose forward returns five feature maps, at
-strides 1 or 2, then 4, 8, 16 and 32 or 16), where it lives in the UNet (its attribute, hence
-its state-dict prefix), the channels of those five maps, the multiple that the input's height
-and width must be, and whether its first map is at stride 2 (the decoder then ends with one
-more upsampling). The original's ``vgg`` and ``resnet50`` are the first two rows; torchvision's
-ResNet-18, ResNet-34 and MobileNetV3-Large follow, under their torchvision builder names, with
-their ImageNet weights found by torchvision's weights API and read like VGG's (``model_data/``
-first, a download otherwise). A new encoder is one :func:`register` call.
+A row says how to build the encoder (a module whose forward returns five feature maps, each
+half the size of the one before: strides 1 to 16 for VGG, 2 to 32 for the others), where it
+lives in the UNet (its attribute, hence its state-dict prefix), the channels of those five
+maps, the multiple that the input's height and width must be, and whether its first map is at
+stride 2 (the decoder then ends with one more upsampling). The original's ``vgg`` and
+``resnet50`` are the first two rows; torchvision's ResNet-18, ResNet-34 and MobileNetV3-Large
+follow, under their torchvision builder names, with their ImageNet weights found by
+torchvision's weights API and read like VGG's (``model_data/`` first, a download otherwise).
+A new encoder is one :func:`register` call.
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from nets.errors import UserError
 from nets.pretrained import load_pretrained
 from nets.resnet import resnet50
 from nets.vgg import VGG16
-from utils.errors import UserError
 
 
 @dataclass(frozen=True)
 class Backbone:
+    """One encoder of the table, and what the UNet needs to know of it."""
+
     name: str
     #: ``build(pretrained)``: the encoder, with ImageNet weights when ``pretrained``
     build: Callable[[bool], nn.Module]

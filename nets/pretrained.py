@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.hub import load_state_dict_from_url
 
-from utils.errors import UserError
+from nets.errors import UserError
 
 MODEL_DIR = "model_data"
 

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from nets.backbones import BACKBONES, backbone_named
+from nets.errors import UserError
 from nets.interpolate import UpsamplingBilinear2d
-from utils.errors import UserError
 
 
 def backbone_prefixes() -> dict[str, str]:

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nets.errors import UserError
 from nets.functional import dice_score, resize_to, target_size
-from utils.errors import UserError
 from utils.lr_schedule import get_lr_scheduler, set_optimizer_lr  # the original's names
 
 __all__ = [

@@ -39,7 +39,7 @@ SHARED_DATA = Path(
 
 #: Free space the whole suite needs in its temporary folder, in GB: it peaked at 5.1 GB (VGG
 #: weights of 95 MB and checkpoints of 285 MB in its shared fixtures and tests), a margin added.
-NEEDED_GB = 7
+NEEDED_GB = 6
 
 
 def free_space_problem(folder: Path, free_bytes: int | None = None) -> str | None:

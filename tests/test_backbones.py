@@ -93,6 +93,7 @@ class TinyEncoder(nn.Module):
         return features
 
 
+@pytest.mark.slow
 def test_a_backbone_registered_by_a_test_trains_predicts_and_exports(data_root, tmp_path,
                                                                      monkeypatch, cli):  # fmt: skip
     row = Backbone("tiny", lambda pretrained: TinyEncoder(), "tiny", (4, 4, 8, 8, 8), 16, False,

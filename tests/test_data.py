@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from oracle.original import ref_get_random_data, ref_letterbox
 from tests.conftest import shared_data, write_voc_pair
-from utils.augment import random_transform
+from utils.augment import AUGMENTATIONS, random_transform
 from utils.dataloader import (
     Loaders,
     UnetDataset,
@@ -100,6 +100,29 @@ def test_flip_augmentation_flips_image_and_label_together_and_nothing_else(tmp_p
         assert torch.equal(out_label, expected)
         seen.add(flips[0])
     assert len(seen) == 4  # both flips, alone and together, and none
+
+
+def test_shapes_augmentation_moves_the_label_with_the_shape_and_never_keeps_its_colour():
+    """A shape of one colour on another: wherever the label says shape (its inside: resampling
+    blurs the edges) the image is one colour, another than the background's, and that colour
+    changes from draw to draw, so a model cannot learn the class from it."""
+    image = np.zeros((60, 80, 3), np.uint8)
+    image[...] = (20, 120, 40)
+    label = np.zeros((60, 80), np.uint8)
+    image[15:45, 20:50], label[15:45, 20:50] = (200, 30, 90), 1
+    colours, sizes = set(), set()
+    for seed in range(24):
+        rng = np.random.default_rng(seed)
+        out, out_label = AUGMENTATIONS["shapes"].apply(Image.fromarray(image), label, (48, 64), rng)
+        assert out.shape == (48, 64, 3) and out_label.shape == (48, 64) and out.dtype == np.uint8
+        inside = cv2.erode((out_label == 1).astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+        outside = cv2.erode((out_label == 0).astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+        shape = out[inside]
+        assert inside.sum() > 20 and (shape == shape[0]).all(), f"seed {seed}"
+        assert not (out[outside] == shape[0]).all(axis=1).any(), f"seed {seed}"
+        colours.add(tuple(shape[0]))
+        sizes.add(int((out_label == 1).sum()))
+    assert len(colours) > 6 and len(sizes) > 6  # recoloured and zoomed
 
 
 def test_augmentation_none_is_the_letterbox_and_unknown_names_are_refused(voc_root):

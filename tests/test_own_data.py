@@ -2,6 +2,8 @@
 label checked against --num-classes, class names given once, and the small frictions of a
 first week (misspelt flags, a folder given as an image, a backbone named)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -122,3 +124,21 @@ def test_precision_auto_is_bf16_where_native_and_fp32_elsewhere(monkeypatch):
     assert resolve_runtime("cpu", "auto").precision == "bf16"
     monkeypatch.setattr("utils.device.cpu_has_native_bf16", lambda: False)
     assert resolve_runtime("cpu", "auto").precision == "fp32"
+
+
+@pytest.mark.slow
+def test_the_readmes_cpu_recipe_trains_on_shapes_in_random_colours(tmp_path, cli):
+    """recipes/cpu.yaml as the README gives it, two short epochs: ResNet-18, the shapes
+    augmentation, and only the last and best weights written."""
+    root = make_demo_dataset(tmp_path / "VOCdevkit", 8, size=(96, 72), colours="random")
+    recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "cpu.yaml")
+    argv = ["--config", recipe, "--dataset-path", str(root), "--num-classes", "4",
+            "--unfreeze-epoch", "2", "--input-shape", "32", "32", "--num-workers", "0",
+            "--eval-period", "2", "--device", "cpu",
+            "--save-dir", str(tmp_path / "logs")]  # fmt: skip
+    code, out, err = cli(train.main, argv)
+    assert code == 0, err
+    weights = sorted(p.name for p in (tmp_path / "logs").glob("*.pth"))
+    assert weights == ["best_epoch_weights.pth", "checkpoint_last.pth", "last_epoch_weights.pth"]
+    saved = (tmp_path / "logs" / "config.yaml").read_text()
+    assert "backbone: resnet18" in saved and "augment: shapes" in saved

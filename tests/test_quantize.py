@@ -14,7 +14,7 @@ from PIL import Image
 from unet import Unet_ONNX
 from utils.device import Runtime
 from utils.errors import UserError
-from utils.inference import letterbox_input
+from utils.prediction_inputs import letterbox_input
 from utils.quantize import (
     CALIBRATION_KEY,
     LetterboxCalibration,

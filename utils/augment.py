@@ -78,6 +78,21 @@ def elastic(image: Image.Image, label: np.ndarray, size, rng, crop=False, path=N
     return random_flips(image, label, rng)
 
 
+@augmentation(
+    "shapes",
+    "for classes told apart by shape, not colour: zoom and placement that keep the "
+    "aspect, flips, turns, and the colours shuffled, inverted or greyed",
+)
+def shapes(image: Image.Image, label: np.ndarray, size, rng, crop=False, path=None):
+    """Letterboxed (or cropped), zoomed, turned and flipped; then its colours changed, so that a
+    class's colour in the training images never tells the class."""
+    image, label = fit(np.asarray(image), label, size, rng, crop, path)
+    image, label = random_zoom(image, label, rng)
+    image, label = random_turns(image, label, rng)
+    image, label = random_flips(image, label, rng)
+    return shuffled_colours(image, rng), label
+
+
 @augmentation("none", "letterbox only")
 def none(image: Image.Image, label: np.ndarray, size, rng, crop=False, path=None):
     """No augmentation: what validation and prediction see."""
@@ -192,6 +207,40 @@ def brightness_contrast(
     shift = rng.uniform(-brightness, brightness) * 255
     lut = np.clip((np.arange(256) - 128) * gain + 128 + shift, 0, 255).astype(np.uint8)
     return cv2.LUT(image, lut)
+
+
+def random_zoom(
+    image: np.ndarray, label: np.ndarray, rng: np.random.Generator, low=0.7, high=1.3
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scale by U(``low``, ``high``), both sides alike, and place at random on a canvas of the
+    same size: cropped where larger, padded (gray, label 0) where smaller."""
+    height, width = label.shape
+    scale = rng.uniform(low, high)
+    nh, nw = max(1, round(height * scale)), max(1, round(width * scale))
+    image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    label = cv2.resize(label, (nw, nh), interpolation=cv2.INTER_NEAREST)
+    dy, dx = int(rng.integers(-abs(nh - height), 1)), int(rng.integers(-abs(nw - width), 1))
+    if nh < height:  # smaller: the offset goes the other way, inside the canvas
+        dy = -dy
+    if nw < width:
+        dx = -dx
+    out_image = np.full((height, width, 3), PAD_COLOR[0], dtype=np.uint8)
+    out_label = np.zeros((height, width), dtype=label.dtype)
+    ys, xs = slice(max(dy, 0), min(dy + nh, height)), slice(max(dx, 0), min(dx + nw, width))
+    src = (slice(ys.start - dy, ys.stop - dy), slice(xs.start - dx, xs.stop - dx))
+    out_image[ys, xs], out_label[ys, xs] = image[src], label[src]
+    return out_image, out_label
+
+
+def shuffled_colours(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The RGB channels in a random order, inverted half the time, grey a fifth of the time,
+    with mild brightness and contrast jitter."""
+    image = image[..., rng.permutation(3)]
+    if rng.random() < 0.5:
+        image = 255 - image
+    if rng.random() < 0.2:
+        image = np.repeat(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
+    return brightness_contrast(np.ascontiguousarray(image), rng)
 
 
 def random_turns(

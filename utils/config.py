@@ -221,15 +221,10 @@ class OutputSettings:
 # fmt: on
 
 #: The sections of :class:`TrainConfig`, in --help order.
-SECTIONS: dict[str, type] = {
-    "data": DataSettings,
-    "schedule": ScheduleSettings,
-    "optimizer": OptimizerSettings,
-    "loss": LossSettings,
-    "evaluation": EvalSettings,
-    "runtime": RuntimeSettings,
-    "output": OutputSettings,
-}
+SECTIONS: dict[str, type] = {"data": DataSettings, "schedule": ScheduleSettings,
+                             "optimizer": OptimizerSettings, "loss": LossSettings,
+                             "evaluation": EvalSettings, "runtime": RuntimeSettings,
+                             "output": OutputSettings}  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The one exception type for mistakes a user can fix (bad data, flags or files)."""
+"""Mistakes a user can fix: :class:`UserError` (defined in ``nets.errors``, below every package
+that raises it) and the CLI wrapper that prints it as one line with exit code 2."""
 
 from __future__ import annotations
 
@@ -7,15 +8,11 @@ from collections.abc import Callable
 from functools import wraps
 from typing import TypeVar
 
+from nets.errors import UserError
+
+__all__ = ["UserError", "exit_on_user_error", "user_message"]
+
 T = TypeVar("T")
-
-
-class UserError(ValueError):
-    """A problem the user caused and can fix; the message is one sentence saying how.
-
-    It subclasses ``ValueError`` so library callers that already catch that keep working.
-    CLIs print it without a traceback and exit with code 2 (see :func:`exit_on_user_error`).
-    """
 
 
 def exit_on_user_error(main: Callable[..., T]) -> Callable[..., T]:

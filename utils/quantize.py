@@ -27,7 +27,7 @@ from PIL import Image
 from utils.dataloader import IMAGE_EXTENSIONS, DatasetLayout, read_split
 from utils.device import cpu_info
 from utils.errors import UserError
-from utils.inference import letterbox_input
+from utils.prediction_inputs import letterbox_input
 from utils.utils import cvtColor, read_image
 
 #: The metadata key of the int8 file that says how it was calibrated (a JSON object).

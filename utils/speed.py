@@ -13,7 +13,8 @@ from PIL import Image
 
 from utils.engines import ENGINES, TorchEngine
 from utils.errors import UserError
-from utils.inference import class_map, default_batching, letterbox_input
+from utils.inference import class_map, default_batching
+from utils.prediction_inputs import letterbox_input
 from utils.utils import cvtColor
 
 

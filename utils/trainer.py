@@ -7,6 +7,7 @@ keywords; the command line stops in train.py's ``main``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import shlex
 import signal
@@ -39,6 +40,7 @@ from utils.lr_schedule import describe_lr, get_lr_scheduler, set_optimizer_lr
 from utils.optimizers import build_optimizer
 from utils.phases import Phase, check_batches, phase_lrs, val_batch_size
 from utils.recipes import write_config
+from utils.stopping import StopSignal, TrainingInterruptedError
 from utils.timing import TimedBatches, TimeSplit
 from utils.utils_fit import evaluate_loss, evaluate_miou, train_one_epoch
 from utils.utils_metrics import never_found, per_class_iu
@@ -103,41 +105,6 @@ def build_criterion(config: TrainConfig, device: torch.device) -> SegmentationLo
         config.data.num_classes, loss.cls_weights, loss.dice_loss, loss.focal_loss
     )
     return criterion.to(device)
-
-
-class StopSignal(KeyboardInterrupt):
-    """SIGTERM or SIGHUP (a scheduler, ``docker stop``, a closed terminal), stopping training
-    as Ctrl-C does; ``signum`` gives the exit code."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-class TrainingInterruptedError(Exception):
-    """Ctrl-C (or ``signum``) during training, at 1-based ``epoch``, with the checkpoint to
-    resume from."""
-
-    def __init__(self, epoch: int, checkpoint: Path, signum: int = signal.SIGINT):
-        super().__init__(epoch, checkpoint)
-        self.epoch, self.checkpoint, self.signum = epoch, checkpoint, signum
-
-    @property
-    def exit_code(self) -> int:
-        """The shell's convention: 128 + the signal's number (130 for Ctrl-C)."""
-        return 128 + self.signum
-
-    def message(self) -> str:
-        how = "interrupted" if self.signum == signal.SIGINT else signal.Signals(self.signum).name
-        if self.checkpoint.is_file():
-            return (
-                f"{how} at epoch {self.epoch}; resume with: python train.py --resume "
-                f"{shlex.quote(str(self.checkpoint))}"
-            )
-        return (
-            f"{how} at epoch {self.epoch}, before the first checkpoint; start again with the "
-            "same command"
-        )
 
 
 class Trainer:
@@ -249,7 +216,8 @@ class Trainer:
             loaders.close()
         with self.clock.part("final writes"):
             if log is not None and not log.closed and not self.writer.failed:
-                self.writer.submit(log.writer(final=True))
+                with contextlib.suppress(KeyboardInterrupt):  # on the way out: queued anyway
+                    self.writer.submit(log.writer(final=True))
             try:
                 self.writer.close()
             except WriteError as error:

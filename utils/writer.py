@@ -274,14 +274,17 @@ class HostSnapshot:
 
 @contextlib.contextmanager
 def signals_deferred(signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
-    """Ctrl-C, SIGTERM and SIGHUP arriving inside reach their handlers as it ends (in the main
-    thread, where Python runs handlers; elsewhere nothing is deferred)."""
+    """Those of ``signals`` with a Python handler reach it as this ends, not inside (in the main
+    thread, where Python runs handlers; elsewhere nothing is deferred). They are handed on as
+    ``_thread.interrupt_main`` does, without a second real signal: in a process whose main
+    thread ran AMX kernels, a real one needs a frame larger than the alternate stack that
+    faulthandler (pytest's) gives that thread."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
     handlers = {number: signal.getsignal(number) for number in signals}
-    handlers = {number: handler for number, handler in handlers.items() if handler is not None}
+    handlers = {number: handler for number, handler in handlers.items() if callable(handler)}
     for number in handlers:
         signal.signal(number, lambda signum, _frame: caught.append(signum))
     try:
@@ -290,7 +293,7 @@ def signals_deferred(signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)) -> 
         for number, handler in handlers.items():
             signal.signal(number, handler)
         for number in dict.fromkeys(caught):
-            signal.raise_signal(number)
+            _thread.interrupt_main(number)
 
 
 class BackgroundWriter:
@@ -317,33 +320,50 @@ class BackgroundWriter:
         return self._error is not None
 
     def submit(self, *parts: Callable[[], None]) -> None:
-        """Queue the job made of ``parts``: it starts once the jobs before it are done."""
-        self.wait(keep=self.depth - 1)
+        """Queue the job made of ``parts``: it starts once the jobs before it are done. A Ctrl-C
+        while it waits for room is raised once the job is queued, so its files are written."""
+        interrupted = self._join(self.depth - 1)
+        if self._error is not None:
+            raise self._error
         before = self._jobs[-1] if self._jobs else None
         job = threading.Thread(target=self._run_job, args=(before, parts), name="writer")
         with signals_deferred():  # a handler raising in start() left a thread none waits for
             job.start()
             self._jobs.append(job)
+        if interrupted is not None:
+            raise interrupted
 
     def wait(self, keep: int = 0) -> None:
-        """Wait until at most ``keep`` jobs are in flight (the newest), through Ctrl-C (a second
-        one is the same as the first: the files being written are finished first); re-raise
-        a failure."""
+        """Wait until at most ``keep`` jobs are in flight (the newest); re-raise a failure. A
+        Ctrl-C or a stop signal meanwhile is raised once they are done: the run stops with its
+        files whole."""
+        interrupted = self._join(keep)
+        if self._error is not None:  # kept: a failed writer fails every later wait too
+            raise self._error
+        if interrupted is not None:
+            raise interrupted
+
+    def close(self) -> None:
+        """Wait for every job, as the run ends: a Ctrl-C meanwhile (a second one, on the way
+        out) is the same as the first, and the files being written are finished first."""
+        self._join(0)
+        if self._error is not None:
+            raise self._error
+
+    def _join(self, keep: int) -> KeyboardInterrupt | None:
+        interrupted = None
         self._waiting = True
         try:
             while len(self._jobs) > keep:
                 try:
                     self._jobs[0].join()
-                except KeyboardInterrupt:
+                except KeyboardInterrupt as stop:  # StopSignal too
+                    interrupted = interrupted or stop
                     continue
                 self._jobs.pop(0)
         finally:
             self._waiting = False
-        if self._error is not None:  # kept: a failed writer fails every later wait too
-            raise self._error
-
-    def close(self) -> None:
-        self.wait()
+        return interrupted
 
     def _run_job(self, before: threading.Thread | None, parts: tuple) -> None:
         if before is not None:

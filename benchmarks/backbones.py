@@ -1,0 +1,72 @@
+"""The encoders of ``nets/backbones.py`` side by side: parameters, GFLOPs and CPU latency::
+
+    python -m benchmarks.backbones                  # 512x512, the docs' table
+    python -m benchmarks.backbones --size 256 --repeats 2
+
+Each row is a 21-class UNet on that encoder: its parameters, the multiply-adds of one forward
+pass at ``--size`` counted by ``torch.utils.flop_counter`` (GFLOPs = 2 x multiply-adds / 1e9,
+as torch counts them), and the best of ``--repeats`` forward passes of one image on this
+machine's CPU in fp32 and, where the CPU has native bf16, in bf16 + channels-last. It prints a
+Markdown table for docs/training.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from nets.backbones import BACKBONES
+from nets.unet import Unet
+from utils.device import cpu_has_native_bf16, cpu_info
+
+
+def latency_ms(model: torch.nn.Module, x: torch.Tensor, repeats: int, bf16: bool) -> float:
+    if bf16:
+        model, x = (t.to(memory_format=torch.channels_last) for t in (model, x))
+    best = float("inf")
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+        model(x)  # warm-up: oneDNN picks its kernels
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x)
+            best = min(best, time.perf_counter() - start)
+    return best * 1000
+
+
+def row(name: str, size: int, repeats: int, bf16: bool) -> str:
+    torch.manual_seed(0)
+    model = Unet(num_classes=21, backbone=name).eval()
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    x = torch.rand(1, 3, size, size)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(x)
+    gflops = counter.get_total_flops() / 1e9
+    cells = [f"`{name}`", f"{params:.1f}M", f"{gflops:.0f}",
+             f"{latency_ms(model, x, repeats, bf16=False):.0f} ms"]  # fmt: skip
+    if bf16:
+        cells.append(f"{latency_ms(model, x, repeats, bf16=True):.0f} ms")
+    return "| " + " | ".join(cells) + " |"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=512, help="input height and width")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes; the best counts")
+    args = parser.parse_args(argv)
+    bf16 = cpu_has_native_bf16()
+    name, flags = cpu_info()
+    isa = "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else "no bf16"
+    print(f"{args.size}x{args.size}, 21 classes, batch 1, {torch.get_num_threads()} threads, "
+          f"{name or 'CPU'} ({isa}):")  # fmt: skip
+    head = ["backbone", "parameters", "GFLOPs", "CPU fp32"] + (["CPU bf16"] if bf16 else [])
+    print("| " + " | ".join(head) + " |")
+    print("| --- |" + " ---: |" * (len(head) - 1))
+    for name in BACKBONES:
+        print(row(name, args.size, args.repeats, bf16), flush=True)
+
+
+if __name__ == "__main__":
+    main()
