@@ -1,5 +1,5 @@
 """The functional core of the losses and the metrics: resizing logits to their target, the Dice
-score, and per-class sums on the device. ``nets.unet_training`` (the losses) and
+score, and per-class sums on the device. ``nets.losses`` (the losses) and
 ``utils.utils_metrics`` (the f-score) both build on it; neither imports the other."""
 
 from __future__ import annotations

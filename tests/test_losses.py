@@ -177,3 +177,44 @@ def test_class_sums_compare_and_scatter_give_the_same_counts(bins):
     assert torch.equal(counts[0], counts[1]) and counts[0][0] > 0.9 * 20_000
     sums = [class_sums(labels, bins, values, compare=way) for way in (True, False)]
     torch.testing.assert_close(sums[0], sums[1], rtol=1e-5, atol=0)
+
+
+def test_the_training_loss_is_a_sum_of_named_terms_and_the_switches_pick_the_originals(
+    random_batch,
+):
+    from nets.losses import LOSSES, SegmentationLoss
+
+    logits, labels, weights = random_batch
+    num_classes = logits.shape[1]
+    ce = CE_Loss(logits, labels, weights, num_classes=num_classes)
+    focal = Focal_Loss(logits, labels, weights, num_classes=num_classes)
+    dice = Dice_loss(logits, labels)
+    for switches, expected in (({}, ce), ({"dice": True}, ce + dice),
+                               ({"focal": True, "dice": True}, focal + dice)):  # fmt: skip
+        loss = SegmentationLoss(num_classes, weights.tolist(), **switches)(logits, labels)
+        assert torch.equal(loss, expected), switches  # the same sum, in the same order
+    by_name = SegmentationLoss(num_classes, weights.tolist(), terms=["dice", "focal"])
+    torch.testing.assert_close(by_name(logits, labels), dice + focal)
+    assert list(LOSSES)[:3] == ["ce", "focal", "dice"]
+    with pytest.raises(ValueError, match=r"unknown loss term 'dcie'; use one or more of ce, "):
+        SegmentationLoss(num_classes, terms=["ce", "dcie"])
+
+
+def test_a_loss_term_registered_by_a_test_trains_by_its_name(data_root, tmp_path, monkeypatch,
+                                                             cli):  # fmt: skip
+    import train
+    from nets.losses import LOSSES, LossTerm
+    from tests.conftest import base_argv
+
+    calls = []
+
+    def half_ce(outputs, labels, cls_weights, num_classes):
+        calls.append(outputs.shape)
+        return 0.5 * CE_Loss(outputs, labels, cls_weights, num_classes=num_classes)
+
+    monkeypatch.setitem(LOSSES, "half_ce", LossTerm("half_ce", "a test's", half_ce))
+    argv = base_argv(data_root, tmp_path / "logs", "--no-freeze-train", "--unfreeze-epoch", "1",
+                     "--no-eval-flag", "--loss", "half_ce", "dice")  # fmt: skip
+    code, out, err = cli(train.main, argv)
+    assert code == 0, err
+    assert calls and "loss: [half_ce, dice]" in (tmp_path / "logs" / "config.yaml").read_text()

@@ -20,6 +20,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from nets.losses import LOSSES
 from nets.unet import BACKBONES, check_input_shape, check_tile
 from nets.unet_training import INIT_TYPES
 from utils.augment import AUGMENTATIONS
@@ -146,12 +147,13 @@ class LossSettings:
     dice_loss: bool = setting(
         False, "add the Dice loss; the original recommends it for a few classes, or many "
         "classes with a batch of 10 or more", original="dice_loss")
-    focal_loss: bool = setting(
-        False, "use Focal loss instead of cross entropy, against unbalanced classes",
-        original="focal_loss")
-    cls_weights: list[float] | None = setting(
-        None, "one weight per class for CE/Focal", original="cls_weights", metavar="W",
-        shown="all 1")
+    focal_loss: bool = setting(False, "use Focal loss instead of cross entropy, against "
+                               "unbalanced classes", original="focal_loss")
+    cls_weights: list[float] | None = setting(None, "one weight per class for CE/Focal",
+                                              original="cls_weights", metavar="W", shown="all 1")
+    loss: list[str] | None = setting(None, "the loss as terms added up, by name: " + "; ".join(
+        f"{t.name} = {t.help}" for t in LOSSES.values()), choices=LOSSES, metavar="TERM",
+        shown="ce, or focal with --focal-loss; plus dice with --dice-loss")
 
 
 @dataclass(frozen=True)
@@ -385,13 +387,12 @@ def validate(config: TrainConfig) -> None:
 
 
 def _check_one(info: SettingInfo, value: Any) -> None:
-    choices = info.options.get("choices")
-    if choices and value not in choices:
+    choices, values = info.options.get("choices"), value if isinstance(value, list) else [value]
+    if choices and value is not None and any(item not in choices for item in values):
         raise UserError(
             f"{info.describe()} is {value!r}; use one of {', '.join(map(str, choices))}."
         )
     minimum, below = info.options.get("minimum"), info.options.get("below")
-    values = value if isinstance(value, list) else [value]
     for item in values:
         if isinstance(item, float) and not math.isfinite(item):
             raise UserError(f"{info.describe()} must be a finite number, not {item}.")

@@ -5,7 +5,7 @@ One :class:`UnetDataset` serves both layouts, checked as it loads, augmented by
 is ``image / 255``, taken on the training device) and an (H, W) uint8 label where values >=
 ``num_classes`` become the ignore value ``num_classes`` (made long on the device: int64 labels
 would be 8 times the bytes through the workers' shared memory). The Dice one-hot target is
-built on the device (``nets.unet_training.one_hot_target``), not here.
+built on the device (``nets.losses.one_hot_target``), not here.
 """
 
 from __future__ import annotations

@@ -20,8 +20,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from nets.losses import SegmentationLoss
 from nets.unet import Unet
-from nets.unet_training import SegmentationLoss, weights_init
+from nets.unet_training import weights_init
 from utils.callbacks import TrainingLog
 from utils.checkpoint import CheckpointSaver, load_matching_weights, load_training_checkpoint
 from utils.classes import (
@@ -102,7 +103,7 @@ def build_model(data: DataSettings, runtime: Runtime, say: Say = print) -> Unet:
 def build_criterion(config: TrainConfig, device: torch.device) -> SegmentationLoss:
     loss = config.loss
     criterion = SegmentationLoss(
-        config.data.num_classes, loss.cls_weights, loss.dice_loss, loss.focal_loss
+        config.data.num_classes, loss.cls_weights, loss.dice_loss, loss.focal_loss, loss.loss
     )
     return criterion.to(device)
 
