@@ -66,19 +66,20 @@ def backbone_named(name: str) -> Backbone:
 
 class TorchvisionEncoder(nn.Module):
     """A torchvision classifier's ``layers`` (named as torchvision names them, so its ImageNet
-    file loads), run as the ``blocks`` in order, handing on the outputs of the blocks at
-    ``taps``: the five feature maps."""
+    file loads), run as the ``blocks`` in order (submodule names, looked up at each call, so
+    that a layer replaced in place, as ``SyncBatchNorm.convert_sync_batchnorm`` does, is the
+    one that runs), handing on the outputs of the blocks at ``taps``: the five feature maps."""
 
-    def __init__(self, layers: dict[str, nn.Module], blocks: list[nn.Module], taps: tuple):
+    def __init__(self, layers: dict[str, nn.Module], blocks: list[str], taps: tuple):
         super().__init__()
         for name, layer in layers.items():
             self.add_module(name, layer)
-        self.blocks, self.taps = blocks, frozenset(taps)  # a plain list: registered above
+        self.blocks, self.taps = blocks, frozenset(taps)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = []
-        for index, block in enumerate(self.blocks):
-            x = block(x)
+        for index, name in enumerate(self.blocks):
+            x = self.get_submodule(name)(x)
             if index in self.taps:
                 features.append(x)
         return features
@@ -96,10 +97,10 @@ def torchvision_encoder(name: str) -> Callable[[bool], nn.Module]:
         if name.startswith("resnet"):
             names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
             layers = {n: getattr(net, n) for n in names}
-            encoder = TorchvisionEncoder(layers, list(layers.values()), (2, 4, 5, 6, 7))
+            encoder = TorchvisionEncoder(layers, list(names), (2, 4, 5, 6, 7))
         else:
-            encoder = TorchvisionEncoder({"features": net.features}, list(net.features),
-                                         MOBILENET_TAPS)  # fmt: skip
+            blocks = [f"features.{i}" for i in range(len(net.features))]
+            encoder = TorchvisionEncoder({"features": net.features}, blocks, MOBILENET_TAPS)
         if pretrained:
             url = models.get_model_weights(name).IMAGENET1K_V1.url
             load_pretrained(encoder, url, keep=lambda key: key.split(".")[0] in encoder._modules)

@@ -39,6 +39,15 @@ def test_each_new_encoder_gives_full_size_logits_under_its_own_prefix(name):
     assert frozen == {n for n, _ in model.named_parameters() if n.startswith(f"{name}.")}
     with pytest.raises(UserError, match=r"multiples of 32.*height 48 -> 32 or 64"):
         model(torch.rand(1, 3, 48, 64))
+    norms = sum(isinstance(m, nn.BatchNorm2d) for m in model.encoder.modules())
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # --sync-bn: layers replaced
+    ran = []
+    for module in synced.encoder.modules():
+        if isinstance(module, nn.SyncBatchNorm):
+            module.register_forward_hook(lambda *_: ran.append(1))
+    with torch.no_grad():
+        synced(torch.rand(1, 3, 64, 64))
+    assert norms and len(ran) == norms  # every one that runs is synced
 
 
 @pytest.mark.parametrize("name", NEW)
