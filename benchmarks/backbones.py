@@ -5,35 +5,29 @@
 
 Each row is a 21-class UNet on that encoder: its parameters, the multiply-adds of one forward
 pass at ``--size`` counted by ``torch.utils.flop_counter`` (GFLOPs = 2 x multiply-adds / 1e9,
-as torch counts them), and the best of ``--repeats`` forward passes of one image on this
-machine's CPU in fp32 and, where the CPU has native bf16, in bf16 + channels-last. It prints a
-Markdown table for docs/training.md.
+as torch counts them), and the best of ``--repeats`` forward passes of one image after a
+warm-up, on this machine's CPU in fp32 and, where the CPU has native bf16, in bf16 +
+channels-last. It prints a Markdown table for docs/training.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.predict_speed import device_name, interleaved_best
 from nets.backbones import BACKBONES
 from nets.unet import Unet
-from utils.device import cpu_has_native_bf16, cpu_info
+from utils.device import cpu_has_native_bf16
 
 
 def latency_ms(model: torch.nn.Module, x: torch.Tensor, repeats: int, bf16: bool) -> float:
     if bf16:
         model, x = (t.to(memory_format=torch.channels_last) for t in (model, x))
-    best = float("inf")
     with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-        model(x)  # warm-up: oneDNN picks its kernels
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            best = min(best, time.perf_counter() - start)
-    return best * 1000
+        return interleaved_best([lambda: model(x)], repeats)[0] * 1000
 
 
 def row(name: str, size: int, repeats: int, bf16: bool) -> str:
@@ -57,10 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed passes; the best counts")
     args = parser.parse_args(argv)
     bf16 = cpu_has_native_bf16()
-    name, flags = cpu_info()
-    isa = "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else "no bf16"
     print(f"{args.size}x{args.size}, 21 classes, batch 1, {torch.get_num_threads()} threads, "
-          f"{name or 'CPU'} ({isa}):")  # fmt: skip
+          f"{device_name(torch.device('cpu'))}:")  # fmt: skip
     head = ["backbone", "parameters", "GFLOPs", "CPU fp32"] + (["CPU bf16"] if bf16 else [])
     print("| " + " | ".join(head) + " |")
     print("| --- |" + " ---: |" * (len(head) - 1))

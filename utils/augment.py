@@ -219,11 +219,9 @@ def random_zoom(
     nh, nw = max(1, round(height * scale)), max(1, round(width * scale))
     image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
     label = cv2.resize(label, (nw, nh), interpolation=cv2.INTER_NEAREST)
-    dy, dx = int(rng.integers(-abs(nh - height), 1)), int(rng.integers(-abs(nw - width), 1))
-    if nh < height:  # smaller: the offset goes the other way, inside the canvas
-        dy = -dy
-    if nw < width:
-        dx = -dx
+    # larger: a negative offset crops it; smaller: a positive one keeps it inside the canvas
+    dy = int(rng.integers(min(0, height - nh), max(0, height - nh) + 1))
+    dx = int(rng.integers(min(0, width - nw), max(0, width - nw) + 1))
     out_image = np.full((height, width, 3), PAD_COLOR[0], dtype=np.uint8)
     out_label = np.zeros((height, width), dtype=label.dtype)
     ys, xs = slice(max(dy, 0), min(dy + nh, height)), slice(max(dx, 0), min(dx + nw, width))

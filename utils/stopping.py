@@ -1,13 +1,15 @@
 """How a training run stops early: Ctrl-C, SIGTERM and SIGHUP all end as Ctrl-C does, with the
-writes in flight finished, the line that resumes the run, and the shell's exit code."""
+writes in flight finished, the line that resumes the run, and the shell's exit code; and the
+signal handlers that this and the background writer install for a while."""
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import shlex
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -47,7 +49,21 @@ class TrainingInterruptedError(Exception):
 
 
 @contextlib.contextmanager
-def stop_on_signals(signals=(signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
+def signal_handlers(handlers: dict[int, Callable]) -> Iterator[None]:
+    """``handlers`` (signal number: function) in place inside, the previous ones back after; in
+    the main thread, where Python runs handlers (elsewhere nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.signal(number, handler) for number, handler in handlers.items()}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def stop_on_signals(signals=(signal.SIGTERM, signal.SIGHUP)) -> contextlib.AbstractContextManager:
     """SIGTERM (a scheduler, ``docker stop``, torchrun stopping its ranks) and SIGHUP (a closed
     terminal) stop training as Ctrl-C does: the writes in flight finish, the resume line is
     printed, the workers end, and the exit code is 128 + the signal's number."""
@@ -55,12 +71,21 @@ def stop_on_signals(signals=(signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
     def stop(signum, _frame):
         raise StopSignal(signum)
 
-    if threading.current_thread() is not threading.main_thread():  # signals go to the main one
-        yield
-        return
-    previous = {number: signal.signal(number, stop) for number in signals}
+    return signal_handlers(dict.fromkeys(signals, stop))
+
+
+@contextlib.contextmanager
+def signals_deferred(signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
+    """Those of ``signals`` with a Python handler reach it as this ends, not inside (in the main
+    thread; elsewhere nothing is deferred). They are handed on as ``_thread.interrupt_main``
+    does, without a second real signal: in a process whose main thread ran AMX kernels, a real
+    one needs a frame larger than the alternate stack that faulthandler (pytest's) gives that
+    thread."""
+    caught: list[int] = []
+    held = [number for number in signals if callable(signal.getsignal(number))]
     try:
-        yield
+        with signal_handlers(dict.fromkeys(held, lambda signum, _frame: caught.append(signum))):
+            yield
     finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+        for number in dict.fromkeys(caught):
+            _thread.interrupt_main(number)

@@ -22,7 +22,6 @@ import contextlib
 import errno
 import os
 import shutil
-import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 
 from utils.errors import UserError
+from utils.stopping import signals_deferred
 
 #: The CPU priority of the writing thread: the lowest, so the step's threads always come first.
 WRITER_NICENESS = 19
@@ -270,30 +270,6 @@ class HostSnapshot:
         else:
             buffer.copy_(tensor)
         return buffer
-
-
-@contextlib.contextmanager
-def signals_deferred(signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
-    """Those of ``signals`` with a Python handler reach it as this ends, not inside (in the main
-    thread, where Python runs handlers; elsewhere nothing is deferred). They are handed on as
-    ``_thread.interrupt_main`` does, without a second real signal: in a process whose main
-    thread ran AMX kernels, a real one needs a frame larger than the alternate stack that
-    faulthandler (pytest's) gives that thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    handlers = {number: signal.getsignal(number) for number in signals}
-    handlers = {number: handler for number, handler in handlers.items() if callable(handler)}
-    for number in handlers:
-        signal.signal(number, lambda signum, _frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        for number, handler in handlers.items():
-            signal.signal(number, handler)
-        for number in dict.fromkeys(caught):
-            _thread.interrupt_main(number)
 
 
 class BackgroundWriter:
