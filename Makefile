@@ -90,7 +90,7 @@ gpu-check:
 
 # Train from scratch on a generated 4-class data set (60 images) on the CPU: recipes/demo.yaml.
 demo: $(STAMP)
-	test -d $(DEMO_DATA) || $(PY) -m utils.demo_data --out $(DEMO_DATA) --num-images 60
+	test -d $(DEMO_DATA) || $(PY) -m utils.data.demo_data --out $(DEMO_DATA) --num-images 60
 	$(PY) train.py --config recipes/demo.yaml --dataset-path $(DEMO_DATA) --save-dir $(DEMO_LOGS)
 	@echo "in-training mIoU every 3 epochs (predicting only background scores about 21):"
 	@cat $$(ls -d $(DEMO_LOGS)/loss_* | tail -n 1)/epoch_miou.txt

@@ -6,9 +6,9 @@
 It serves http://127.0.0.1:7860, to this machine only unless --host says otherwise. It predicts
 with the project's predictor, ``unet.Unet`` (onnxruntime for .onnx files), each model's
 settings coming from the file saved beside its weights, as in predict.py; what it does besides
-drawing its widgets is utils/segmenter.py. Its segment function is also an API, ``/segment``,
-for gradio_client. It needs the optional packages of requirements-app.txt, which ``make app``
-installs.
+drawing its widgets is utils/inference/segmenter.py. Its segment function is also an API,
+``/segment``, for gradio_client. It needs the optional packages of requirements-app.txt, which
+``make app`` installs.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ import torch
 from PIL import Image
 
 from unet import Unet
-from utils.classes import BLEND, draw_labels
-from utils.engines import ENGINES, engine_for
+from utils.drawing import BLEND, draw_labels
 from utils.errors import UserError, exit_on_user_error
-from utils.segmenter import (
+from utils.inference.engines import ENGINES, engine_for
+from utils.inference.segmenter import (
     AUTO,
     Chosen,
     Prediction,

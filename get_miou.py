@@ -20,25 +20,26 @@ import numpy as np
 from PIL import Image
 
 from unet import Unet
-from utils.classes import class_colors, draw_legend
-from utils.cli import (
+from utils.data.classes import class_colors
+from utils.data.datasets import (
+    DatasetLayout,
+    read_class_label,
+    read_split,
+)
+from utils.device import backend_settings
+from utils.drawing import draw_legend
+from utils.errors import UserError, exit_on_user_error
+from utils.inference.engines import settings_of
+from utils.inference.pipeline import check_batching, check_threads
+from utils.progress import progress
+from utils.settings.cli import (
     add_batch_flags,
     add_model_flags,
     add_setting_flags,
     argument_parser,
     predictor_kwargs,
 )
-from utils.config import MODEL_KEYS, SETTINGS
-from utils.dataloader import (
-    DatasetLayout,
-    read_class_label,
-    read_split,
-)
-from utils.device import backend_settings
-from utils.engines import settings_of
-from utils.errors import UserError, exit_on_user_error
-from utils.inference import check_batching, check_threads
-from utils.progress import progress
+from utils.settings.config import MODEL_KEYS, SETTINGS
 from utils.utils_metrics import (
     cell_scores,
     compute_mIoU,

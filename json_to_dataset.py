@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from utils.cli import argument_parser
 from utils.errors import UserError, exit_on_user_error
-from utils.utils import voc_palette
+from utils.images import voc_palette
+from utils.settings.cli import argument_parser
 
 VOC_CLASSES = [
     "_background_", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",

@@ -26,18 +26,18 @@ import numpy as np
 from PIL import Image
 
 from unet import Unet
-from utils.cli import add_batch_flags, add_model_flags, argument_parser, predictor_kwargs
-from utils.config import MODEL_KEYS
-from utils.dataloader import IMAGE_EXTENSIONS, DatasetLayout, read_split
+from utils.data.datasets import IMAGE_EXTENSIONS, DatasetLayout, read_split
 from utils.device import backend_settings
-from utils.engines import ENGINES
 from utils.errors import UserError, exit_on_user_error
-from utils.inference import check_batching, check_threads, default_batching
+from utils.images import distinct_names, read_image
+from utils.inference.engines import ENGINES
+from utils.inference.pipeline import check_batching, check_threads, default_batching
+from utils.inference.quantize import DEFAULT_CALIBRATION_IMAGES, calibration_paths, quantize_int8
+from utils.inference.speed import command_for, engine_predictors, network_seconds, throughput
+from utils.inference.video import VideoFile, read_frames
 from utils.progress import progress, say
-from utils.quantize import DEFAULT_CALIBRATION_IMAGES, calibration_paths, quantize_int8
-from utils.speed import command_for, engine_predictors, network_seconds, throughput
-from utils.utils import distinct_names, read_image
-from utils.video import VideoFile, read_frames
+from utils.settings.cli import add_batch_flags, add_model_flags, argument_parser, predictor_kwargs
+from utils.settings.config import MODEL_KEYS
 
 MODES = ("predict", "video", "fps", "dir_predict", "export_onnx", "predict_onnx")
 #: The original's defaults for these paths, kept: users know them.
@@ -394,8 +394,8 @@ def export(unet: Unet, args) -> None:
 def score_int8(fp32: Path, args) -> None:
     """For each engine that runs the int8 file here: fp32 against int8 on --dataset-path's
     --split, mIoU and the pixels that agree."""
-    from utils.dataloader import read_class_label
-    from utils.onnx_export import compare_int8
+    from utils.data.datasets import read_class_label
+    from utils.inference.export import compare_int8
 
     kwargs = {**predictor_kwargs(args, Unet), "precision": None}
     settings = Unet(**{**kwargs, "model_path": str(fp32), "engine": None}).settings

@@ -14,9 +14,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from nets.unet import Unet, check_input_shape
-from utils.cli import add_weights_setting_flags, argument_parser
-from utils.engines import settings_of
 from utils.errors import exit_on_user_error
+from utils.inference.engines import settings_of
+from utils.settings.cli import add_weights_setting_flags, argument_parser
 
 
 def layer_table(model: torch.nn.Module, x: torch.Tensor) -> list[tuple[str, str, tuple, int]]:

@@ -22,22 +22,27 @@ import sys
 import textwrap
 from pathlib import Path
 
-from utils.callbacks import save_augmented_samples
-from utils.checkpoint import check_fixed_on_resume, read_training_checkpoint
-from utils.cli import add_setting_flags, argument_parser, differing_defaults
-from utils.config import (
+from utils.device import Runtime, backend_settings, resolve_runtime, use_device
+from utils.errors import UserError, exit_on_user_error
+from utils.seeding import seed_everything
+from utils.settings.cli import add_setting_flags, argument_parser, differing_defaults
+from utils.settings.config import (
     SETTINGS,
     TrainConfig,
     format_value,
     validate,
 )
-from utils.device import Runtime, backend_settings, resolve_runtime, use_device
-from utils.distributed import DistInfo, cleanup_distributed, init_distributed, launched_by_torchrun
-from utils.errors import UserError, exit_on_user_error
-from utils.recipes import read_config_file, resolve_config
-from utils.seeding import seed_everything
-from utils.stopping import TrainingInterruptedError, stop_on_signals
-from utils.trainer import Trainer, benchmark, build_data
+from utils.settings.recipes import read_config_file, resolve_config
+from utils.training.checkpoint import check_fixed_on_resume, read_training_checkpoint
+from utils.training.distributed import (
+    DistInfo,
+    cleanup_distributed,
+    init_distributed,
+    launched_by_torchrun,
+)
+from utils.training.log import save_augmented_samples
+from utils.training.stopping import TrainingInterruptedError, stop_on_signals
+from utils.training.trainer import Trainer, benchmark, build_data
 
 
 def get_parser(

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import train
-from utils.recipes import read_config_file
+from utils.settings.recipes import read_config_file
 
 RECIPE = Path(__file__).resolve().parent / "recipes" / "medical.yaml"
 

@@ -18,15 +18,16 @@ import torch
 from PIL import Image
 
 from nets.unet import check_input_shape, check_tile
-from utils.classes import VOC_CLASSES, class_colors, default_class_names, draw_labels, draw_legend
-from utils.config import MODEL_DEFAULTS, MODEL_KEYS, SETTINGS
+from utils.data.classes import VOC_CLASSES, class_colors, default_class_names
 from utils.device import use_device
-from utils.engines import engine_for
+from utils.drawing import draw_labels, draw_legend
 from utils.errors import UserError
-from utils.inference import InferencePipeline, default_batching
-from utils.model_settings import ModelSettings
-from utils.prediction_inputs import read_file
-from utils.utils import cvtColor
+from utils.images import cvtColor
+from utils.inference.engines import engine_for
+from utils.inference.inputs import read_file
+from utils.inference.pipeline import InferencePipeline, default_batching
+from utils.settings.config import MODEL_DEFAULTS, MODEL_KEYS, SETTINGS
+from utils.settings.model import ModelSettings
 
 __all__ = ["VOC_CLASSES", "Unet", "Unet_ONNX", "class_colors", "default_class_names"]
 
@@ -49,17 +50,17 @@ class FilePrediction(NamedTuple):
 
 class Unet:
     """Load a trained UNet, from a ``.pth`` in PyTorch, an ``.onnx`` in onnxruntime or any of
-    them in OpenVINO (the engines of :mod:`utils.engines`), and segment images with the
+    them in OpenVINO (the engines of :mod:`utils.inference.engines`), and segment images with the
     reference's pipeline.
 
     kwargs and defaults are the original's, plus ``engine`` (None: by the file; a name of
-    :data:`utils.engines.ENGINES`), ``device`` (auto/cpu/cuda/cuda:N; by default taken from
-    ``cuda``), ``precision`` (None: the engine's default, fp32 for torch), ``channels_last``
+    :data:`utils.inference.engines.ENGINES`), ``device`` (auto/cpu/cuda/cuda:N; by default taken
+    from ``cuda``), ``precision`` (None: the engine's default, fp32 for torch), ``channels_last``
     (None: the faster layout for the device), ``num_threads`` (None: torch's),
     ``tile``/``stride`` (sliding windows for large images), ``tta`` (True or "flip": averaged
     with the mirrored image; "d4": with its 8 turns and mirrors) and ``name_classes``. The
     settings a model carries (train.py's ``<name>.json`` beside the weights, an export's
-    metadata; :data:`~utils.config.MODEL_KEYS`) that are not given come from there, and
+    metadata; :data:`~utils.settings.config.MODEL_KEYS`) that are not given come from there, and
     without any (the original's files) from the original's defaults.
     """
 
@@ -209,7 +210,7 @@ class Unet:
 
         DataLoader workers (``num_workers``) read and letterbox the files; ``keep_image``
         passes each decoded image along, for drawing. None: the device's defaults
-        (:func:`~utils.inference.default_batching`). With ``skip_unreadable`` a file that
+        (:func:`~utils.inference.pipeline.default_batching`). With ``skip_unreadable`` a file that
         cannot be read comes back with ``error`` set instead of stopping everything.
         """
         batch_size, num_workers = default_batching(self.runtime.device, batch_size, num_workers)
@@ -244,8 +245,9 @@ class Unet:
         return (time.perf_counter() - start) / test_interval
 
     def convert_to_onnx(self, simplify: bool, model_path: str, dynamic: bool = False) -> None:
-        """Export to ONNX, as the original's method (see :func:`utils.onnx_export.export_onnx`)."""
-        from utils.onnx_export import export_onnx
+        """Export to ONNX, as the original's method (see
+        :func:`utils.inference.export.export_onnx`)."""
+        from utils.inference.export import export_onnx
 
         if self.net is None:
             raise UserError(

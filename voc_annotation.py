@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from utils.classes import default_class_names, mapping_lines, write_classes_file
-from utils.cli import argument_parser
-from utils.dataloader import DatasetLayout
+from utils.data.classes import default_class_names, mapping_lines, write_classes_file
+from utils.data.datasets import DatasetLayout
+from utils.data.splits import list_labels, write_splits
 from utils.errors import UserError, exit_on_user_error
+from utils.images import read_image, read_label_png
 from utils.progress import progress
-from utils.splits import list_labels, write_splits
-from utils.utils import read_image, read_label_png
+from utils.settings.cli import argument_parser
 
 
 @dataclass

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from oracle.original import ref_collate, ref_getitem
-from utils.augment import AUGMENTATIONS
-from utils.dataloader import UnetDataset, unet_dataset_collate
-from utils.demo_data import make_sample
+from utils.data.augment import AUGMENTATIONS
+from utils.data.datasets import UnetDataset, unet_dataset_collate
+from utils.data.demo_data import make_sample
 
 
 def time_per_sample(steps, num_samples: int, batch_size: int, repeats: int = 5) -> list[float]:

@@ -40,15 +40,15 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 
 from unet import Unet, Unet_ONNX
-from utils.dataloader import (
+from utils.data.datasets import (
     DatasetLayout,
     read_class_label,
     read_split,
 )
 from utils.device import cpu_info
-from utils.prediction_inputs import letterbox_input
-from utils.quantize import quantize_int8
-from utils.utils import read_image
+from utils.images import read_image
+from utils.inference.inputs import letterbox_input
+from utils.inference.quantize import quantize_int8
 from utils.utils_metrics import ConfusionMatrix
 
 #: The reference row: every option explicit, so that changing a default changes no row.

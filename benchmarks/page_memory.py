@@ -1,5 +1,6 @@
 """The web page over a long session: memory and disk across many ``/segment`` calls, through
-the page's own :class:`~utils.segmenter.Segmenter` (what each call runs, without the browser)::
+the page's own :class:`~utils.inference.segmenter.Segmenter` (what each call runs, without the
+browser)::
 
     python -m benchmarks.page_memory --calls 1000
 
@@ -25,7 +26,7 @@ from PIL import Image
 from nets.unet import Unet as Network
 from nets.unet_training import weights_init
 from unet import Unet
-from utils.segmenter import KEEP, Options, Segmenter
+from utils.inference.segmenter import KEEP, Options, Segmenter
 
 
 def random_weights(path: Path) -> Path:

@@ -41,9 +41,9 @@ from oracle.original import RefPredictor
 from unet import Unet
 from utils.device import cpu_has_native_bf16, cpu_info
 from utils.errors import UserError
-from utils.inference import default_batching
-from utils.speed import engine_predictors, network_seconds
-from utils.utils import read_image
+from utils.images import read_image
+from utils.inference.pipeline import default_batching
+from utils.inference.speed import engine_predictors, network_seconds
 
 SHARED = Path(
     os.environ.get("UNET_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -127,7 +127,7 @@ def postprocess_peak_bytes(device: torch.device) -> int:
 
 
 def _postprocess_peak(device: torch.device) -> int:
-    from utils.inference import Placement, class_map, resize_to_original
+    from utils.inference.pipeline import Placement, class_map, resize_to_original
 
     probs = torch.empty(8, 21, 512, 512, device=device).uniform_()  # no temporary copies
     placement = Placement(1330, 1330, 0, 0, 512, 512)
@@ -159,7 +159,7 @@ def export_int8(fp32: Unet, tmp: Path, images: list[Path]) -> list[Path]:
     import contextlib
     import io
 
-    from utils.quantize import quantize_int8
+    from utils.inference.quantize import quantize_int8
 
     try:
         with contextlib.redirect_stdout(io.StringIO()):

@@ -36,8 +36,8 @@ import train
 from nets.unet import Unet
 from nets.unet_training import SegmentationLoss, weights_init
 from oracle.original import ref_ce_loss, ref_collate, ref_dice_loss, ref_getitem
-from utils.dataloader import UnetDataset, read_split
-from utils.demo_data import make_demo_dataset
+from utils.data.datasets import UnetDataset, read_split
+from utils.data.demo_data import make_demo_dataset
 from utils.device import cpu_has_native_bf16, cpu_info, gpu_has_native_bf16, resolve_runtime
 
 ROOT = Path(__file__).resolve().parents[1]

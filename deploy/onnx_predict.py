@@ -11,8 +11,8 @@ own size (what get_miou.py writes), and ``results/overlays/<name>.png``, the cla
 blended over the image (predict.py's mix_type 0). ``<name>`` is the image's stem, or its full
 file name where two inputs share a stem. The input size, classes and tiles come from the
 metadata ``predict.py --mode export_onnx`` writes; ``--input-shape`` and ``--num-classes`` give
-or override them. The steps are utils/inference.py's: letterbox (bicubic onto gray) -> /255 ->
-model -> softmax -> crop the padding -> bilinear resize by pixel centres -> argmax.
+or override them. The steps are utils/inference/pipeline.py's: letterbox (bicubic onto gray) ->
+/255 -> model -> softmax -> crop the padding -> bilinear resize by pixel centres -> argmax.
 """
 
 from __future__ import annotations
@@ -142,7 +142,8 @@ def load_openvino(path: Path) -> Network:
         metadata = {key: value.astype(str) for key, value in info["framework"].items()}
 
     def run(x: np.ndarray) -> np.ndarray:
-        request.start_async({0: x})  # in OpenVINO's threads (see utils/engine_openvino.py)
+        # in OpenVINO's threads (see utils/inference/openvino_engine.py)
+        request.start_async({0: x})
         request.wait()
         return request.get_output_tensor(0).data.copy()
 

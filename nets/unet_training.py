@@ -2,7 +2,7 @@
 
 ``weights_init`` lives here; ``CE_Loss``, ``Focal_Loss``, ``Dice_loss`` and the training loss
 :class:`SegmentationLoss` live in :mod:`nets.losses`, and ``get_lr_scheduler`` and
-``set_optimizer_lr`` in ``utils.lr_schedule``; all are handed on from here, numerically the
+``set_optimizer_lr`` in ``utils.training.lr_schedule``; all are handed on from here, numerically the
 reference's.
 """
 
@@ -20,7 +20,7 @@ from nets.losses import (
     gathered_cross_entropy,
     one_hot_target,
 )
-from utils.lr_schedule import get_lr_scheduler, set_optimizer_lr  # the original's names
+from utils.training.lr_schedule import get_lr_scheduler, set_optimizer_lr  # the original's names
 
 __all__ = [
     "CE_Loss", "Dice_loss", "Focal_Loss", "SegmentationLoss", "cross_entropy",

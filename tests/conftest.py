@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.demo_data import make_demo_dataset
+from utils.data.demo_data import make_demo_dataset
 from utils.device import CUBLAS_WORKSPACE_CONFIG, cpu_has_native_bf16
 
 # train.py --deterministic sets it before CUDA starts; in one pytest process, set it first.
@@ -28,7 +28,7 @@ if _WORKERS > 1:
     # from a clean server process instead (what a script, with one thread, never needs).
     multiprocessing.set_start_method("forkserver", force=True)
     multiprocessing.set_forkserver_preload(
-        ["torch", "numpy", "cv2", "PIL.Image", "utils.inference"]
+        ["torch", "numpy", "cv2", "PIL.Image", "utils.inference.pipeline"]
     )
 
 #: ``../shared/data``, or where ``UNET_SHARED_DATA`` says (a copy on a GPU machine).
@@ -263,6 +263,6 @@ def onnx_files(trained, tmp_path_factory):
 def without_openvino(monkeypatch):
     """The engine table without OpenVINO, for fps tables that test something else: each of its
     rows costs a compile (tests/test_engines.py times it)."""
-    from utils.engines import ENGINES
+    from utils.inference.engines import ENGINES
 
     monkeypatch.delitem(ENGINES, "openvino", raising=False)

@@ -1,7 +1,8 @@
 """The web page, app.py: its drawing and model list, what it does with bad input, and the page
 itself, started on a free port and driven in Debian's Chromium (Playwright) and through its
-``/segment`` API (gradio_client). What the page does besides its widgets (utils/segmenter.py)
-is tested without Gradio, so a machine without the page's packages still tests it."""
+``/segment`` API (gradio_client). What the page does besides its widgets
+(utils/inference/segmenter.py) is tested without Gradio, so a machine without the page's packages
+still tests it."""
 
 import os
 import shutil
@@ -18,10 +19,10 @@ from PIL import Image
 
 import unet
 from tests.conftest import TRAINED_NAMES
-from utils.classes import BLEND, draw_labels
+from utils.drawing import BLEND, draw_labels
 from utils.errors import UserError
-from utils.segmenter import Chosen, Options, Segmenter, check_size, find_models
-from utils.utils import read_image
+from utils.images import read_image
+from utils.inference.segmenter import Chosen, Options, Segmenter, check_size, find_models
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")

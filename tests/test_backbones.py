@@ -14,8 +14,8 @@ from nets import pretrained as pretrained_module
 from nets.backbones import BACKBONES, Backbone
 from nets.unet import Unet
 from tests.conftest import base_argv
-from utils.checkpoint import backbone_of
 from utils.errors import UserError
+from utils.training.checkpoint import backbone_of
 
 NEW = ["resnet18", "resnet34", "mobilenet_v3_large"]
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from utils.cli import HELP_WIDTH
+from utils.settings.cli import HELP_WIDTH
 
 SCRIPTS = ["train", "train_medical", "predict", "get_miou", "summary", "voc_annotation",
-           "json_to_dataset", "utils.demo_data"]  # fmt: skip
+           "json_to_dataset", "utils.data.demo_data"]  # fmt: skip
 TESTS = Path(__file__).resolve().parent
 
 

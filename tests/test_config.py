@@ -11,15 +11,15 @@ import torch
 
 import train
 from tools.settings_tables import originals_table, settings_table, voc_recipe
-from utils.config import (
+from utils.errors import UserError
+from utils.settings.config import (
     FIXED_ON_RESUME,
     MODEL_KEYS,
     SETTINGS,
     TrainConfig,
     validate,
 )
-from utils.errors import UserError
-from utils.recipes import load_yaml, read_config_file, resolve_config, yaml_value
+from utils.settings.recipes import load_yaml, read_config_file, resolve_config, yaml_value
 
 yaml = pytest.importorskip("yaml")  # recipe files need PyYAML; the GPU check may run without
 
@@ -207,17 +207,49 @@ def imports_of(path: Path) -> set[str]:
 
 
 def test_imports_run_one_way():
-    for path in [*(ROOT / "utils").glob("*.py"), *(ROOT / "nets").glob("*.py")]:
+    for path in [*(ROOT / "utils").rglob("*.py"), *(ROOT / "nets").glob("*.py")]:
         scripts = {name.split(".")[0] for name in imports_of(path)} & SCRIPTS
         assert not scripts, f"{path.name} imports the script(s) {scripts}"
     assert "argparse" not in imports_of(ROOT / "unet.py")
     for path in (ROOT / "nets").glob("*.py"):  # the model package needs nothing above it,
         up = {name for name in imports_of(path) if name.split(".")[0] == "utils"}
         if path.name == "unet_training.py":  # but the original's face hands on the LR functions
-            up -= {"utils.lr_schedule"}
+            up -= {"utils.training.lr_schedule"}
         assert not up, f"nets/{path.name} imports {up}"
     for path in (ROOT / "benchmarks").glob("*.py"):
         assert not any(name.split(".")[0] == "tests" for name in imports_of(path)), path.name
+    jobs = ("utils.data", "utils.training", "utils.inference", "utils.settings")
+    for path in (ROOT / "utils").glob("*.py"):  # the floor stands below every job
+        if path.name != "dataloader.py":  # the original's path, a face over utils/data/
+            up = {name for name in imports_of(path) if name.startswith(jobs)}
+            assert not up, f"utils/{path.name} imports {up}"
+
+
+def product_modules() -> list[Path]:
+    """The product's Python files: everything but the tests, benchmarks and the oracle."""
+    skip = (".venv", ".git", "tests", "benchmarks", "oracle")
+    return [path for path in ROOT.rglob("*.py") if path.relative_to(ROOT).parts[0] not in skip]
+
+
+def test_no_folder_holds_more_than_30_percent_of_the_product_and_utils_is_by_job():
+    lines = {path: len(path.read_text().splitlines()) for path in product_modules()}
+    folders: dict[Path, int] = {}
+    for path, count in lines.items():
+        folders[path.parent] = folders.get(path.parent, 0) + count
+    total = sum(lines.values())
+    heavy = {str(f.relative_to(ROOT)): f"{n / total:.0%}" for f, n in folders.items()
+             if n > 0.30 * total}  # fmt: skip
+    assert not heavy, f"folders holding over 30% of the product's {total} lines: {heavy}"
+    jobs = {path.name for path in (ROOT / "utils").iterdir() if (path / "__init__.py").exists()}
+    assert jobs == {"data", "training", "inference", "settings"}
+    # the original's paths stay: each is the real home of its names or a face over it
+    from nets.unet_training import CE_Loss, Dice_loss, Focal_Loss, get_lr_scheduler, weights_init
+    from utils.dataloader import UnetDataset, unet_dataset_collate
+    from utils.utils_metrics import compute_mIoU, f_score, fast_hist, per_class_iu
+
+    assert all(map(callable, (CE_Loss, Dice_loss, Focal_Loss, get_lr_scheduler, weights_init,
+                              UnetDataset, unet_dataset_collate, compute_mIoU, f_score,
+                              fast_hist, per_class_iu)))  # fmt: skip
 
 
 def test_no_function_is_longer_than_60_lines_and_train_py_stays_thin():
@@ -242,7 +274,7 @@ def test_no_function_is_longer_than_60_lines_and_train_py_stays_thin():
 
 
 def test_an_augmentation_is_registered_once_and_the_flag_and_help_follow():
-    from utils.augment import AUGMENTATIONS
+    from utils.data.augment import AUGMENTATIONS
 
     info = SETTINGS["augment"]
     assert info.options["choices"] == tuple(AUGMENTATIONS) == ("reference", "flip", "elastic",
@@ -255,7 +287,7 @@ def test_an_augmentation_is_registered_once_and_the_flag_and_help_follow():
 def test_a_models_settings_are_the_declared_settings_that_travel_with_the_weights():
     import dataclasses
 
-    from utils.model_settings import ModelSettings
+    from utils.settings.model import ModelSettings
 
     assert tuple(field.name for field in dataclasses.fields(ModelSettings)) == MODEL_KEYS
     assert ModelSettings().to_dict() == {key: SETTINGS[key].default for key in MODEL_KEYS}

@@ -9,8 +9,8 @@ from torch.utils.data import DataLoader
 
 from oracle.original import ref_get_random_data, ref_letterbox
 from tests.conftest import shared_data, write_voc_pair
-from utils.augment import AUGMENTATIONS, random_transform
-from utils.dataloader import (
+from utils.data.augment import AUGMENTATIONS, random_transform
+from utils.data.datasets import (
     Loaders,
     UnetDataset,
     check_split_size,
@@ -19,8 +19,8 @@ from utils.dataloader import (
 )
 from utils.device import Runtime
 from utils.errors import UserError
-from utils.inference import InferencePipeline
-from utils.utils import letterbox
+from utils.images import letterbox
+from utils.inference.pipeline import InferencePipeline
 
 
 def test_letterbox_values_on_a_hand_checkable_image():

@@ -200,7 +200,7 @@ def test_overlays_equal_detect_image_where_labels_agree(
 
 
 def test_palette_is_the_predictors(script):
-    from utils.classes import class_colors
+    from utils.data.classes import class_colors
 
     for num_classes in (2, 4, 21, 22, 40):
         assert script.class_colors(num_classes) == class_colors(num_classes)

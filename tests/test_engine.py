@@ -18,10 +18,11 @@ import unet
 from nets.interpolate import _DeterministicBilinear, interpolation_matrix
 from nets.unet import Unet
 from tests.conftest import base_argv, save_random_weights
-from utils import seeding, utils_fit
-from utils.checkpoint import load_optimizer_state, load_scaler_state
+from utils import seeding
 from utils.device import Runtime, backend_settings, tf32_enabled, tf32_state, use_device
-from utils.trainer import build_data
+from utils.training import epochs
+from utils.training.checkpoint import load_optimizer_state, load_scaler_state
+from utils.training.trainer import build_data
 
 ROOT = Path(__file__).resolve().parents[1]
 CHANNELS_LAST = torch.channels_last
@@ -188,7 +189,7 @@ def test_the_interpolation_matrices_are_built_once_per_size_dtype_and_device():
 
 
 def test_the_in_training_miou_runs_weights_and_inputs_in_one_layout(data_root, monkeypatch):
-    monkeypatch.setattr(utils_fit, "prefers_channels_last", lambda device: True)
+    monkeypatch.setattr(epochs, "prefers_channels_last", lambda device: True)
     seen = []
     real_forward = Unet.forward
 
@@ -198,17 +199,17 @@ def test_the_in_training_miou_runs_weights_and_inputs_in_one_layout(data_root, m
         return real_forward(self, x)
 
     monkeypatch.setattr(Unet, "forward", spy)
-    from utils.recipes import resolve_config
+    from utils.settings.recipes import resolve_config
 
     config = resolve_config({"dataset_path": str(data_root), "num_classes": 4,
                              "input_shape": [32, 32]})  # fmt: skip
     _, val_set = build_data(config.data, seed=0, say=lambda *a: None)
     model = Unet(num_classes=4)  # trained in NCHW
-    utils_fit.evaluate_miou(model, val_set, Runtime(torch.device("cpu"), "fp32", False))
+    epochs.evaluate_miou(model, val_set, Runtime(torch.device("cpu"), "fp32", False))
     assert seen and all(copy is not model and x_cl and w_cl for copy, x_cl, w_cl in seen)
     assert model.final.weight.is_contiguous()  # the training model is left as it was
     seen.clear()
-    utils_fit.evaluate_miou(model, val_set, Runtime(torch.device("cpu"), "fp32", True))
+    epochs.evaluate_miou(model, val_set, Runtime(torch.device("cpu"), "fp32", True))
     assert seen and all(copy is model for copy, _, _ in seen)  # the same layout: no copy
 
 
@@ -228,7 +229,7 @@ def test_the_predictor_makes_its_gpu_the_current_device(tmp_path, monkeypatch):
 def test_nccl_binds_each_rank_to_its_gpu_when_the_group_starts(monkeypatch):
     """``device_id``: NCCL knows the rank's GPU at once instead of guessing at the first
     barrier (and gloo, on the CPU, takes none)."""
-    from utils import distributed
+    from utils.training import distributed
 
     calls = []
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set", device)))

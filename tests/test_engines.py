@@ -17,11 +17,11 @@ import predict
 from tests.conftest import write_video
 from tests.numerics import assert_labels_agree
 from unet import Unet
-from utils.dataloader import DatasetLayout, read_class_label, read_split
+from utils.data.datasets import DatasetLayout, read_class_label, read_split
 from utils.device import cpu_has_native_bf16
-from utils.engines import ENGINES, OpenVinoEngine, TorchEngine
 from utils.errors import UserError
-from utils.segmenter import engine_choices
+from utils.inference.engines import ENGINES, OpenVinoEngine, TorchEngine
+from utils.inference.segmenter import engine_choices
 from utils.utils_metrics import ConfusionMatrix
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +125,7 @@ def test_every_engine_and_precision_against_torch_fp32(trained, onnx_files, tmp_
 
 def quantized(onnx_files, trained, tmp_path) -> str | None:
     """The ``trained`` model's int8 export, calibrated on its images."""
-    from utils.quantize import quantize_int8
+    from utils.inference.quantize import quantize_int8
 
     try:
         out = tmp_path / "int8.onnx"

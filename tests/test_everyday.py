@@ -15,8 +15,8 @@ import summary
 import train
 import voc_annotation
 from unet import Unet
-from utils.demo_data import make_demo_dataset
-from utils.trainer import Trainer
+from utils.data.demo_data import make_demo_dataset
+from utils.training.trainer import Trainer
 
 TYPED_OUT = ["--num-classes", "4", "--backbone", "vgg", "--input-shape", "32", "32"]
 
@@ -196,7 +196,7 @@ def test_a_wrong_dataset_path_says_what_it_found(trained, tmp_path, cli, where, 
 
 def record_loaders(monkeypatch) -> list[dict]:
     """The keyword arguments of every ``Loaders`` the trainer builds."""
-    from utils import trainer
+    from utils.training import trainer
 
     built = []
     real = trainer.Loaders

@@ -20,9 +20,9 @@ import get_miou
 import predict
 import train
 from tests.conftest import base_argv
-from utils.checkpoint import read_training_checkpoint
-from utils.segmenter import KEEP, Options, Segmenter, find_models
-from utils.utils import read_image, to_8_bits
+from utils.images import read_image, to_8_bits
+from utils.inference.segmenter import KEEP, Options, Segmenter, find_models
+from utils.training.checkpoint import read_training_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,9 +19,9 @@ from nets.unet import Unet as Model
 from nets.unet_training import SegmentationLoss, weights_init
 from tests.conftest import SHARED_DATA, save_random_weights
 from unet import Unet
-from utils.demo_data import make_demo_dataset, make_sample
+from utils.data.demo_data import make_demo_dataset, make_sample
 from utils.device import backend_settings, cpu_has_native_bf16, resolve_runtime
-from utils.utils_fit import train_one_epoch
+from utils.training.epochs import train_one_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA = pytest.mark.cuda
@@ -90,7 +90,7 @@ def test_prediction_on_cuda_agrees_with_the_cpu(tmp_path):
     if not image_path.is_file():  # a generated photo-like picture instead
         image_path = tmp_path / "street.png"
         make_sample(np.random.default_rng(0), 640, 480)[0].save(image_path)
-    from utils.utils import read_image
+    from utils.images import read_image
 
     image = read_image(image_path)
     with backend_settings(tf32=False):

@@ -14,8 +14,8 @@ from oracle.original import RefPredictor
 from tests.conftest import save_random_weights, shared_data, write_video
 from tests.numerics import assert_labels_agree
 from unet import Unet
-from utils.inference import Placement, class_map, labels_at_original, resize_to_original
-from utils.utils import read_image
+from utils.images import read_image
+from utils.inference.pipeline import Placement, class_map, labels_at_original, resize_to_original
 
 CPU = torch.device("cpu")
 
@@ -116,7 +116,7 @@ def test_get_miou_batches_give_the_figures_of_one_image_at_a_time(tmp_path, mode
     near-ties, so their confusion matrices differ only by those pixels' moves."""
     import json
 
-    from utils.demo_data import make_demo_dataset
+    from utils.data.demo_data import make_demo_dataset
 
     root = make_demo_dataset(tmp_path / "VOCdevkit", 16, size=(72, 56))
     runs = {}

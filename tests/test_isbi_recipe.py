@@ -10,9 +10,9 @@ from PIL import Image
 
 import get_miou
 import train
-from utils.augment import elastic_deformation, random_crop
-from utils.dataloader import UnetDataset
-from utils.demo_data import make_demo_dataset
+from utils.data.augment import elastic_deformation, random_crop
+from utils.data.datasets import UnetDataset
+from utils.data.demo_data import make_demo_dataset
 from utils.errors import UserError
 
 
@@ -151,10 +151,10 @@ def test_without_tiles_the_in_training_miou_scores_whole_images_as_the_predictor
     from nets.unet import Unet
     from nets.unet_training import weights_init
     from utils.device import Runtime, prefers_channels_last
-    from utils.inference import InferencePipeline
-    from utils.recipes import resolve_config
-    from utils.trainer import build_data
-    from utils.utils_fit import evaluate_miou
+    from utils.inference.pipeline import InferencePipeline
+    from utils.settings.recipes import resolve_config
+    from utils.training.epochs import evaluate_miou
+    from utils.training.trainer import build_data
     from utils.utils_metrics import ConfusionMatrix
 
     root = make_demo_dataset(tmp_path / "VOCdevkit", 10, size=(80, 56))

@@ -17,9 +17,9 @@ import predict
 from tests.conftest import save_random_weights, write_video
 from tests.numerics import assert_labels_agree
 from unet import Unet
-from utils.classes import class_colors
-from utils.demo_data import make_demo_dataset
-from utils.model_settings import ModelSettings, write_settings_file
+from utils.data.classes import class_colors
+from utils.data.demo_data import make_demo_dataset
+from utils.settings.model import ModelSettings, write_settings_file
 
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -219,7 +219,7 @@ def test_int8_export_calibrates_on_the_folder_keeps_the_settings_and_scores_agai
 
 
 def test_int8_that_loses_more_than_a_point_says_so_in_one_sentence():
-    from utils.onnx_export import Int8Check
+    from utils.inference.export import Int8Check
 
     lines = Int8Check(80.0, 78.5, 0.97, 10).lines("VOCdevkit (val)")
     assert lines[0].startswith("On 10 images of VOCdevkit (val): mIoU fp32 80.00, int8 78.50 "

@@ -13,8 +13,8 @@ import predict
 import train
 import voc_annotation
 from tests.conftest import base_argv
-from utils.classes import CLASSES_FILE
-from utils.demo_data import make_demo_dataset
+from utils.data.classes import CLASSES_FILE
+from utils.data.demo_data import make_demo_dataset
 from utils.device import Runtime, bf16_note
 from utils.utils_metrics import never_found
 

@@ -16,9 +16,9 @@ import train
 from tests.conftest import save_random_weights
 from tests.numerics import assert_labels_agree
 from unet import Unet
-from utils.demo_data import make_demo_dataset
+from utils.data.demo_data import make_demo_dataset
 from utils.device import Runtime, cpu_has_native_bf16
-from utils.inference import InferencePipeline
+from utils.inference.pipeline import InferencePipeline
 
 
 @pytest.fixture(scope="module")

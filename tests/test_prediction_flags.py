@@ -18,11 +18,12 @@ import utils.device
 from tests.conftest import save_random_weights, write_video, write_voc_pair
 from tests.numerics import assert_labels_agree
 from unet import Unet
-from utils.classes import class_colors, draw_legend
-from utils.demo_data import make_demo_dataset
+from utils.data.classes import class_colors
+from utils.data.demo_data import make_demo_dataset
 from utils.device import Runtime, prefers_channels_last
+from utils.drawing import draw_legend
 from utils.errors import UserError
-from utils.inference import InferencePipeline, letterbox_input, tta_mode, tta_views
+from utils.inference.pipeline import InferencePipeline, letterbox_input, tta_mode, tta_views
 
 CPU_ONLY = ["--device", "cpu"]
 

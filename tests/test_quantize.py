@@ -1,5 +1,6 @@
-"""int8 export (utils/quantize.py): QDQ with per-channel weights, calibrated on the user's own
-images as prediction prepares them, the fp32 metadata kept, and its one-sentence errors."""
+"""int8 export (utils/inference/quantize.py): QDQ with per-channel weights, calibrated on the
+user's own images as prediction prepares them, the fp32 metadata kept, and its one-sentence
+errors."""
 
 import json
 import shutil
@@ -14,8 +15,9 @@ from PIL import Image
 from unet import Unet_ONNX
 from utils.device import Runtime
 from utils.errors import UserError
-from utils.prediction_inputs import letterbox_input
-from utils.quantize import (
+from utils.images import read_image
+from utils.inference.inputs import letterbox_input
+from utils.inference.quantize import (
     CALIBRATION_KEY,
     LetterboxCalibration,
     calibration_paths,
@@ -24,7 +26,6 @@ from utils.quantize import (
     fp32_nodes,
     quantize_int8,
 )
-from utils.utils import read_image
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime.quantization")
@@ -186,8 +187,8 @@ def test_cpu_has_vnni_reads_the_cpu_flags(flags, expected, tmp_path):
     [("x86_64", False, True), ("x86_64", True, False), ("aarch64", False, False)],
 )
 def test_reduce_range_only_where_u8s8_can_saturate(machine, vnni, expected, monkeypatch):
-    monkeypatch.setattr("utils.quantize.platform.machine", lambda: machine)
-    monkeypatch.setattr("utils.quantize.cpu_has_vnni", lambda: vnni)
+    monkeypatch.setattr("utils.inference.quantize.platform.machine", lambda: machine)
+    monkeypatch.setattr("utils.inference.quantize.cpu_has_vnni", lambda: vnni)
     assert default_reduce_range() is expected
 
 

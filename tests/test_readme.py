@@ -27,7 +27,7 @@ import torch
 import train
 from nets.vgg import VGG16_CONFIG, make_layers
 from tests.conftest import save_random_weights
-from utils.demo_data import make_demo_dataset
+from utils.data.demo_data import make_demo_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIP = "<!-- docs-check: skip"

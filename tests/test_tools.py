@@ -12,7 +12,7 @@ from PIL import Image
 import json_to_dataset
 import voc_annotation
 from tests.conftest import shared_data, write_voc_pair
-from utils.demo_data import make_demo_dataset
+from utils.data.demo_data import make_demo_dataset
 
 
 def split_ids(root, split):

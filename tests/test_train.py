@@ -15,10 +15,10 @@ from nets.unet import Unet
 from nets.unet_training import get_lr_scheduler, weights_init
 from oracle.original import RefVggUnet
 from tests.conftest import base_argv
-from utils import trainer
-from utils.demo_data import make_demo_dataset
+from utils.data.demo_data import make_demo_dataset
 from utils.device import resolve_runtime
-from utils.trainer import Trainer
+from utils.training import trainer
+from utils.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,13 +19,13 @@ from nets.unet import Unet
 from tests.conftest import base_argv
 from tests.train_driver import poisoned_forward
 from utils import device as device_module
-from utils import trainer as trainer_module
-from utils.checkpoint import atomic_save
 from utils.device import prefers_channels_last, resolve_runtime
-from utils.distributed import DistInfo
 from utils.errors import UserError
-from utils.phases import Phase, check_batches
-from utils.trainer import Trainer
+from utils.training import trainer as trainer_module
+from utils.training.checkpoint import atomic_save
+from utils.training.distributed import DistInfo
+from utils.training.phases import Phase, check_batches
+from utils.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -259,7 +259,7 @@ def test_pretrained_starts_the_encoder_from_the_imagenet_file(data_root, tmp_pat
 
 
 def scripted(monkeypatch, name: str, values: list[float]):
-    """Patch ``utils.trainer.<name>`` to run as usual but report ``values`` in turn."""
+    """Patch ``utils.training.trainer.<name>`` to run as usual but report ``values`` in turn."""
     real = getattr(trainer_module, name)
     values = iter(values)
 
@@ -296,7 +296,7 @@ def test_best_weights_follow_the_lowest_val_loss(data_root, tmp_path, monkeypatc
 
 @pytest.mark.slow
 def test_without_a_val_split_best_weights_follow_the_train_loss(tmp_path, monkeypatch, cli):
-    from utils.demo_data import make_demo_dataset
+    from utils.data.demo_data import make_demo_dataset
 
     root = make_demo_dataset(tmp_path / "VOCdevkit", 8, size=(48, 40))
     (root / "VOC2007/ImageSets/Segmentation/val.txt").write_text("")

@@ -16,9 +16,9 @@ import predict
 import train
 from tests.conftest import base_argv, save_random_weights
 from utils import progress
-from utils.callbacks import TrainingLog
-from utils.lr_schedule import describe_lr
-from utils.recipes import read_config_file, resolve_config
+from utils.settings.recipes import read_config_file, resolve_config
+from utils.training.log import TrainingLog
+from utils.training.lr_schedule import describe_lr
 from utils.utils_metrics import show_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,7 +212,7 @@ def test_save_period_zero_keeps_no_periodic_weights(data_root, tmp_path, cli):
 
 
 def test_output_names_never_collide_even_where_case_does_not_count():
-    from utils.utils import distinct_names
+    from utils.images import distinct_names
 
     names = distinct_names(["in/a.jpg", "in/A.png", "in/b.png", "other/b.png", "c.JPG"])
     assert names == ["a.jpg.png", "A.png.png", "b.png.png", "b.png-2.png", "c.png"]
@@ -223,7 +223,7 @@ def test_output_names_never_collide_even_where_case_does_not_count():
 
 
 def test_a_video_whose_frames_fail_to_decode_stops_with_the_error_instead_of_hanging():
-    from utils.video import read_frames
+    from utils.inference.video import read_frames
 
     class Broken:
         def read(self):

@@ -16,9 +16,10 @@ import predict
 import train
 import voc_annotation
 from tests.conftest import TRAINED_NAMES, base_argv, shared_data
-from utils.classes import MEDICAL_RULE, class_colors, draw_legend
-from utils.demo_data import make_demo_dataset
-from utils.recipes import read_config_file
+from utils.data.classes import MEDICAL_RULE, class_colors
+from utils.data.demo_data import make_demo_dataset
+from utils.drawing import draw_legend
+from utils.settings.recipes import read_config_file
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = TRAINED_NAMES
@@ -135,7 +136,7 @@ def test_tensorboard_holds_lr_each_class_iou_and_val_pictures(trained):
 
 
 def test_the_curves_keep_their_legends_and_axis_labels(trained):
-    from utils.callbacks import TrainingLog
+    from utils.training.log import TrainingLog
 
     _, logs = trained
     history = torch.load(logs / "checkpoint_last.pth", weights_only=True)["history"]

@@ -17,10 +17,16 @@ import torch
 
 import train
 from tests.conftest import base_argv
-from utils.callbacks import savgol_filter
-from utils.checkpoint import read_state_dict, read_training_checkpoint
 from utils.errors import UserError
-from utils.writer import BackgroundWriter, HostSnapshot, WriteError, atomic_save, write_durably
+from utils.training.checkpoint import read_state_dict, read_training_checkpoint
+from utils.training.log import savgol_filter
+from utils.training.writer import (
+    BackgroundWriter,
+    HostSnapshot,
+    WriteError,
+    atomic_save,
+    write_durably,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

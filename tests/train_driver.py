@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train  # noqa: E402
 from nets.unet_training import SegmentationLoss  # noqa: E402
-from utils import checkpoint  # noqa: E402
-from utils.trainer import Trainer  # noqa: E402
-from utils.writer import temporary_name  # noqa: E402
+from utils.training import checkpoint  # noqa: E402
+from utils.training.trainer import Trainer  # noqa: E402
+from utils.training.writer import temporary_name  # noqa: E402
 
 
 def poisoned_forward(call: int, value: str = "nan", rank: int | None = None):

@@ -1,5 +1,5 @@
 """The settings tables of the docs, and recipes/voc.yaml, generated from the declarations in
-``utils/config.py``; tests/test_config.py checks that the committed files are up to date::
+``utils/settings/config.py``; tests/test_config.py checks that the committed files are up to date::
 
     python -m tools.settings_tables table       # docs/training.md's table of every setting
     python -m tools.settings_tables originals   # docs/migrating.md's table of the constants
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sys
 
-from utils.config import SECTIONS, SETTINGS, setting_names
-from utils.recipes import defaults, render_yaml
+from utils.settings.config import SECTIONS, SETTINGS, setting_names
+from utils.settings.recipes import defaults, render_yaml
 
 
 def settings_table() -> str:

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from nets.functional import dice_score, resize_to, target_size
-from utils.errors import UserError
-from utils.utils import optional_import, read_label_png
+from utils.errors import UserError, optional_import
+from utils.images import read_label_png
 
 
 def f_score(

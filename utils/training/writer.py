@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from utils.errors import UserError
-from utils.stopping import signals_deferred
+from utils.training.stopping import signals_deferred
 
 #: The CPU priority of the writing thread: the lowest, so the step's threads always come first.
 WRITER_NICENESS = 19

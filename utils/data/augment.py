@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from utils.errors import UserError
-from utils.utils import PAD_COLOR, letterbox
+from utils.images import PAD_COLOR, letterbox
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ input size, tiles and data layout, with the checks and fallbacks written once.
 train.py writes them beside every weights file (``<name>.json``) and into its checkpoint, the
 ONNX export into the model's metadata; the predictor, ``get_miou.py`` and ``summary.py`` read
 them back through :meth:`ModelSettings.resolve` (via the engine that reads the file:
-``utils.engines``), where what the user gives wins over what was saved, which wins over the
-original's defaults. The fields are :data:`~utils.config.MODEL_KEYS`, in order (tested).
+``utils.inference.engines``), where what the user gives wins over what was saved, which wins over
+the original's defaults. The fields are :data:`~utils.settings.config.MODEL_KEYS`, in order
+(tested).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from nets.unet import backbone_prefixes
-from utils.classes import default_class_names
-from utils.config import MODEL_DEFAULTS, MODEL_KEYS, SETTINGS
+from utils.data.classes import default_class_names
 from utils.errors import UserError
-from utils.writer import write_text_durably
+from utils.settings.config import MODEL_DEFAULTS, MODEL_KEYS, SETTINGS
+from utils.training.writer import write_text_durably
 
 #: The settings file's key for the checksum of the weights' tensors.
 CHECKSUM_KEY = "checksum"
@@ -28,7 +29,7 @@ CHECKSUM_KEY = "checksum"
 
 @dataclass(frozen=True)
 class ModelSettings:
-    """The settings of :data:`~utils.config.MODEL_KEYS`, defaults as declared there."""
+    """The settings of :data:`~utils.settings.config.MODEL_KEYS`, defaults as declared there."""
 
     dataset_format: str = MODEL_DEFAULTS["dataset_format"]
     num_classes: int = MODEL_DEFAULTS["num_classes"]
@@ -114,7 +115,7 @@ def write_settings_file(
     weights_path: str | Path, settings: ModelSettings, checksum: str | None = None
 ) -> Path:
     """The settings beside a weights file, and the checksum of its tensors (see
-    :func:`utils.checkpoint.tensors_checksum`), written whole or not at all."""
+    :func:`utils.training.checkpoint.tensors_checksum`), written whole or not at all."""
     values = settings.to_dict() | ({CHECKSUM_KEY: checksum} if checksum else {})
     return write_text_durably(settings_path(weights_path), json.dumps(values, indent=2))
 

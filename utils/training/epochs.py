@@ -19,18 +19,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils.dataloader import UnetDataset
+from utils.data.datasets import UnetDataset
 from utils.device import Runtime, prefers_channels_last
-from utils.distributed import (
+from utils.errors import UserError
+from utils.inference.pipeline import InferencePipeline, default_batching
+from utils.progress import progress
+from utils.training.distributed import (
     SINGLE_PROCESS,
     DistInfo,
     all_gather_rows,
     all_reduce_,
     all_reduce_sum,
 )
-from utils.errors import UserError
-from utils.inference import InferencePipeline, default_batching
-from utils.progress import progress
 from utils.utils_metrics import ConfusionMatrix, f_score
 
 #: With one process the host reads the running loss at most this often (seconds), to show it

@@ -4,9 +4,9 @@ and the validation of a run's settings.
 Each setting is a field of one section dataclass; the section is its group in ``--help``. From
 these declarations come the settings that travel beside the weights (:data:`MODEL_KEYS`,
 :data:`MODEL_DEFAULTS`), the settings a resumed run cannot change (:data:`FIXED_ON_RESUME`)
-and validation (:func:`validate`) here; the flags in :mod:`utils.cli`
-(:func:`~utils.cli.add_setting_flags`); the recipe files that ``train.py --config`` reads and
-the ``config.yaml`` a run writes in :mod:`utils.recipes`; and the docs' tables in
+and validation (:func:`validate`) here; the flags in :mod:`utils.settings.cli`
+(:func:`~utils.settings.cli.add_setting_flags`); the recipe files that ``train.py --config`` reads
+and the ``config.yaml`` a run writes in :mod:`utils.settings.recipes`; and the docs' tables in
 ``tools/settings_tables.py``.
 """
 
@@ -23,11 +23,11 @@ from typing import Any
 from nets.losses import LOSSES
 from nets.unet import BACKBONES, check_input_shape, check_tile
 from nets.unet_training import INIT_TYPES
-from utils.augment import AUGMENTATIONS
-from utils.dataloader import DATASET_FORMATS
+from utils.data.augment import AUGMENTATIONS
+from utils.data.datasets import DATASET_FORMATS
 from utils.device import PRECISIONS
 from utils.errors import UserError
-from utils.lr_schedule import LR_DECAY_TYPES, get_lr_scheduler
+from utils.training.lr_schedule import LR_DECAY_TYPES, get_lr_scheduler
 
 
 def setting(default: Any, help: str, **options: Any) -> Any:

@@ -1,5 +1,5 @@
-"""OpenVINO, the third engine of :mod:`utils.engines`: Intel's inference runtime on the CPU
-(AMD CPUs too), for an ONNX export (fp32, or the ``--int8`` QDQ file, run in int8), its own IR
+"""OpenVINO, the third engine of :mod:`utils.inference.engines`: Intel's inference runtime on the
+CPU (AMD CPUs too), for an ONNX export (fp32, or the ``--int8`` QDQ file, run in int8), its own IR
 (``.xml`` with its ``.bin``) and weights (``.pth``, converted through the project's ONNX
 export and cached beside them)."""
 
@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from utils.device import Runtime, cpu_has_native_bf16, parse_device
-from utils.engines import (
+from utils.errors import UserError
+from utils.inference.engines import (
     Engine,
     TorchEngine,
     check_exported,
@@ -25,8 +26,7 @@ from utils.engines import (
     run_in_batches_of_one,
     takes_one_size,
 )
-from utils.errors import UserError
-from utils.model_settings import ModelSettings
+from utils.settings.model import ModelSettings
 
 #: How OpenVINO is installed (requirements.txt lists it).
 OPENVINO_PIP = "pip install openvino"
@@ -179,7 +179,7 @@ class OpenVinoEngine(Engine):
         import tempfile
         import zlib
 
-        from utils.onnx_export import export_onnx
+        from utils.inference.export import export_onnx
 
         with open(self.model_path, "rb") as file:
             crc = zlib.crc32(file.read())

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from utils.engines import ENGINES, engine_for
 from utils.errors import UserError
-from utils.utils import read_image
+from utils.images import read_image
+from utils.inference.engines import ENGINES, engine_for
 
 #: The files listed under --logs: each run's best and last weights, and ONNX exports.
 WEIGHTS_NAMES = ("best_epoch_weights.pth", "last_epoch_weights.pth", "*.onnx")

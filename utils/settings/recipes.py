@@ -1,7 +1,7 @@
 """Recipe files: the flat YAML files of settings that ``train.py --config`` reads and that a run
-writes as ``config.yaml``, each value checked against its declaration in :mod:`utils.config`;
-and a run's settings, layered from the defaults, a resumed checkpoint, the files and the
-flags (:func:`resolve_config`).
+writes as ``config.yaml``, each value checked against its declaration in
+:mod:`utils.settings.config`; and a run's settings, layered from the defaults, a resumed
+checkpoint, the files and the flags (:func:`resolve_config`).
 
 A recipe file is a flat YAML mapping of setting names (the original's constants in snake_case)
 to values, the block of constants the original's users edit at the top of its ``train.py``.
@@ -16,11 +16,11 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from utils.classes import CLASSES_FILE, read_classes_file
-from utils.config import SETTINGS, SettingInfo, TrainConfig, unknown_key_message
-from utils.dataloader import DatasetLayout
+from utils.data.classes import CLASSES_FILE, read_classes_file
+from utils.data.datasets import DatasetLayout
 from utils.errors import UserError
-from utils.writer import write_text_durably
+from utils.settings.config import SETTINGS, SettingInfo, TrainConfig, unknown_key_message
+from utils.training.writer import write_text_durably
 
 
 def defaults() -> dict[str, Any]:

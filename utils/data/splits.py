@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from utils.dataloader import DatasetLayout, explain_dataset_path
+from utils.data.datasets import DatasetLayout, explain_dataset_path
 from utils.errors import UserError
 
 SPLITS = ("trainval", "train", "val", "test")

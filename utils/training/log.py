@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from utils.classes import class_colors, enlarge, grid, overlay
-from utils.utils import optional_import
-from utils.writer import write_durably, write_text_durably
+from utils.data.classes import class_colors
+from utils.drawing import enlarge, grid, overlay
+from utils.errors import optional_import
+from utils.training.writer import write_durably, write_text_durably
 
 #: TensorBoard tags: each class's IoU is ``iou/<name>``; the val samples one image.
 IOU_TAG = "iou"

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from utils.config import OptimizerSettings, ScheduleSettings, TrainConfig
-from utils.dataloader import UnetDataset, check_split_size
-from utils.distributed import DistInfo
+from utils.data.datasets import UnetDataset, check_split_size
 from utils.errors import UserError
-from utils.lr_schedule import fit_lr
+from utils.settings.config import OptimizerSettings, ScheduleSettings, TrainConfig
+from utils.training.distributed import DistInfo
+from utils.training.lr_schedule import fit_lr
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from utils.config import SETTINGS, format_value
-from utils.engines import ENGINES
-from utils.inference import TTA_MODES
+from utils.inference.engines import ENGINES
+from utils.inference.pipeline import TTA_MODES
+from utils.settings.config import SETTINGS, format_value
 
 HELP_WIDTH = 100
 
@@ -28,7 +28,7 @@ def add_setting_flags(
     """Add the flags of ``names`` (default: every setting) to ``parser``, by group.
 
     Their defaults are ``argparse.SUPPRESS``, so the parsed namespace holds only what the
-    command line gave (see :func:`utils.recipes.resolve_config`); --help shows the declared
+    command line gave (see :func:`utils.settings.recipes.resolve_config`); --help shows the declared
     default, or ``shown[name]`` where the caller's default differs (predict.py's "from the
     weights").
     """
@@ -177,9 +177,9 @@ FROM_WEIGHTS = "from the settings file beside the weights, else {}"
 
 def add_weights_setting_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
     """The flags of settings that come with the weights (``names``, of
-    :data:`~utils.config.MODEL_KEYS`): None when not given, so the settings file beside the
+    :data:`~utils.settings.config.MODEL_KEYS`): None when not given, so the settings file beside the
     weights, else the original's default, fills them in (see
-    :meth:`utils.model_settings.ModelSettings.resolve`)."""
+    :meth:`utils.settings.model.ModelSettings.resolve`)."""
     shown = {name: FROM_WEIGHTS.format(SETTINGS[name].shown_default()) for name in names}
     add_setting_flags(parser, list(names), **shown)
     parser.set_defaults(**dict.fromkeys(names))
@@ -187,7 +187,7 @@ def add_weights_setting_flags(parser: argparse.ArgumentParser, names: Sequence[s
 
 def add_model_flags(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
     """The flags that build a predictor (predict.py, get_miou.py): --model-path, the settings
-    ``names`` that come with the weights (:data:`~utils.config.MODEL_KEYS`), the runtime
+    ``names`` that come with the weights (:data:`~utils.settings.config.MODEL_KEYS`), the runtime
     settings, --channels-last and --tta. Settings not given are None: the predictor then takes
     them from the settings file beside the weights."""
     flag = argument_group(parser, SETTINGS["model_path"].group).add_argument
@@ -240,7 +240,7 @@ def add_model_flags(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> 
 
 def add_batch_flags(parser: argparse.ArgumentParser, batch_size: int | None = None) -> None:
     """``--batch-size`` and ``--num-workers`` for predicting many images (None: by device, see
-    :func:`utils.inference.default_batching`)."""
+    :func:`utils.inference.pipeline.default_batching`)."""
     flag = parser.add_argument_group("batching").add_argument
     shown = batch_size if batch_size else "8 on CUDA, 1 on the CPU"
     flag(

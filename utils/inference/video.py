@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import cv2
 from PIL import Image
 
-from utils.prediction_inputs import Sample, collate_predictions, letterbox_input
+from utils.inference.inputs import Sample, collate_predictions, letterbox_input
 
 
 def read_frames(capture, input_shape, batch_size: int) -> Iterator[tuple]:

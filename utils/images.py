@@ -1,8 +1,8 @@
-"""Image helpers shared by training, evaluation and prediction."""
+"""Images in and out: reading images and labels as the original does (8-bit RGB, palette labels),
+the letterbox, the VOC palette, and batches of images."""
 
 from __future__ import annotations
 
-import importlib
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -163,18 +163,3 @@ def voc_palette(num_colors: int = 256) -> list[tuple[int, int, int]]:
             c >>= 3
         palette.append((r, g, b))
     return palette
-
-
-_NOTED: set[str] = set()
-
-
-def optional_import(module: str, package: str, what: str):
-    """``importlib.import_module(module)``, or None with a note, once per process, of what is
-    left out without it (the GPU check runs where only torch and a few packages are)."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        if package not in _NOTED:
-            _NOTED.add(package)
-            print(f"note: {package} is not installed, so {what} (pip install {package}).")
-        return None

@@ -3,12 +3,12 @@
 An engine says which files it opens, which devices and precisions it runs, how it loads a model
 and calls the network, and how it describes itself; everything around the call (letterbox,
 tiles, TTA, batching, post-processing, drawing, files) is the same code for every engine
-(:mod:`utils.inference`). Each reads the settings its file carries (the settings file beside a
-``.pth``, an export's metadata), checks the model against the settings the predictor resolved,
-and is then the ``forward`` of :class:`~utils.inference.InferencePipeline`: letterboxed float
-images (``/ 255``) on its :attr:`~Engine.runtime`'s device in, logits out. A new engine is one
-class here, registered with :func:`register_engine`; predict.py, get_miou.py, the web page and
-``--mode fps`` read the table and ask nothing else.
+(:mod:`utils.inference.pipeline`). Each reads the settings its file carries (the settings file
+beside a ``.pth``, an export's metadata), checks the model against the settings the predictor
+resolved, and is then the ``forward`` of :class:`~utils.inference.pipeline.InferencePipeline`:
+letterboxed float images (``/ 255``) on its :attr:`~Engine.runtime`'s device in, logits out. A new
+engine is one class here, registered with :func:`register_engine`; predict.py, get_miou.py, the web
+page and ``--mode fps`` read the table and ask nothing else.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from utils.checkpoint import read_state_dict
-from utils.config import MODEL_KEYS
 from utils.device import (
     Runtime,
     cpu_has_native_bf16,
@@ -34,7 +32,9 @@ from utils.device import (
     resolve_runtime,
 )
 from utils.errors import UserError
-from utils.model_settings import ModelSettings, read_settings_file, settings_path
+from utils.settings.config import MODEL_KEYS
+from utils.settings.model import ModelSettings, read_settings_file, settings_path
+from utils.training.checkpoint import read_state_dict
 
 #: Every engine by name, in the order --help and the fps table list them.
 ENGINES: dict[str, type[Engine]] = {}
@@ -369,7 +369,7 @@ class OnnxRuntimeEngine(Engine):
     @property
     def int8(self) -> dict | None:
         """How an int8 export was calibrated (its metadata), or None for an fp32 model."""
-        from utils.quantize import CALIBRATION_KEY
+        from utils.inference.quantize import CALIBRATION_KEY
 
         found = self.metadata.get(CALIBRATION_KEY)
         return json.loads(found) if found else None
@@ -387,7 +387,7 @@ class OnnxRuntimeEngine(Engine):
 
 def is_int8_onnx(model_path: str | Path) -> bool:
     """Whether an ONNX file is our int8 export (its metadata says how it was calibrated)."""
-    from utils.quantize import CALIBRATION_KEY
+    from utils.inference.quantize import CALIBRATION_KEY
 
     try:
         import onnx
@@ -426,6 +426,6 @@ def _onnxruntime_session(onnxruntime, path: Path, device: str | None, num_thread
 
 
 # the third engine registers itself when imported: one file, one row of the table
-from utils.engine_openvino import OpenVinoEngine  # noqa: E402
+from utils.inference.openvino_engine import OpenVinoEngine  # noqa: E402
 
 __all__ = ["ENGINES", "Engine", "OnnxRuntimeEngine", "OpenVinoEngine", "TorchEngine"]

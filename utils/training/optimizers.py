@@ -10,7 +10,7 @@ import sys
 import torch
 from torch import nn
 
-from utils.config import OptimizerSettings
+from utils.settings.config import OptimizerSettings
 
 
 def _without_dynamo(optimizer: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:

@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader
 
 from utils.device import Runtime
 from utils.errors import UserError
-from utils.prediction_inputs import (
+from utils.images import cvtColor, stack_images
+from utils.inference.inputs import (
     Placement,
     PredictionSet,
     Sample,
@@ -32,7 +33,6 @@ from utils.prediction_inputs import (
     read_file,
 )
 from utils.seeding import one_opencv_thread_per_worker, seed_worker
-from utils.utils import cvtColor, stack_images
 
 #: A function from a float model input on the runtime's device to (N, classes, H, W) logits.
 Forward = Callable[[torch.Tensor], torch.Tensor]

@@ -1,7 +1,7 @@
 """The training loop behind train.py: data, model, optimizer, the original's two phases, and an
 epoch's training, validation, mIoU, logs and saved files.
 
-Every function here takes the typed sections of :class:`~utils.config.TrainConfig` or plain
+Every function here takes the typed sections of :class:`~utils.settings.config.TrainConfig` or plain
 keywords; the command line stops in train.py's ``main``.
 """
 
@@ -23,29 +23,28 @@ from torch import nn
 from nets.losses import SegmentationLoss
 from nets.unet import Unet
 from nets.unet_training import weights_init
-from utils.callbacks import TrainingLog
-from utils.checkpoint import CheckpointSaver, load_matching_weights, load_training_checkpoint
-from utils.classes import (
-    class_colors,
-    comparison_strip,
-    default_class_names,
-    grid,
-    mapping_lines,
-)
-from utils.config import DataSettings, TrainConfig
-from utils.dataloader import Loaders, UnetDataset, read_split, split_path
+from utils.data.classes import class_colors, default_class_names, mapping_lines
+from utils.data.datasets import Loaders, UnetDataset, read_split, split_path
 from utils.device import Runtime, bf16_note
-from utils.distributed import SINGLE_PROCESS, DistInfo, barrier
+from utils.drawing import comparison_strip, grid
 from utils.errors import UserError
-from utils.lr_schedule import describe_lr, get_lr_scheduler, set_optimizer_lr
-from utils.optimizers import build_optimizer
-from utils.phases import Phase, check_batches, phase_lrs, val_batch_size
-from utils.recipes import write_config
-from utils.stopping import StopSignal, TrainingInterruptedError
-from utils.timing import TimedBatches, TimeSplit
-from utils.utils_fit import evaluate_loss, evaluate_miou, train_one_epoch
+from utils.settings.config import DataSettings, TrainConfig
+from utils.settings.recipes import write_config
+from utils.training.checkpoint import (
+    CheckpointSaver,
+    load_matching_weights,
+    load_training_checkpoint,
+)
+from utils.training.distributed import SINGLE_PROCESS, DistInfo, barrier
+from utils.training.epochs import evaluate_loss, evaluate_miou, train_one_epoch
+from utils.training.log import TrainingLog
+from utils.training.lr_schedule import describe_lr, get_lr_scheduler, set_optimizer_lr
+from utils.training.optimizers import build_optimizer
+from utils.training.phases import Phase, check_batches, phase_lrs, val_batch_size
+from utils.training.stopping import StopSignal, TrainingInterruptedError
+from utils.training.timing import TimedBatches, TimeSplit
+from utils.training.writer import BackgroundWriter, WriteError, check_writable, remove_leftovers
 from utils.utils_metrics import never_found, per_class_iu
-from utils.writer import BackgroundWriter, WriteError, check_writable, remove_leftovers
 
 Say = Callable[..., None]
 

@@ -1,6 +1,6 @@
 """Static int8 quantization of an fp32 ONNX export, calibrated on the user's own images.
 
-    from utils.quantize import quantize_int8
+    from utils.inference.quantize import quantize_int8
     info = quantize_int8("m.onnx", "m.int8.onnx", "VOCdevkit/VOC2007/JPEGImages", (512, 512))
 
 onnxruntime's static quantization in the QDQ format with per-channel int8 weights. The
@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from utils.dataloader import IMAGE_EXTENSIONS, DatasetLayout, read_split
+from utils.data.datasets import IMAGE_EXTENSIONS, DatasetLayout, read_split
 from utils.device import cpu_info
 from utils.errors import UserError
-from utils.prediction_inputs import letterbox_input
-from utils.utils import cvtColor, read_image
+from utils.images import cvtColor, read_image
+from utils.inference.inputs import letterbox_input
 
 #: The metadata key of the int8 file that says how it was calibrated (a JSON object).
 CALIBRATION_KEY = "int8_calibration"

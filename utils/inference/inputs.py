@@ -1,6 +1,6 @@
 """What a prediction reads: images read and letterboxed in DataLoader workers, each with where
 its picture sits in the network input (:class:`Placement`), batched for the pipeline of
-:mod:`utils.inference`."""
+:mod:`utils.inference.pipeline`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from utils.errors import UserError
-from utils.utils import cvtColor, letterbox, read_image, stack_images
+from utils.images import cvtColor, letterbox, read_image, stack_images
 
 
 @dataclass(frozen=True)

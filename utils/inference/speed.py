@@ -11,11 +11,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from utils.engines import ENGINES, TorchEngine
 from utils.errors import UserError
-from utils.inference import class_map, default_batching
-from utils.prediction_inputs import letterbox_input
-from utils.utils import cvtColor
+from utils.images import cvtColor
+from utils.inference.engines import ENGINES, TorchEngine
+from utils.inference.inputs import letterbox_input
+from utils.inference.pipeline import class_map, default_batching
 
 
 def network_seconds(unet, image: Image.Image, test_interval: int) -> float:

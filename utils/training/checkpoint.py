@@ -1,5 +1,5 @@
 """Weights files and the resumable training checkpoint: what a run saves at each epoch's end
-(written in the background by :mod:`utils.writer`), and reading them back, checked."""
+(written in the background by :mod:`utils.training.writer`), and reading them back, checked."""
 
 from __future__ import annotations
 
@@ -16,16 +16,16 @@ import torch
 from torch import nn
 
 from nets.unet import backbone_prefixes
-from utils.config import FIXED_ON_RESUME, SETTINGS, TrainConfig, format_value
 from utils.errors import UserError
-from utils.model_settings import (
+from utils.seeding import capture_rng, restore_rng
+from utils.settings.config import FIXED_ON_RESUME, SETTINGS, TrainConfig, format_value
+from utils.settings.model import (
     ModelSettings,
     saved_checksum,
     settings_path,
     write_settings_file,
 )
-from utils.seeding import capture_rng, restore_rng
-from utils.writer import HostSnapshot, atomic_save, replace_with_link
+from utils.training.writer import HostSnapshot, atomic_save, replace_with_link
 
 #: What ``checkpoint_last.pth`` holds: written by :meth:`CheckpointSaver.save`, read back by
 #: :func:`load_training_checkpoint` (and ``config`` by train.py, under the flags it is given).

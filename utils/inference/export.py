@@ -1,6 +1,6 @@
 """ONNX exports of a trained network, with the model's settings in the metadata and checked
-against torch; and the check of an int8 export (utils/quantize.py makes it) against its fp32
-export on labelled images."""
+against torch; and the check of an int8 export (utils/inference/quantize.py makes it) against its
+fp32 export on labelled images."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from utils.engines import import_onnxruntime
 from utils.errors import UserError
-from utils.model_settings import ModelSettings
+from utils.inference.engines import import_onnxruntime
+from utils.settings.model import ModelSettings
 from utils.utils_metrics import ConfusionMatrix
 
 #: The opset of the export: the original's.

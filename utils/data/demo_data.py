@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from utils.cli import argument_parser
-from utils.splits import write_splits
-from utils.utils import voc_palette
+from utils.data.splits import write_splits
+from utils.images import voc_palette
+from utils.settings.cli import argument_parser
 
 CLASSES = ["background", "square", "circle", "triangle"]
 #: Base hue (0..255 scale) per shape; each shape's colour varies around it.
