@@ -30,9 +30,10 @@ from utils.settings.config import (
     SETTINGS,
     TrainConfig,
     format_value,
-    validate,
 )
 from utils.settings.recipes import read_config_file, resolve_config
+from utils.settings.validation import validate
+from utils.training.build import build_data
 from utils.training.checkpoint import check_fixed_on_resume, read_training_checkpoint
 from utils.training.distributed import (
     DistInfo,
@@ -42,7 +43,7 @@ from utils.training.distributed import (
 )
 from utils.training.log import save_augmented_samples
 from utils.training.stopping import TrainingInterruptedError, stop_on_signals
-from utils.training.trainer import Trainer, benchmark, build_data
+from utils.training.trainer import Trainer, benchmark
 
 
 def get_parser(

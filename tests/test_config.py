@@ -17,9 +17,9 @@ from utils.settings.config import (
     MODEL_KEYS,
     SETTINGS,
     TrainConfig,
-    validate,
 )
 from utils.settings.recipes import load_yaml, read_config_file, resolve_config, yaml_value
+from utils.settings.validation import validate
 
 yaml = pytest.importorskip("yaml")  # recipe files need PyYAML; the GPU check may run without
 

@@ -21,8 +21,8 @@ from tests.conftest import base_argv, save_random_weights
 from utils import seeding
 from utils.device import Runtime, backend_settings, tf32_enabled, tf32_state, use_device
 from utils.training import epochs
+from utils.training.build import build_data
 from utils.training.checkpoint import load_optimizer_state, load_scaler_state
-from utils.training.trainer import build_data
 
 ROOT = Path(__file__).resolve().parents[1]
 CHANNELS_LAST = torch.channels_last

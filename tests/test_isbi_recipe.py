@@ -153,8 +153,8 @@ def test_without_tiles_the_in_training_miou_scores_whole_images_as_the_predictor
     from utils.device import Runtime, prefers_channels_last
     from utils.inference.pipeline import InferencePipeline
     from utils.settings.recipes import resolve_config
+    from utils.training.build import build_data
     from utils.training.epochs import evaluate_miou
-    from utils.training.trainer import build_data
     from utils.utils_metrics import ConfusionMatrix
 
     root = make_demo_dataset(tmp_path / "VOCdevkit", 10, size=(80, 56))

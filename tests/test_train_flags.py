@@ -22,9 +22,11 @@ from utils import device as device_module
 from utils.device import prefers_channels_last, resolve_runtime
 from utils.errors import UserError
 from utils.training import trainer as trainer_module
+from utils.training.budget import EpochBudget
 from utils.training.checkpoint import atomic_save
 from utils.training.distributed import DistInfo
 from utils.training.phases import Phase, check_batches
+from utils.training.timing import TimeSplit
 from utils.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +101,7 @@ def test_the_step_schedule_sets_each_epochs_lr(data_root, tmp_path):
     trainer = build(data_root, tmp_path, "--lr-decay-type", "step", "--no-freeze-train",
                     "--unfreeze-epoch", "20", "--init-lr", "1e-2", "--min-lr", "1e-4",
                     "--optimizer-type", "sgd")  # fmt: skip
-    _, schedule = trainer.start_phase(Phase(False, 2))
+    schedule = trainer.lr_schedule(Phase(False, 2))
     lr = min(max(2 / 16 * 1e-2, 5e-4), 0.1)  # the original's fit for SGD at batch 2
     min_lr = min(max(2 / 16 * 1e-4, 5e-6), 1e-3)
     decay = (min_lr / lr) ** (1 / 9)
@@ -162,17 +164,15 @@ def test_allow_backbone_mismatch_keeps_what_fits(data_root, tmp_path):
 def test_val_batch_size_sets_the_val_loaders_batch(data_root, tmp_path):
     trainer = build(data_root, tmp_path, "--val-batch-size", "1", "--unfreeze-batch-size", "4",
                     "--no-freeze-train")  # fmt: skip
-    loaders, _ = trainer.start_phase(Phase(False, 4))
+    loaders = trainer.start_phase(Phase(False, 4))
     assert (loaders.train.batch_size, loaders.val.batch_size, loaders.val_steps) == (4, 1, 4)
-    loaders, _ = build(data_root, tmp_path, "--unfreeze-batch-size", "8").start_phase(
-        Phase(False, 8)
-    )
+    loaders = build(data_root, tmp_path, "--unfreeze-batch-size", "8").start_phase(Phase(False, 8))
     assert loaders.val.batch_size == 4  # the phase's 8, capped at the 4 val images
 
 
 def test_num_workers_sets_the_loaders_processes(data_root, tmp_path):
     trainer = build(data_root, tmp_path, "--num-workers", "2")
-    loaders, _ = trainer.start_phase(Phase(False, 2))
+    loaders = trainer.start_phase(Phase(False, 2))
     assert loaders.train.num_workers == 2 and loaders.train.persistent_workers
 
 
@@ -426,3 +426,42 @@ def test_two_process_torchrun_resumes_and_reports_the_miou_of_the_whole_val_spli
     assert result.returncode == 0, result.stderr[-3000:]
     reported = float(re.search(r"===> mIoU: ([\d.]+)", result.stdout).group(1))
     assert len(logged) == 3 and reported == pytest.approx(float(logged[-1]), abs=0.006)
+
+
+def test_the_time_budget_counts_epochs_and_evaluations_against_the_time_left():
+    budget = EpochBudget(seconds=60, eval_period=3, evaluates=True)
+    budget.record(epoch_seconds=14.0)  # the first epoch: start-up and warm-up, left out later
+    # 40 s left: epoch 2 takes 14; epoch 3 evaluates, and an evaluation not yet measured is
+    # taken to cost an epoch: 28 s more do not fit
+    assert budget.total(done=1, elapsed=20, cap=100) == 2
+    budget.record(epoch_seconds=10.0)  # epochs of 10 s from now on
+    assert budget.total(done=2, elapsed=30, cap=100) == 4  # 10 + 10 (evaluation), then 10
+    budget.record(epoch_seconds=14.0, eval_seconds=4.0)  # the evaluation measured: 4 s
+    assert budget.total(done=3, elapsed=44, cap=100) == 4  # 54 s, and a 5th would end at 64
+    assert budget.total(done=3, elapsed=44, cap=3) == 3  # never past --unfreeze-epoch
+    assert budget.total(done=3, elapsed=70, cap=100) == 3  # over time: stop now
+    assert EpochBudget(0, 1, True).total(done=1, elapsed=1e9, cap=7) == 7  # no budget
+
+
+def test_time_budget_ends_the_run_at_the_epochs_that_fit_with_the_lr_decayed(
+    data_root, tmp_path, monkeypatch, cli
+):
+    seen = []
+    real = trainer_module.train_one_epoch
+
+    def spy(model, loader, **kwargs):
+        seen.append((kwargs["epoch"], kwargs["total_epochs"]))
+        seen[-1] += (kwargs["optimizer"].param_groups[0]["lr"],)
+        return real(model, loader, **kwargs)
+
+    # a clock where each epoch takes 10 s and the run starts at 25 s: 100 s leave 7 epochs
+    monkeypatch.setattr(trainer_module, "train_one_epoch", spy)
+    monkeypatch.setattr(EpochBudget, "record", lambda self, *_: self.epoch_seconds.append(10.0))
+    monkeypatch.setattr(TimeSplit, "elapsed", lambda self: 25.0 + 10 * len(seen))
+    argv = base_argv(data_root, tmp_path, "--no-freeze-train", "--unfreeze-epoch", "50",
+                     "--init-lr", "1e-3", "--no-lr-fit", "--no-eval-flag", "--save-period", "0",
+                     "--time-budget", "100")  # fmt: skip
+    code, out, _ = cli(train.main, argv)
+    assert code == 0 and "Epoch:7/7" in out
+    assert [(epoch, total) for epoch, total, _ in seen] == [(0, 50)] + [(e, 7) for e in range(1, 7)]
+    assert seen[-1][2] == pytest.approx(1e-5)  # the cos schedule over 7 epochs ends at min_lr

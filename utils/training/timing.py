@@ -86,6 +86,10 @@ class TimeSplit:
             spent = sum(self.seconds[p] for p in PARTS[1:4])
             self.seconds["epoch ends"] = max(loop - spent, 0.0)
 
+    def elapsed(self) -> float:
+        """Seconds since the process started."""
+        return time.perf_counter() - self.origin
+
     def line(self) -> str:
         total = time.perf_counter() - self.origin
         parts = ", ".join(f"{name} {self.seconds[name]:.2f} s" for name in PARTS)

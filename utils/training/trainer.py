@@ -13,29 +13,27 @@ import shlex
 import signal
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.distributed as dist
 from torch import nn
 
-from nets.losses import SegmentationLoss
-from nets.unet import Unet
-from nets.unet_training import weights_init
 from utils.data.classes import class_colors, default_class_names, mapping_lines
-from utils.data.datasets import Loaders, UnetDataset, read_split, split_path
+from utils.data.datasets import Loaders
 from utils.device import Runtime, bf16_note
 from utils.drawing import comparison_strip, grid
 from utils.errors import UserError
-from utils.settings.config import DataSettings, TrainConfig
+from utils.settings.config import TrainConfig
 from utils.settings.recipes import write_config
+from utils.training.budget import EpochBudget
+from utils.training.build import build_criterion, build_data, build_model
 from utils.training.checkpoint import (
     CheckpointSaver,
-    load_matching_weights,
     load_training_checkpoint,
 )
-from utils.training.distributed import SINGLE_PROCESS, DistInfo, barrier
+from utils.training.distributed import SINGLE_PROCESS, DistInfo, all_reduce_sum, barrier
 from utils.training.epochs import evaluate_loss, evaluate_miou, train_one_epoch
 from utils.training.log import TrainingLog
 from utils.training.lr_schedule import describe_lr, get_lr_scheduler, set_optimizer_lr
@@ -51,60 +49,6 @@ Say = Callable[..., None]
 
 def _silent(*_args, **_kwargs) -> None:
     pass
-
-
-def build_data(
-    data: DataSettings, seed: int, say: Say = print
-) -> tuple[UnetDataset, UnetDataset | None]:
-    """The train and val datasets; without a val split (the default one missing or empty, as
-    voc_annotation.py --train-percent 1 writes it), training goes on without."""
-    common = dict(
-        num_classes=data.num_classes,
-        dataset_path=data.dataset_path,
-        dataset_format=data.dataset_format,
-        seed=seed,
-    )
-    train = UnetDataset(
-        read_split(data.dataset_path, data.train_split, data.dataset_format),
-        input_shape=data.train_crop or data.input_shape,
-        train=True,
-        augment=data.augment,
-        crop=bool(data.train_crop),
-        **common,
-    )
-    val_path = split_path(data.dataset_path, data.val_split, data.dataset_format)
-    if data.val_split == "val" and (not val_path.is_file() or not val_path.read_text().split()):
-        state = "is empty" if val_path.is_file() else "does not exist"
-        say(
-            f"No val split ('{val_path}' {state}): training without validation, so no val loss "
-            "or mIoU, and best_epoch_weights.pth follows the train loss."
-        )
-        return train, None
-    lines = read_split(data.dataset_path, data.val_split, data.dataset_format)
-    return train, UnetDataset(lines, input_shape=data.input_shape, train=False, **common)
-
-
-def build_model(data: DataSettings, runtime: Runtime, say: Say = print) -> Unet:
-    """The UNet: ImageNet encoder or ``init_type`` weights, then ``model_path``'s matching
-    tensors, on the runtime's device and layout."""
-    model = Unet(num_classes=data.num_classes, pretrained=data.pretrained, backbone=data.backbone)
-    if not data.pretrained:
-        weights_init(model, init_type=data.init_type)
-    if data.model_path:
-        report = load_matching_weights(model, data.model_path, data.allow_backbone_mismatch)
-        say(f"Weights from {data.model_path}:")
-        say("\n".join(report.lines()))
-        if report.mismatched and all(k.startswith("final.") for k in report.mismatched):
-            say("  (the head follows --num-classes, so it starts fresh: that is expected)")
-    return runtime.prepare(model)
-
-
-def build_criterion(config: TrainConfig, device: torch.device) -> SegmentationLoss:
-    loss = config.loss
-    criterion = SegmentationLoss(
-        config.data.num_classes, loss.cls_weights, loss.dice_loss, loss.focal_loss, loss.loss
-    )
-    return criterion.to(device)
 
 
 class Trainer:
@@ -142,6 +86,10 @@ class Trainer:
         # rank 0's files, written behind the steps: an epoch's job may wait behind another
         self.writer = BackgroundWriter(depth=len(self.saver.snapshots))
         self.clock = TimeSplit()
+        evaluation = config.evaluation
+        self.budget = EpochBudget(
+            config.schedule.time_budget, evaluation.eval_period, evaluation.eval_flag
+        )
         data = config.data
         self.class_names = data.name_classes or default_class_names(data.num_classes)
         self._warned: set[str] = set()  # warnings given once per run
@@ -183,19 +131,22 @@ class Trainer:
             path = Path(config.output.save_dir) / "config.yaml"
             self.writer.submit(lambda: write_config(config, path))
             print(f"Settings saved to {path}; train them again with --config {path}")
-        phase = loaders = scheduler = None
+        phase = loaders = None
         epoch = self.start_epoch
         try:
-            for epoch in range(self.start_epoch, config.schedule.unfreeze_epoch):
+            while True:
                 if phase != Phase.at(config.schedule, epoch):
                     if loaders is not None:
                         loaders.close()
                     phase = Phase.at(config.schedule, epoch)
-                    loaders, scheduler = self.start_phase(phase)
-                set_optimizer_lr(self.optimizer, scheduler, epoch)
+                    loaders = self.start_phase(phase)
+                set_optimizer_lr(self.optimizer, self.lr_schedule(phase), epoch)
                 loaders.set_epoch(epoch)
                 self.run_epoch(epoch, loaders, log)
                 barrier()
+                if epoch + 1 >= self.config.schedule.unfreeze_epoch:
+                    break
+                epoch += 1
         except KeyboardInterrupt as stop:
             self._finish(log, loaders, epoch - self.start_epoch)
             path = Path(config.output.save_dir) / "checkpoint_last.pth"
@@ -257,8 +208,8 @@ class Trainer:
                 "--pretrained or a --model-path."
             )
 
-    def start_phase(self, phase: Phase) -> tuple[Loaders, Callable[[int], float]]:
-        """Freeze or unfreeze the backbone; the phase's loaders and LR schedule."""
+    def start_phase(self, phase: Phase) -> Loaders:
+        """Freeze or unfreeze the backbone, say the phase's LRs; its loaders."""
         config = self.config
         (self.model.freeze_backbone if phase.frozen else self.model.unfreeze_backbone)()
         if self.dist_info.enabled:
@@ -284,10 +235,29 @@ class Trainer:
         if warning and "lr clamp" not in self._warned:
             self.say(warning)
             self._warned.add("lr clamp")
-        schedule = get_lr_scheduler(
-            opt.lr_decay_type, init_lr, min_lr, config.schedule.unfreeze_epoch
-        )
-        return loaders, schedule
+        return loaders
+
+    def lr_schedule(self, phase: Phase) -> Callable[[int], float]:
+        """The phase's LR per epoch, over the run's epochs (as --time-budget last fitted them)."""
+        opt = self.config.optimizer
+        init_lr, min_lr = phase_lrs(opt, phase)
+        total = self.config.schedule.unfreeze_epoch
+        return get_lr_scheduler(opt.lr_decay_type, init_lr, min_lr, total)
+
+    def fit_to_budget(self, epoch: int, started: float, eval_seconds: float | None) -> None:
+        """With --time-budget: the run's total epochs refitted to the time left (rank 0's
+        measure, so that every rank stops at the same epoch)."""
+        if not self.budget.seconds:
+            return
+        self.budget.record(time.perf_counter() - started, eval_seconds)
+        schedule = self.config.schedule
+        total = self.budget.total(epoch + 1, self.clock.elapsed(), schedule.unfreeze_epoch)
+        if self.dist_info.enabled:
+            mine = total if self.dist_info.is_main else 0
+            total = int(all_reduce_sum([mine], self.runtime.device)[0])
+        if total != schedule.unfreeze_epoch:
+            self.config = replace(self.config, schedule=replace(schedule, unfreeze_epoch=total))
+            self.saver.total_epochs = total
 
     def _distributed(self) -> nn.Module:
         """The model under DistributedDataParallel for this phase, as torchvision wraps it: DDP
@@ -322,6 +292,7 @@ class Trainer:
     def run_epoch(self, epoch: int, loaders: Loaders, log: TrainingLog | None) -> None:
         """Train one epoch, then the val loss, the mIoU when due, and (rank 0) save."""
         config, runtime = self.config, self.runtime
+        started, eval_seconds = time.perf_counter(), None
         batches = TimedBatches(loaders.train, self.clock)
         loss, _ = self.train_steps(batches, loaders.train_steps, epoch)
         val_loss, scores = None, {}
@@ -338,7 +309,10 @@ class Trainer:
                     dist_info=self.dist_info,
                 )
             if due and self.val_set is not None:
+                eval_start = time.perf_counter()
                 scores = self.evaluate()
+                eval_seconds = time.perf_counter() - eval_start
+        self.fit_to_budget(epoch, started, eval_seconds)
         if log is not None:
             self.end_of_epoch(epoch, log, loss=loss, val_loss=val_loss, **scores)
 
@@ -425,13 +399,13 @@ def benchmark(config: TrainConfig, runtime: Runtime, steps: int) -> str:
     warm-up steps; return the line that says s/step and img/s."""
     trainer = Trainer(config, runtime)
     phase = Phase.at(config.schedule, config.schedule.init_epoch)
-    loaders, scheduler = trainer.start_phase(phase)
+    loaders = trainer.start_phase(phase)
     if loaders.train_steps < steps + 2:
         raise UserError(
             f"--benchmark {steps} needs {steps + 2} batches of train data; there are "
             f"{loaders.train_steps}."
         )
-    set_optimizer_lr(trainer.optimizer, scheduler, config.schedule.init_epoch)
+    set_optimizer_lr(trainer.optimizer, trainer.lr_schedule(phase), config.schedule.init_epoch)
     loaders.set_epoch(config.schedule.init_epoch)
     batches = iter(loaders.train)
     for count in (2, steps):  # warm-up, then the timed steps
