@@ -107,8 +107,10 @@ def Dice_loss(inputs: torch.Tensor, target: torch.Tensor, beta: float = 1, smoot
 
 
 #: ``term(logits, labels, cls_weights, num_classes)``: a scalar loss; label ``num_classes`` is
-#: ignored.
-Term = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+#: ignored. A term registered with ``pixel_weights=True`` also takes ``pixel_weights``, an
+#: (N, H, W) float weight per label pixel that the data set computes (see
+#: :mod:`utils.data.border_weights`).
+Term = Callable[..., torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -116,19 +118,25 @@ class LossTerm:
     name: str
     help: str
     compute: Term
+    pixel_weights: bool = False
 
 
 LOSSES: dict[str, LossTerm] = {}
 
 
-def loss_term(name: str, help: str) -> Callable[[Term], Term]:
+def loss_term(name: str, help: str, pixel_weights: bool = False) -> Callable[[Term], Term]:
     """Register the decorated function in :data:`LOSSES` as ``name``."""
 
     def register(compute: Term) -> Term:
-        LOSSES[name] = LossTerm(name, help, compute)
+        LOSSES[name] = LossTerm(name, help, compute, pixel_weights)
         return compute
 
     return register
+
+
+def needs_pixel_weights(terms: Sequence[str]) -> bool:
+    """Whether any of ``terms`` weighs each pixel (the data set must then compute weights)."""
+    return any(LOSSES[name].pixel_weights for name in terms if name in LOSSES)
 
 
 @loss_term("ce", "class-weighted cross entropy (the original's default)")
@@ -144,6 +152,33 @@ def _focal(outputs, labels, cls_weights, num_classes):
 @loss_term("dice", "1 - the Dice score of the softmax (the original's dice_loss)")
 def _dice(outputs, labels, cls_weights, num_classes):
     return Dice_loss(outputs, labels)
+
+
+@loss_term(
+    "border_ce",
+    "the U-Net paper's cross entropy weighted towards the borders between touching objects "
+    "(w0 = 10, sigma = 5 px; two classes)",
+    pixel_weights=True,
+)
+def _border_ce(outputs, labels, cls_weights, num_classes, pixel_weights):
+    return pixel_weighted_cross_entropy(outputs, labels, cls_weights, num_classes, pixel_weights)
+
+
+def pixel_weighted_cross_entropy(
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    cls_weights: torch.Tensor | None,
+    num_classes: int,
+    pixel_weights: torch.Tensor,
+) -> torch.Tensor:
+    """Cross entropy weighted per pixel (times the class weights), as a weighted mean: the sum
+    of weighted losses over the sum of the weights of the pixels not ignored."""
+    inputs = resize_to(inputs, *target_size(target)).float()
+    weight = _as_weight(cls_weights, inputs)
+    nll = cross_entropy(inputs, target, weight, num_classes, reduction="none")
+    valid = (target != num_classes).float()
+    class_weight = valid if weight is None else weight[target.clamp(max=num_classes - 1)] * valid
+    return (nll * pixel_weights).sum() / (class_weight * pixel_weights).sum().clamp(min=1e-12)
 
 
 def original_terms(dice: bool = False, focal: bool = False) -> list[str]:
@@ -180,9 +215,21 @@ class SegmentationLoss(nn.Module):
         weights = torch.ones(num_classes) if cls_weights is None else torch.tensor(cls_weights)
         self.register_buffer("cls_weights", weights.float())
 
-    def forward(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        outputs: torch.Tensor,
+        labels: torch.Tensor,
+        pixel_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         loss = None
         for name in self.terms:
-            term = LOSSES[name].compute(outputs, labels, self.cls_weights, self.num_classes)
-            loss = term if loss is None else loss + term
+            term = LOSSES[name]
+            args = (outputs, labels, self.cls_weights, self.num_classes)
+            if term.pixel_weights:
+                if pixel_weights is None:
+                    raise ValueError(f"the loss term {name!r} needs the batch's pixel weights")
+                value = term.compute(*args, pixel_weights=pixel_weights)
+            else:
+                value = term.compute(*args)
+            loss = value if loss is None else loss + value
         return loss

@@ -23,8 +23,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
 from utils.data.augment import AUGMENTATIONS
+from utils.data.border_weights import check_binary, quantized_weights
 from utils.errors import UserError
 from utils.images import read_image, read_label_png, stack_images
+from utils.progress import progress
 from utils.seeding import one_opencv_thread_per_worker, seed_worker
 from utils.training.distributed import SINGLE_PROCESS, DistInfo
 
@@ -222,6 +224,7 @@ class UnetDataset(Dataset):
         check_sample: int = CHECK_SAMPLE,
         augment: str = "reference",
         crop: bool = False,
+        border_weights: bool = False,
     ):
         super().__init__()
         self.names = [line.split()[0] for line in annotation_lines if line.strip()]
@@ -245,6 +248,8 @@ class UnetDataset(Dataset):
         self.label_paths = self.layout.label_files(self.names)
         if check_sample:
             self.check(check_sample)
+        #: each label's uint8 border weight map (the ``border_ce`` loss), or None
+        self.weights = self.border_weights() if border_weights else None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -304,6 +309,21 @@ class UnetDataset(Dataset):
         self._check_size(index, label, size)
         return np.bincount(label.reshape(-1), minlength=256)
 
+    def border_weights(self) -> list[np.ndarray]:
+        """Every label's weight map for the ``border_ce`` loss, computed once, in a thread per
+        core; a grey (not binary) label stops with the file's name."""
+
+        def weights(index: int) -> np.ndarray:
+            path = self.label_paths[index]
+            if self.dataset_format == "medical":
+                check_binary(read_label_png(path, grayscale=True), path)
+            classes = read_class_label(path, self.num_classes, self.dataset_format)
+            return quantized_weights(classes, self.dataset_format)
+
+        with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+            maps = pool.map(weights, range(len(self)))
+            return list(progress(maps, total=len(self), desc="border weights"))
+
     def rng(self, index: int, epoch: int | None = None) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch if epoch is None else epoch, index])
 
@@ -312,19 +332,29 @@ class UnetDataset(Dataset):
         image, label = self.read_pair(index)
         augment = AUGMENTATIONS[self.augment if self.train else "none"]
         rng, crop = self.rng(index, epoch), self.crop and self.train
-        image, label = augment.apply(
-            image, label, self.input_shape, rng, crop=crop, path=self.image_paths[index]
-        )
+        path = self.image_paths[index]
+        sample = augment.apply(image, label, self.input_shape, rng, crop=crop, path=path)
         # values >= num_classes (the 255 border) become the ignore index num_classes
-        label = self.label_lut[label]
-        return torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(label)
+        out = (
+            torch.from_numpy(sample[0]).permute(2, 0, 1),
+            torch.from_numpy(self.label_lut[sample[1]]),
+        )
+        if self.weights is None:
+            return out
+        # the weight map moved as the label was: the same augmentation, the same draws
+        rng = self.rng(index, epoch)
+        _, weights = augment.apply(
+            image, self.weights[index], self.input_shape, rng, crop=crop, path=path
+        )
+        return (*out, torch.from_numpy(weights))
 
 
 def unet_dataset_collate(batch):
     """Stack samples into a channels-last (N, 3, H, W) uint8 image batch (see
-    :func:`~utils.images.stack_images`) and a (N, H, W) uint8 label batch."""
-    images, labels = zip(*batch, strict=True)
-    return stack_images(images), torch.stack(labels)
+    :func:`~utils.images.stack_images`) and a (N, H, W) uint8 label batch (and, with border
+    weights, a (N, H, W) uint8 batch of them)."""
+    images, labels, *weights = zip(*batch, strict=True)
+    return stack_images(images), torch.stack(labels), *map(torch.stack, weights)
 
 
 class EpochSampler(Sampler):

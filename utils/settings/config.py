@@ -19,7 +19,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from nets.losses import LOSSES
+from nets.losses import LOSSES, original_terms
 from nets.unet import BACKBONES
 from nets.unet_training import INIT_TYPES
 from utils.data.augment import AUGMENTATIONS
@@ -157,6 +157,11 @@ class LossSettings:
     loss: list[str] | None = setting(None, "the loss as terms added up, by name: " + "; ".join(
         f"{t.name} = {t.help}" for t in LOSSES.values()), choices=LOSSES, metavar="TERM",
         shown="ce, or focal with --focal-loss; plus dice with --dice-loss")
+
+    @property
+    def terms(self) -> list[str]:
+        """The terms the run adds up: ``--loss``, or the original's switches' choice."""
+        return list(self.loss) if self.loss else original_terms(self.dice_loss, self.focal_loss)
 
 
 @dataclass(frozen=True)

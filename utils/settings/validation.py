@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from nets.losses import needs_pixel_weights
 from nets.unet import check_input_shape, check_tile
 from utils.errors import UserError
 from utils.settings.config import (
@@ -39,6 +40,12 @@ def validate(config: TrainConfig) -> None:
         check_input_shape(data.train_crop[0], data.train_crop[1], data.backbone)
     check_tile(evaluation.tile, evaluation.stride, data.backbone)
     _check_best_by(config)
+    if needs_pixel_weights(config.loss.terms) and data.num_classes != 2:
+        raise UserError(
+            f"the border_ce loss weighs the borders between touching objects of a two-class "
+            f"task (objects and background), but num_classes (--num-classes) is "
+            f"{data.num_classes}; drop border_ce from --loss, or label two classes."
+        )
     get_lr_scheduler(opt.lr_decay_type, opt.init_lr, opt.final_lr, config.schedule.unfreeze_epoch)
 
 

@@ -19,15 +19,17 @@ Say = Callable[..., None]
 
 
 def build_data(
-    data: DataSettings, seed: int, say: Say = print
+    data: DataSettings, seed: int, say: Say = print, border_weights: bool = False
 ) -> tuple[UnetDataset, UnetDataset | None]:
-    """The train and val datasets; without a val split (the default one missing or empty, as
-    voc_annotation.py --train-percent 1 writes it), training goes on without."""
+    """The train and val datasets (with each label's weight map for a ``border_ce`` loss);
+    without a val split (the default one missing or empty, as voc_annotation.py
+    --train-percent 1 writes it), training goes on without."""
     common = dict(
         num_classes=data.num_classes,
         dataset_path=data.dataset_path,
         dataset_format=data.dataset_format,
         seed=seed,
+        border_weights=border_weights,
     )
     train = UnetDataset(
         read_split(data.dataset_path, data.train_split, data.dataset_format),

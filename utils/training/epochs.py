@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from utils.data.border_weights import SCALE
 from utils.data.datasets import UnetDataset
 from utils.device import Runtime, prefers_channels_last
 from utils.errors import UserError
@@ -119,13 +120,13 @@ def train_one_epoch(
     bar = progress(total=steps, desc=desc, disable=not dist_info.is_main)
     last_read = time.monotonic()
     # zip stops before fetching a batch too many
-    for step, (images, labels) in zip(range(1, steps + 1), loader, strict=False):
+    for step, (images, labels, *weights) in zip(range(1, steps + 1), loader, strict=False):
         images = runtime.model_input(images)
         labels = runtime.labels(labels)
         optimizer.zero_grad(set_to_none=True)
         with runtime.autocast():
             outputs = model(images)
-        loss = criterion(outputs, labels)
+        loss = criterion(outputs, labels, *pixel_weights(weights, runtime))
         with torch.no_grad():
             score = f_score(outputs, labels)
         scaler.scale(loss).backward()
@@ -143,6 +144,11 @@ def train_one_epoch(
     _show(bar, check_finite(means, epoch, dist_info), optimizer, refresh=True)
     bar.close()
     return _mean_over_ranks(means, runtime.device)
+
+
+def pixel_weights(weights: list[torch.Tensor], runtime: Runtime) -> list[torch.Tensor]:
+    """A batch's uint8 border weights (when the loss asked for them) as floats on the device."""
+    return [w.to(runtime.device, non_blocking=True).float() / SCALE for w in weights]
 
 
 def _show(bar, means: tuple[float, float], optimizer, refresh: bool) -> None:
@@ -172,12 +178,13 @@ def evaluate_loss(
     model.eval()
     means = RunningMeans(runtime.device)
     bar = progress(total=steps, desc="Validation", disable=not dist_info.is_main)
-    for _, (images, labels) in zip(range(steps), loader, strict=False):
+    for _, (images, labels, *weights) in zip(range(steps), loader, strict=False):
         images = runtime.model_input(images)
         labels = runtime.labels(labels)
         with runtime.autocast():
             outputs = model(images)
-        means.add(criterion(outputs, labels), f_score(outputs, labels))
+        loss = criterion(outputs, labels, *pixel_weights(weights, runtime))
+        means.add(loss, f_score(outputs, labels))
         bar.update()
     bar.set_postfix(val_loss=f"{means.read()[0]:.4f}")  # this rank's share
     bar.close()

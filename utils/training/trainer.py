@@ -20,6 +20,7 @@ import numpy as np
 import torch.distributed as dist
 from torch import nn
 
+from nets.losses import needs_pixel_weights
 from utils.data.classes import class_colors, default_class_names, mapping_lines
 from utils.data.datasets import Loaders
 from utils.device import Runtime, bf16_note
@@ -61,7 +62,10 @@ class Trainer:
     def __init__(self, config: TrainConfig, runtime: Runtime, dist_info: DistInfo = SINGLE_PROCESS):
         self.config, self.runtime, self.dist_info = config, runtime, dist_info
         self.say = print if dist_info.is_main else _silent
-        self.train_set, self.val_set = build_data(config.data, config.runtime.seed, self.say)
+        weights = needs_pixel_weights(config.loss.terms)
+        self.train_set, self.val_set = build_data(
+            config.data, config.runtime.seed, self.say, weights
+        )
         model = build_model(config.data, runtime, self.say)
         if config.runtime.sync_bn and dist_info.enabled:
             if runtime.device.type != "cuda":
