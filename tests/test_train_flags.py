@@ -454,14 +454,20 @@ def test_time_budget_ends_the_run_at_the_epochs_that_fit_with_the_lr_decayed(
         seen[-1] += (kwargs["optimizer"].param_groups[0]["lr"],)
         return real(model, loader, **kwargs)
 
-    # a clock where each epoch takes 10 s and the run starts at 25 s: 100 s leave 7 epochs
+    # a clock where the run starts at 25 s, the first epoch takes 10 s, the second 20 and every
+    # later one 5: the count falls to 4 after the second, then grows back: 60 s at the end of
+    # the third leave 8 epochs of 5 s, 11 in all
+    durations = [10.0, 20.0] + [5.0] * 48
     monkeypatch.setattr(trainer_module, "train_one_epoch", spy)
-    monkeypatch.setattr(EpochBudget, "record", lambda self, *_: self.epoch_seconds.append(10.0))
-    monkeypatch.setattr(TimeSplit, "elapsed", lambda self: 25.0 + 10 * len(seen))
+    monkeypatch.setattr(
+        EpochBudget, "record", lambda self, *_: self.epoch_seconds.append(durations[len(seen) - 1])
+    )
+    monkeypatch.setattr(TimeSplit, "elapsed", lambda self: 25.0 + sum(durations[: len(seen)]))
     argv = base_argv(data_root, tmp_path, "--no-freeze-train", "--unfreeze-epoch", "50",
                      "--init-lr", "1e-3", "--no-lr-fit", "--no-eval-flag", "--save-period", "0",
                      "--time-budget", "100")  # fmt: skip
     code, out, _ = cli(train.main, argv)
-    assert code == 0 and "Epoch:7/7" in out
-    assert [(epoch, total) for epoch, total, _ in seen] == [(0, 50)] + [(e, 7) for e in range(1, 7)]
-    assert seen[-1][2] == pytest.approx(1e-5)  # the cos schedule over 7 epochs ends at min_lr
+    assert code == 0 and "Epoch:2/4" in out and "Epoch:11/11" in out
+    totals = [total for _, total, _ in seen]
+    assert totals == [50, 7, 4, 6, 11, 11, 11, 11, 11, 11, 11]
+    assert seen[-1][2] == pytest.approx(1e-5)  # the cos schedule over 11 epochs ends at min_lr

@@ -1,7 +1,8 @@
 """Epochs by time: ``--time-budget`` fits a run's number of epochs to a wall-clock budget.
 
 The budget counts from the process's start (imports included, as a user's watch does). After
-each epoch the run measures what an epoch costs and what an mIoU evaluation costs, and sets
+each epoch the run measures what an epoch costs and what an mIoU evaluation costs (the median
+of those so far, so that one slow epoch does not hold the count down), and sets
 the total to the most epochs, up to ``--unfreeze-epoch``, whose steps and due evaluations still
 end inside the budget. The LR schedule follows the new total from the next epoch on, so the
 LR still decays to ``--min-lr`` at the last epoch. The first epoch (start-up and warm-up) is
@@ -11,6 +12,7 @@ to cost as much as an epoch.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 
 
@@ -36,9 +38,8 @@ class EpochBudget:
         given ``elapsed`` seconds since the process started."""
         if not self.seconds or not self.epoch_seconds:
             return cap
-        steady = self.epoch_seconds[1:] or self.epoch_seconds
-        epoch = sum(steady) / len(steady)
-        evaluation = sum(self.eval_seconds) / len(self.eval_seconds) if self.eval_seconds else epoch
+        epoch = statistics.median(self.epoch_seconds[1:] or self.epoch_seconds)
+        evaluation = statistics.median(self.eval_seconds) if self.eval_seconds else epoch
         total, clock = done, elapsed
         while total < cap:
             due = self.evaluates and (total + 1) % self.eval_period == 0

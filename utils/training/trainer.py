@@ -94,6 +94,7 @@ class Trainer:
         self.budget = EpochBudget(
             config.schedule.time_budget, evaluation.eval_period, evaluation.eval_flag
         )
+        self.most_epochs = config.schedule.unfreeze_epoch  # the budget's count may grow to it
         data = config.data
         self.class_names = data.name_classes or default_class_names(data.num_classes)
         self._warned: set[str] = set()  # warnings given once per run
@@ -255,7 +256,7 @@ class Trainer:
             return
         self.budget.record(time.perf_counter() - started, eval_seconds)
         schedule = self.config.schedule
-        total = self.budget.total(epoch + 1, self.clock.elapsed(), schedule.unfreeze_epoch)
+        total = self.budget.total(epoch + 1, self.clock.elapsed(), self.most_epochs)
         if self.dist_info.enabled:
             mine = total if self.dist_info.is_main else 0
             total = int(all_reduce_sum([mine], self.runtime.device)[0])
