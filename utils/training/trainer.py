@@ -62,9 +62,9 @@ class Trainer:
     def __init__(self, config: TrainConfig, runtime: Runtime, dist_info: DistInfo = SINGLE_PROCESS):
         self.config, self.runtime, self.dist_info = config, runtime, dist_info
         self.say = print if dist_info.is_main else _silent
-        weights = needs_pixel_weights(config.loss.terms)
+        border_weights = needs_pixel_weights(config.loss.terms)  # a map per label: border_ce
         self.train_set, self.val_set = build_data(
-            config.data, config.runtime.seed, self.say, weights
+            config.data, config.runtime.seed, self.say, border_weights
         )
         model = build_model(config.data, runtime, self.say)
         if config.runtime.sync_bn and dist_info.enabled:
