@@ -23,6 +23,12 @@ import textwrap
 from pathlib import Path
 
 from utils.device import Runtime, backend_settings, resolve_runtime, use_device
+from utils.distributed import (
+    DistInfo,
+    cleanup_distributed,
+    init_distributed,
+    launched_by_torchrun,
+)
 from utils.errors import UserError, exit_on_user_error
 from utils.seeding import seed_everything
 from utils.settings.cli import add_setting_flags, argument_parser, differing_defaults
@@ -35,12 +41,6 @@ from utils.settings.recipes import read_config_file, resolve_config
 from utils.settings.validation import validate
 from utils.training.build import build_data
 from utils.training.checkpoint import check_fixed_on_resume, read_training_checkpoint
-from utils.training.distributed import (
-    DistInfo,
-    cleanup_distributed,
-    init_distributed,
-    launched_by_torchrun,
-)
 from utils.training.log import save_augmented_samples
 from utils.training.stopping import TrainingInterruptedError, stop_on_signals
 from utils.training.trainer import Trainer, benchmark

@@ -107,7 +107,7 @@ def Dice_loss(inputs: torch.Tensor, target: torch.Tensor, beta: float = 1, smoot
 
 
 #: ``term(logits, labels, cls_weights, num_classes)``: a scalar loss; label ``num_classes`` is
-#: ignored. A term registered with ``pixel_weights=True`` also takes ``pixel_weights``, an
+#: ignored. A term registered with ``weighs_pixels=True`` also takes ``pixel_weights``, an
 #: (N, H, W) float weight per label pixel that the data set computes (see
 #: :mod:`utils.data.border_weights`).
 Term = Callable[..., torch.Tensor]
@@ -118,17 +118,17 @@ class LossTerm:
     name: str
     help: str
     compute: Term
-    pixel_weights: bool = False
+    weighs_pixels: bool = False
 
 
 LOSSES: dict[str, LossTerm] = {}
 
 
-def loss_term(name: str, help: str, pixel_weights: bool = False) -> Callable[[Term], Term]:
+def loss_term(name: str, help: str, weighs_pixels: bool = False) -> Callable[[Term], Term]:
     """Register the decorated function in :data:`LOSSES` as ``name``."""
 
     def register(compute: Term) -> Term:
-        LOSSES[name] = LossTerm(name, help, compute, pixel_weights)
+        LOSSES[name] = LossTerm(name, help, compute, weighs_pixels)
         return compute
 
     return register
@@ -136,7 +136,7 @@ def loss_term(name: str, help: str, pixel_weights: bool = False) -> Callable[[Te
 
 def needs_pixel_weights(terms: Sequence[str]) -> bool:
     """Whether any of ``terms`` weighs each pixel (the data set must then compute weights)."""
-    return any(LOSSES[name].pixel_weights for name in terms if name in LOSSES)
+    return any(LOSSES[name].weighs_pixels for name in terms if name in LOSSES)
 
 
 @loss_term("ce", "class-weighted cross entropy (the original's default)")
@@ -158,12 +158,8 @@ def _dice(outputs, labels, cls_weights, num_classes):
     "border_ce",
     "the U-Net paper's cross entropy weighted towards the borders between touching objects "
     "(w0 = 10, sigma = 5 px; two classes)",
-    pixel_weights=True,
+    weighs_pixels=True,
 )
-def _border_ce(outputs, labels, cls_weights, num_classes, pixel_weights):
-    return pixel_weighted_cross_entropy(outputs, labels, cls_weights, num_classes, pixel_weights)
-
-
 def pixel_weighted_cross_entropy(
     inputs: torch.Tensor,
     target: torch.Tensor,
@@ -225,7 +221,7 @@ class SegmentationLoss(nn.Module):
         for name in self.terms:
             term = LOSSES[name]
             args = (outputs, labels, self.cls_weights, self.num_classes)
-            if term.pixel_weights:
+            if term.weighs_pixels:
                 if pixel_weights is None:
                     raise ValueError(f"the loss term {name!r} needs the batch's pixel weights")
                 value = term.compute(*args, pixel_weights=pixel_weights)

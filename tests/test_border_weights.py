@@ -13,7 +13,7 @@ from scipy import ndimage
 import train
 from nets.losses import SegmentationLoss
 from utils.data.augment import AUGMENTATIONS
-from utils.data.border_weights import SCALE, SIGMA, W0, border_weight_map
+from utils.data.border_weights import SCALE, SIGMA, W0, border_weight_map, dequantized
 from utils.data.datasets import UnetDataset, unet_dataset_collate
 
 
@@ -93,10 +93,8 @@ def test_the_weight_map_moves_with_its_label_through_every_augmentation(cells, a
     dataset = UnetDataset(["0", "1"], (32, 32), 2, True, cells, "medical", seed=3,
                           augment=augment, border_weights=True)  # fmt: skip
     expected = np.asarray(border_weight_map(dataset.read_pair(0)[1] == 0))
-    assert np.array_equal(dataset.weights[0], np.rint(expected * SCALE).astype(np.uint8))
-    dataset.weights = [
-        dataset.read_pair(i)[1] + 1 for i in range(2)
-    ]  # the label itself, as weights
+    assert np.array_equal(dataset.border_maps[0], np.rint(expected * SCALE).astype(np.uint8))
+    dataset.border_maps = [dataset.read_pair(i)[1] + 1 for i in range(2)]  # labels as maps
     for epoch in range(3):
         image, label, weights = dataset[(epoch, 1)]
         moved = weights.long() - 1  # where the label went; -1 where augmentation padded
@@ -105,22 +103,45 @@ def test_the_weight_map_moves_with_its_label_through_every_augmentation(cells, a
     assert [tuple(t.shape) for t in batch] == [(2, 3, 32, 32), (2, 32, 32), (2, 32, 32)]
 
 
-def test_border_ce_trains_and_refuses_grey_labels_and_more_than_two_classes(cells, tmp_path, cli):
-    argv = ["--dataset-path", str(cells), "--dataset-format", "medical", "--num-classes", "2",
+def test_padding_weighs_nothing(cells):
+    # 64x64 images letterboxed into 32x48: 8 columns of padding on each side
+    dataset = UnetDataset(["0"], (32, 48), 2, True, cells, "medical", augment="none",
+                          border_weights=True)  # fmt: skip
+    _, label, maps = dataset[(0, 0)]
+    assert maps[:, :8].eq(0).all() and maps[:, -8:].eq(0).all() and maps[:, 8:-8].ge(SCALE).all()
+    logits = torch.zeros(1, 2, 32, 48)
+    logits[0, 1, :, :8] = 50  # every padded pixel wrong, and badly
+    criterion = SegmentationLoss(2, terms=["border_ce"])
+    assert criterion(logits, label[None].long(), dequantized(maps[None])).item() == pytest.approx(
+        math.log(2), rel=1e-5
+    )  # the uniform prediction's loss elsewhere
+
+
+def border_argv(cells, tmp_path, *extra) -> list[str]:
+    return ["--dataset-path", str(cells), "--dataset-format", "medical", "--num-classes", "2",
             "--model-path", "", "--input-shape", "32", "32", "--no-freeze-train",
             "--unfreeze-epoch", "1", "--unfreeze-batch-size", "2", "--num-workers", "0",
             "--device", "cpu", "--save-dir", str(tmp_path / "logs"), "--loss", "border_ce",
-            "dice"]  # fmt: skip
-    code, out, err = cli(train.main, argv)
+            "dice", *extra]  # fmt: skip
+
+
+def test_border_ce_trains(cells, tmp_path, cli):
+    code, out, err = cli(train.main, border_argv(cells, tmp_path))
     assert code == 0 and "Epoch:1/1" in out, err
-    code, out, err = cli(train.main, [*argv, "--num-classes", "3"])
+
+
+def test_border_ce_refuses_more_than_two_classes(cells, tmp_path, cli):
+    code, out, err = cli(train.main, border_argv(cells, tmp_path, "--num-classes", "3"))
     assert code == 2 and "border_ce loss weighs the borders" in err
-    assert "num_classes (--num-classes) is 3" in err
+    assert "num_classes (--num-classes) is 3" in err and "Epoch" not in out
+
+
+def test_border_ce_refuses_a_grey_label_naming_it(cells, tmp_path, cli):
     grey = np.asarray(Image.open(cells / "Labels/1.png")).copy()
     grey[grey == 0] = 60  # antialiased, or saved as JPEG: no longer two values
     grey[0, 0] = 0
     Image.fromarray(grey).save(cells / "Labels/1.png")
-    code, out, err = cli(train.main, argv)
+    code, out, err = cli(train.main, border_argv(cells, tmp_path))
     assert code == 2 and "Traceback" not in err
     last = err.strip().splitlines()[-1]  # after the progress line of the maps computed
     assert last.startswith(

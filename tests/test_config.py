@@ -219,8 +219,9 @@ def test_imports_run_one_way():
     for path in (ROOT / "benchmarks").glob("*.py"):
         assert not any(name.split(".")[0] == "tests" for name in imports_of(path)), path.name
     jobs = ("utils.data", "utils.training", "utils.inference", "utils.settings")
+    faces = {"dataloader.py", "utils.py", "utils_fit.py"}  # the original's paths, handing on
     for path in (ROOT / "utils").glob("*.py"):  # the floor stands below every job
-        if path.name != "dataloader.py":  # the original's path, a face over utils/data/
+        if path.name not in faces:
             up = {name for name in imports_of(path) if name.startswith(jobs)}
             assert not up, f"utils/{path.name} imports {up}"
 
@@ -245,11 +246,14 @@ def test_no_folder_holds_more_than_30_percent_of_the_product_and_utils_is_by_job
     # the original's paths stay: each is the real home of its names or a face over it
     from nets.unet_training import CE_Loss, Dice_loss, Focal_Loss, get_lr_scheduler, weights_init
     from utils.dataloader import UnetDataset, unet_dataset_collate
+    from utils.utils import cvtColor, get_lr, seed_everything
+    from utils.utils_fit import evaluate_loss, train_one_epoch
     from utils.utils_metrics import compute_mIoU, f_score, fast_hist, per_class_iu
 
     assert all(map(callable, (CE_Loss, Dice_loss, Focal_Loss, get_lr_scheduler, weights_init,
                               UnetDataset, unet_dataset_collate, compute_mIoU, f_score,
-                              fast_hist, per_class_iu)))  # fmt: skip
+                              fast_hist, per_class_iu, cvtColor, get_lr, seed_everything,
+                              evaluate_loss, train_one_epoch)))  # fmt: skip
 
 
 def test_no_function_is_longer_than_60_lines_and_train_py_stays_thin():

@@ -20,11 +20,11 @@ from tests.conftest import base_argv
 from tests.train_driver import poisoned_forward
 from utils import device as device_module
 from utils.device import prefers_channels_last, resolve_runtime
+from utils.distributed import DistInfo
 from utils.errors import UserError
 from utils.training import trainer as trainer_module
 from utils.training.budget import EpochBudget
 from utils.training.checkpoint import atomic_save
-from utils.training.distributed import DistInfo
 from utils.training.phases import Phase, check_batches
 from utils.training.timing import TimeSplit
 from utils.training.trainer import Trainer
@@ -430,17 +430,23 @@ def test_two_process_torchrun_resumes_and_reports_the_miou_of_the_whole_val_spli
 
 def test_the_time_budget_counts_epochs_and_evaluations_against_the_time_left():
     budget = EpochBudget(seconds=60, eval_period=3, evaluates=True)
-    budget.record(epoch_seconds=14.0)  # the first epoch: start-up and warm-up, left out later
+    budget.record(14.0)  # the first epoch: start-up and warm-up, left out once a second ran
     # 40 s left: epoch 2 takes 14; epoch 3 evaluates, and an evaluation not yet measured is
-    # taken to cost an epoch: 28 s more do not fit
+    # taken to cost an epoch: 28 s more do not fit. Epoch 2, the last, evaluates: 48 s fit
     assert budget.total(done=1, elapsed=20, cap=100) == 2
-    budget.record(epoch_seconds=10.0)  # epochs of 10 s from now on
-    assert budget.total(done=2, elapsed=30, cap=100) == 4  # 10 + 10 (evaluation), then 10
-    budget.record(epoch_seconds=14.0, eval_seconds=4.0)  # the evaluation measured: 4 s
-    assert budget.total(done=3, elapsed=44, cap=100) == 4  # 54 s, and a 5th would end at 64
-    assert budget.total(done=3, elapsed=44, cap=3) == 3  # never past --unfreeze-epoch
+    budget.record(10.0)  # epochs of 10 s from now on
+    # epoch 3 and its evaluation end at 50 s; epoch 4 at 60, but as the last it evaluates too
+    assert budget.total(done=2, elapsed=30, cap=100) == 3
+    budget.record(10.0)
+    budget.record_evaluation(4.0)  # measured: 4 s
+    # at 40 s, epoch 3's evaluation is still due (44); epoch 4 and its evaluation end at 58
+    assert budget.total(done=3, elapsed=40, cap=100) == 4
+    assert budget.total(done=3, elapsed=40, cap=3) == 3  # never past --unfreeze-epoch
     assert budget.total(done=3, elapsed=70, cap=100) == 3  # over time: stop now
     assert EpochBudget(0, 1, True).total(done=1, elapsed=1e9, cap=7) == 7  # no budget
+    budget.new_phase()  # the unfrozen phase: its own epochs' times
+    budget.record(30.0)
+    assert budget.epoch_seconds == [30.0] and budget.total(done=4, elapsed=50, cap=100) == 4
 
 
 def test_time_budget_ends_the_run_at_the_epochs_that_fit_with_the_lr_decayed(
@@ -471,3 +477,16 @@ def test_time_budget_ends_the_run_at_the_epochs_that_fit_with_the_lr_decayed(
     totals = [total for _, total, _ in seen]
     assert totals == [50, 7, 4, 6, 11, 11, 11, 11, 11, 11, 11]
     assert seen[-1][2] == pytest.approx(1e-5)  # the cos schedule over 11 epochs ends at min_lr
+
+
+def test_a_budgets_last_epoch_is_evaluated(data_root, tmp_path, monkeypatch, cli):
+    # epochs of 10 s from 25 s on, a 60 s budget: epoch 3 would end at 55 s, its evaluation
+    # (not measured, so taken as an epoch) at 65; the run stops at 2, which evaluates
+    epochs = []
+    monkeypatch.setattr(EpochBudget, "record", lambda self, _: (self.epoch_seconds.append(10.0),
+                                                                epochs.append(1)))  # fmt: skip
+    monkeypatch.setattr(TimeSplit, "elapsed", lambda self: 25.0 + 10 * len(epochs))
+    argv = base_argv(data_root, tmp_path, "--no-freeze-train", "--unfreeze-epoch", "5",
+                     "--eval-period", "5", "--save-period", "0", "--time-budget", "60")  # fmt: skip
+    code, out, _ = cli(train.main, argv)
+    assert code == 0 and "Epoch:2/2" in out and "Epoch 2 mIoU" in out and "Epoch 1 mIoU" not in out

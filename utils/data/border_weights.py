@@ -17,8 +17,10 @@ sample's own random draws.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from utils.errors import UserError
@@ -59,7 +61,7 @@ def border_weight_map(objects: np.ndarray, w0: float = W0, sigma: float = SIGMA)
     return weights.astype(np.float32)
 
 
-def check_binary(raw: np.ndarray, path) -> None:
+def check_binary(raw: np.ndarray, path: Path) -> None:
     """Border weights need a label of two values; a grey label stops here, naming the file."""
     values = np.unique(raw)
     if values.size > 2:
@@ -69,6 +71,11 @@ def check_binary(raw: np.ndarray, path) -> None:
             "needs binary labels (objects light, the borders between them dark); threshold "
             "the labels to 0 and 255, or train without border_ce in --loss."
         )
+
+
+def dequantized(maps: torch.Tensor) -> torch.Tensor:
+    """uint8 maps as the float weights they stand for."""
+    return maps.float() / SCALE
 
 
 def quantized_weights(classes: np.ndarray, dataset_format: str) -> np.ndarray:

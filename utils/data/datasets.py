@@ -1,11 +1,13 @@
 """VOC and medical segmentation datasets: the layouts, what is wrong with them, and the loaders.
 
 One :class:`UnetDataset` serves both layouts, checked as it loads, augmented by
-:mod:`utils.data.augment`. Samples are ``(image, label)``: a (3, H, W) uint8 image (the model input
-is ``image / 255``, taken on the training device) and an (H, W) uint8 label where values >=
-``num_classes`` become the ignore value ``num_classes`` (made long on the device: int64 labels
-would be 8 times the bytes through the workers' shared memory). The Dice one-hot target is
-built on the device (``nets.losses.one_hot_target``), not here.
+:mod:`utils.data.augment`. Samples are ``(image, label)``: a (3, H, W) uint8 image (the model
+input is ``image / 255``, taken on the training device) and an (H, W) uint8 label where values
+>= ``num_classes`` become the ignore value ``num_classes`` (made long on the device: int64
+labels would be 8 times the bytes through the workers' shared memory); with border weights
+(``--loss border_ce``), ``(image, label, weights)``, an (H, W) uint8 map moved with the label
+(:mod:`utils.data.border_weights`). The Dice one-hot target is built on the device
+(``nets.losses.one_hot_target``), not here.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 
 from utils.data.augment import AUGMENTATIONS
 from utils.data.border_weights import check_binary, quantized_weights
+from utils.distributed import SINGLE_PROCESS, DistInfo
 from utils.errors import UserError
 from utils.images import read_image, read_label_png, stack_images
 from utils.progress import progress
 from utils.seeding import one_opencv_thread_per_worker, seed_worker
-from utils.training.distributed import SINGLE_PROCESS, DistInfo
 
 DATASET_FORMATS = ("voc", "medical")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
@@ -248,8 +250,8 @@ class UnetDataset(Dataset):
         self.label_paths = self.layout.label_files(self.names)
         if check_sample:
             self.check(check_sample)
-        #: each label's uint8 border weight map (the ``border_ce`` loss), or None
-        self.weights = self.border_weights() if border_weights else None
+        #: each label's uint8 weight map for the ``border_ce`` loss, or None
+        self.border_maps = self.compute_border_maps() if border_weights else None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -309,7 +311,7 @@ class UnetDataset(Dataset):
         self._check_size(index, label, size)
         return np.bincount(label.reshape(-1), minlength=256)
 
-    def border_weights(self) -> list[np.ndarray]:
+    def compute_border_maps(self) -> list[np.ndarray]:
         """Every label's weight map for the ``border_ce`` loss, computed once, in a thread per
         core; a grey (not binary) label stops with the file's name."""
 
@@ -327,7 +329,7 @@ class UnetDataset(Dataset):
     def rng(self, index: int, epoch: int | None = None) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch if epoch is None else epoch, index])
 
-    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, ...]:
         epoch, index = item if isinstance(item, tuple) else (self.epoch, item)
         image, label = self.read_pair(index)
         augment = AUGMENTATIONS[self.augment if self.train else "none"]
@@ -339,12 +341,12 @@ class UnetDataset(Dataset):
             torch.from_numpy(sample[0]).permute(2, 0, 1),
             torch.from_numpy(self.label_lut[sample[1]]),
         )
-        if self.weights is None:
+        if self.border_maps is None:
             return out
         # the weight map moved as the label was: the same augmentation, the same draws
         rng = self.rng(index, epoch)
         _, weights = augment.apply(
-            image, self.weights[index], self.input_shape, rng, crop=crop, path=path
+            image, self.border_maps[index], self.input_shape, rng, crop=crop, path=path
         )
         return (*out, torch.from_numpy(weights))
 

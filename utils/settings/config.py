@@ -1,5 +1,4 @@
-"""Every setting of train.py, declared once, with the original's default and a line of help,
-and the validation of a run's settings.
+"""Every setting of train.py, declared once, with the original's default and a line of help.
 
 Each setting is a field of one section dataclass; the section is its group in ``--help``. From
 these declarations come the settings that travel beside the weights (:data:`MODEL_KEYS`,

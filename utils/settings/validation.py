@@ -104,7 +104,7 @@ def _check_best_by(config: TrainConfig) -> None:
             "save_best_by (--save-best-by) miou needs the in-training mIoU, which --no-eval-flag "
             "turns off; drop one of the two."
         )
-    if evaluation.eval_period > config.schedule.unfreeze_epoch:
+    if evaluation.eval_period > config.schedule.unfreeze_epoch and not config.schedule.time_budget:
         raise UserError(
             f"save_best_by (--save-best-by) miou never gets an mIoU: --eval-period "
             f"{evaluation.eval_period} is past --unfreeze-epoch "

@@ -26,12 +26,17 @@ class EpochBudget:
     epoch_seconds: list[float] = field(default_factory=list)  # each epoch, evaluation apart
     eval_seconds: list[float] = field(default_factory=list)
 
-    def record(self, epoch_seconds: float, eval_seconds: float | None = None) -> None:
-        """One epoch's wall time, and that of its mIoU evaluation when it ran one."""
-        if eval_seconds is not None:
-            self.eval_seconds.append(eval_seconds)
-            epoch_seconds -= eval_seconds
+    def record(self, epoch_seconds: float) -> None:
+        """One epoch's wall time, its mIoU evaluation apart."""
         self.epoch_seconds.append(epoch_seconds)
+
+    def record_evaluation(self, seconds: float) -> None:
+        """The wall time of one mIoU evaluation."""
+        self.eval_seconds.append(seconds)
+
+    def new_phase(self) -> None:
+        """Epochs at another batch size (the original's frozen phase ends): timed afresh."""
+        self.epoch_seconds.clear()
 
     def total(self, done: int, elapsed: float, cap: int) -> int:
         """The number of epochs the run should have, at least ``done`` and at most ``cap``,
@@ -41,11 +46,15 @@ class EpochBudget:
         epoch = statistics.median(self.epoch_seconds[1:] or self.epoch_seconds)
         evaluation = statistics.median(self.eval_seconds) if self.eval_seconds else epoch
         total, clock = done, elapsed
-        while total < cap:
+        if self.evaluates and done % self.eval_period == 0:  # the epoch just trained evaluates
+            clock += evaluation
+        while total < cap:  # one more epoch, whose evaluation is due or is the last one
             due = self.evaluates and (total + 1) % self.eval_period == 0
-            cost = epoch + (evaluation if due else 0.0)
-            if clock + cost > self.seconds:
+            if clock + epoch + (evaluation if due else 0.0) > self.seconds:
                 break
-            clock += cost
+            clock += epoch + (evaluation if due else 0.0)
             total += 1
+        last = self.evaluates and total % self.eval_period != 0  # the cut epoch evaluates too
+        if last and total > done and clock + evaluation > self.seconds:
+            total -= 1
         return total

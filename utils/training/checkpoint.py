@@ -299,6 +299,7 @@ class CheckpointSaver:
             "log_dir": str(log_dir),
             "rng": capture_rng(next(model.parameters()).device),
             "config": self.config,
+            "total_epochs": self.total_epochs,  # as --time-budget fitted them
         }
         names = []
         if self.save_period and (epoch % self.save_period == 0 or epoch == self.total_epochs):
@@ -370,6 +371,7 @@ class Resumed:
     history: dict
     log_dir: Path
     notes: tuple[str, ...] = ()
+    total_epochs: int | None = None  # the run's count when saved (older checkpoints: none)
 
 
 #: Optimizer options that describe the implementation (fused kernels...), not the training:
@@ -432,6 +434,7 @@ def load_training_checkpoint(
         checkpoint["history"],
         Path(checkpoint["log_dir"]),
         notes=(note,) if note else (),
+        total_epochs=checkpoint.get("total_epochs"),
     )
     checkpoint.clear()
     return resumed

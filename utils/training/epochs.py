@@ -19,19 +19,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils.data.border_weights import SCALE
+from utils.data.border_weights import dequantized
 from utils.data.datasets import UnetDataset
 from utils.device import Runtime, prefers_channels_last
-from utils.errors import UserError
-from utils.inference.pipeline import InferencePipeline, default_batching
-from utils.progress import progress
-from utils.training.distributed import (
+from utils.distributed import (
     SINGLE_PROCESS,
     DistInfo,
     all_gather_rows,
     all_reduce_,
     all_reduce_sum,
 )
+from utils.errors import UserError
+from utils.inference.pipeline import InferencePipeline, default_batching
+from utils.progress import progress
 from utils.utils_metrics import ConfusionMatrix, f_score
 
 #: With one process the host reads the running loss at most this often (seconds), to show it
@@ -120,13 +120,13 @@ def train_one_epoch(
     bar = progress(total=steps, desc=desc, disable=not dist_info.is_main)
     last_read = time.monotonic()
     # zip stops before fetching a batch too many
-    for step, (images, labels, *weights) in zip(range(1, steps + 1), loader, strict=False):
+    for step, (images, labels, *maps) in zip(range(1, steps + 1), loader, strict=False):
         images = runtime.model_input(images)
         labels = runtime.labels(labels)
         optimizer.zero_grad(set_to_none=True)
         with runtime.autocast():
             outputs = model(images)
-        loss = criterion(outputs, labels, *pixel_weights(weights, runtime))
+        loss = criterion(outputs, labels, pixel_weights=border_weights(maps, runtime))
         with torch.no_grad():
             score = f_score(outputs, labels)
         scaler.scale(loss).backward()
@@ -146,9 +146,10 @@ def train_one_epoch(
     return _mean_over_ranks(means, runtime.device)
 
 
-def pixel_weights(weights: list[torch.Tensor], runtime: Runtime) -> list[torch.Tensor]:
-    """A batch's uint8 border weights (when the loss asked for them) as floats on the device."""
-    return [w.to(runtime.device, non_blocking=True).float() / SCALE for w in weights]
+def border_weights(maps: list[torch.Tensor], runtime: Runtime) -> torch.Tensor | None:
+    """A batch's uint8 border maps (a loss that weighs pixels asked for them) as float weights
+    on the device; None without."""
+    return dequantized(maps[0].to(runtime.device, non_blocking=True)) if maps else None
 
 
 def _show(bar, means: tuple[float, float], optimizer, refresh: bool) -> None:
@@ -178,12 +179,12 @@ def evaluate_loss(
     model.eval()
     means = RunningMeans(runtime.device)
     bar = progress(total=steps, desc="Validation", disable=not dist_info.is_main)
-    for _, (images, labels, *weights) in zip(range(steps), loader, strict=False):
+    for _, (images, labels, *maps) in zip(range(steps), loader, strict=False):
         images = runtime.model_input(images)
         labels = runtime.labels(labels)
         with runtime.autocast():
             outputs = model(images)
-        loss = criterion(outputs, labels, *pixel_weights(weights, runtime))
+        loss = criterion(outputs, labels, pixel_weights=border_weights(maps, runtime))
         means.add(loss, f_score(outputs, labels))
         bar.update()
     bar.set_postfix(val_loss=f"{means.read()[0]:.4f}")  # this rank's share

@@ -269,7 +269,7 @@ def save_augmented_samples(
     colors = class_colors(dataset.num_classes)
     tiles = []
     for index in range(count):
-        image, label = dataset[(epoch, index % len(dataset))]
+        image, label, *_ = dataset[(epoch, index % len(dataset))]  # border maps apart
         image = enlarge(image.permute(1, 2, 0).numpy(), min_side)
         label = enlarge(label.numpy().astype(np.uint8), min_side)
         tiles += [image, np.asarray(overlay(image, label, colors))]

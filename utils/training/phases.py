@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from utils.data.datasets import UnetDataset, check_split_size
+from utils.distributed import DistInfo
 from utils.errors import UserError
 from utils.settings.config import OptimizerSettings, ScheduleSettings, TrainConfig
-from utils.training.distributed import DistInfo
 from utils.training.lr_schedule import fit_lr
 
 

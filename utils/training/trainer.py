@@ -13,7 +13,6 @@ import shlex
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from nets.losses import needs_pixel_weights
 from utils.data.classes import class_colors, default_class_names, mapping_lines
 from utils.data.datasets import Loaders
 from utils.device import Runtime, bf16_note
+from utils.distributed import SINGLE_PROCESS, DistInfo, all_reduce_sum, barrier
 from utils.drawing import comparison_strip, grid
 from utils.errors import UserError
 from utils.settings.config import TrainConfig
@@ -34,7 +34,6 @@ from utils.training.checkpoint import (
     CheckpointSaver,
     load_training_checkpoint,
 )
-from utils.training.distributed import SINGLE_PROCESS, DistInfo, all_reduce_sum, barrier
 from utils.training.epochs import evaluate_loss, evaluate_miou, train_one_epoch
 from utils.training.log import TrainingLog
 from utils.training.lr_schedule import describe_lr, get_lr_scheduler, set_optimizer_lr
@@ -92,9 +91,13 @@ class Trainer:
         self.clock = TimeSplit()
         evaluation = config.evaluation
         self.budget = EpochBudget(
-            config.schedule.time_budget, evaluation.eval_period, evaluation.eval_flag
+            config.schedule.time_budget,
+            evaluation.eval_period,
+            evaluation.eval_flag and self.val_set is not None,
         )
-        self.most_epochs = config.schedule.unfreeze_epoch  # the budget's count may grow to it
+        #: the run's epochs: --unfreeze-epoch, or as many as --time-budget last fitted
+        self.total_epochs = config.schedule.unfreeze_epoch
+        self._epoch_ends = 0.0  # the clock's "epoch ends" when the budget last looked
         data = config.data
         self.class_names = data.name_classes or default_class_names(data.num_classes)
         self._warned: set[str] = set()  # warnings given once per run
@@ -109,12 +112,15 @@ class Trainer:
             device=self.runtime.device,
         )
         self.start_epoch, self.history = resumed.epoch, resumed.history
+        if self.budget.seconds and resumed.total_epochs:  # the schedule the LR was following
+            self.total_epochs = min(resumed.total_epochs, self.config.schedule.unfreeze_epoch)
+            self.saver.total_epochs = self.total_epochs
         self.log_dir = Path(self.config.output.save_dir) / resumed.log_dir.name  # beside it
         for note in resumed.notes:
             self.say(f"note: {note}")
         self._warned.add("lr clamp")  # said when the run began
-        total = self.config.schedule.unfreeze_epoch
-        if self.start_epoch >= total:
+        total = self.total_epochs
+        if self.start_epoch >= self.config.schedule.unfreeze_epoch:
             raise UserError(
                 f"the checkpoint already finished {self.start_epoch} epochs; raise "
                 "--unfreeze-epoch to train longer."
@@ -145,11 +151,12 @@ class Trainer:
                         loaders.close()
                     phase = Phase.at(config.schedule, epoch)
                     loaders = self.start_phase(phase)
+                    self.budget.new_phase()  # another batch size: epochs timed afresh
                 set_optimizer_lr(self.optimizer, self.lr_schedule(phase), epoch)
                 loaders.set_epoch(epoch)
                 self.run_epoch(epoch, loaders, log)
                 barrier()
-                if epoch + 1 >= self.config.schedule.unfreeze_epoch:
+                if epoch + 1 >= self.total_epochs:
                     break
                 epoch += 1
         except KeyboardInterrupt as stop:
@@ -246,23 +253,23 @@ class Trainer:
         """The phase's LR per epoch, over the run's epochs (as --time-budget last fitted them)."""
         opt = self.config.optimizer
         init_lr, min_lr = phase_lrs(opt, phase)
-        total = self.config.schedule.unfreeze_epoch
-        return get_lr_scheduler(opt.lr_decay_type, init_lr, min_lr, total)
+        return get_lr_scheduler(opt.lr_decay_type, init_lr, min_lr, self.total_epochs)
 
-    def fit_to_budget(self, epoch: int, started: float, eval_seconds: float | None) -> None:
-        """With --time-budget: the run's total epochs refitted to the time left (rank 0's
-        measure, so that every rank stops at the same epoch)."""
+    def fit_to_budget(self, epoch: int, started: float) -> None:
+        """With --time-budget, once ``epoch`` has trained (its mIoU apart): the run's total
+        refitted to the time left, by rank 0's measure, so that every rank stops at the same
+        epoch. The epoch's time includes the end of the epoch before (its saving)."""
         if not self.budget.seconds:
             return
-        self.budget.record(time.perf_counter() - started, eval_seconds)
-        schedule = self.config.schedule
-        total = self.budget.total(epoch + 1, self.clock.elapsed(), self.most_epochs)
+        ends = self.clock.seconds["epoch ends"]
+        self.budget.record(time.perf_counter() - started + ends - self._epoch_ends)
+        self._epoch_ends = ends
+        most = self.config.schedule.unfreeze_epoch
+        total = self.budget.total(epoch + 1, self.clock.elapsed(), most)
         if self.dist_info.enabled:
             mine = total if self.dist_info.is_main else 0
             total = int(all_reduce_sum([mine], self.runtime.device)[0])
-        if total != schedule.unfreeze_epoch:
-            self.config = replace(self.config, schedule=replace(schedule, unfreeze_epoch=total))
-            self.saver.total_epochs = total
+        self.total_epochs = self.saver.total_epochs = total
 
     def _distributed(self) -> nn.Module:
         """The model under DistributedDataParallel for this phase, as torchvision wraps it: DDP
@@ -287,7 +294,7 @@ class Trainer:
             runtime=self.runtime,
             steps=steps,
             epoch=epoch,
-            total_epochs=self.config.schedule.unfreeze_epoch,
+            total_epochs=self.total_epochs,
             dist_info=self.dist_info,
         )
         waited = clock.seconds["waiting for data"] - waited
@@ -297,12 +304,11 @@ class Trainer:
     def run_epoch(self, epoch: int, loaders: Loaders, log: TrainingLog | None) -> None:
         """Train one epoch, then the val loss, the mIoU when due, and (rank 0) save."""
         config, runtime = self.config, self.runtime
-        started, eval_seconds = time.perf_counter(), None
+        started = time.perf_counter()
         batches = TimedBatches(loaders.train, self.clock)
         loss, _ = self.train_steps(batches, loaders.train_steps, epoch)
         val_loss, scores = None, {}
         evaluation = config.evaluation
-        due = evaluation.eval_flag and (epoch + 1) % evaluation.eval_period == 0
         with self.clock.part("evaluation"):
             if loaders.val is not None:
                 val_loss, _ = evaluate_loss(
@@ -313,11 +319,15 @@ class Trainer:
                     steps=loaders.val_steps,
                     dist_info=self.dist_info,
                 )
-            if due and self.val_set is not None:
+        self.fit_to_budget(epoch, started)
+        due = evaluation.eval_flag and (epoch + 1) % evaluation.eval_period == 0
+        # a budget's last epoch is evaluated too: its mIoU, and a best_epoch_weights.pth by it
+        due |= bool(evaluation.eval_flag and self.budget.seconds and epoch + 1 == self.total_epochs)
+        if due and self.val_set is not None:
+            with self.clock.part("evaluation"):
                 eval_start = time.perf_counter()
                 scores = self.evaluate()
-                eval_seconds = time.perf_counter() - eval_start
-        self.fit_to_budget(epoch, started, eval_seconds)
+                self.budget.record_evaluation(time.perf_counter() - eval_start)
         if log is not None:
             self.end_of_epoch(epoch, log, loss=loss, val_loss=val_loss, **scores)
 
@@ -381,7 +391,7 @@ class Trainer:
             log.add_samples(epoch + 1, samples)
         text = f"Total Loss: {loss:.3f}"
         text += f" || Val Loss: {val_loss:.3f}" if val_loss is not None else ""
-        print(f"Epoch:{epoch + 1}/{self.config.schedule.unfreeze_epoch}\n{text}")
+        print(f"Epoch:{epoch + 1}/{self.total_epochs}\n{text}")
         # the files of the epoch before last are whole, and the buffers they used are free
         self.writer.wait(keep=len(self.saver.snapshots) - 1)
         write_checkpoint = self.saver.save(
@@ -395,7 +405,7 @@ class Trainer:
             val_loss=val_loss,
             best=best,
         )
-        last = epoch + 1 == self.config.schedule.unfreeze_epoch
+        last = epoch + 1 == self.total_epochs
         self.writer.submit(log.writer(final=last), write_checkpoint)
 
 
