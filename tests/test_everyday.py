@@ -226,6 +226,17 @@ def test_training_without_a_val_split_says_so_and_writes_no_val_loss(tmp_path, m
     assert "Val Loss" not in out and [b["val_batch_size"] for b in built] == [None]
 
 
+def test_an_empty_val_split_trains_without_validation_though_val_ids_exist(data_root, tmp_path,
+                                                                         cli):  # fmt: skip
+    argv = ["--dataset-path", str(data_root), "--num-classes", "4", "--model-path", "",
+            "--input-shape", "32", "32", "--no-freeze-train", "--unfreeze-epoch", "1",
+            "--num-workers", "0", "--device", "cpu", "--val-split", "",
+            "--save-dir", str(tmp_path / "logs")]  # fmt: skip
+    code, out, err = cli(train.main, argv)
+    assert code == 0 and "No validation (--val-split '')" in out, err
+    assert "Val Loss" not in out and "Epoch 1 mIoU" not in out
+
+
 def test_the_val_batch_is_capped_at_the_val_split(trained, tmp_path, monkeypatch, cli):
     root, _ = trained  # 12 demo images: 10 train, 2 val after voc_annotation's split
     val = (root / "VOC2007/ImageSets/Segmentation/val.txt").read_text().split()

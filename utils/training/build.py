@@ -39,6 +39,12 @@ def build_data(
         crop=bool(data.train_crop),
         **common,
     )
+    if not data.val_split:
+        say(
+            "No validation (--val-split ''): no val loss or mIoU while training, and "
+            "best_epoch_weights.pth follows the train loss; get_miou.py scores the weights after."
+        )
+        return train, None
     val_path = split_path(data.dataset_path, data.val_split, data.dataset_format)
     if data.val_split == "val" and (not val_path.is_file() or not val_path.read_text().split()):
         state = "is empty" if val_path.is_file() else "does not exist"
