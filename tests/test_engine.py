@@ -229,7 +229,7 @@ def test_the_predictor_makes_its_gpu_the_current_device(tmp_path, monkeypatch):
 def test_nccl_binds_each_rank_to_its_gpu_when_the_group_starts(monkeypatch):
     """``device_id``: NCCL knows the rank's GPU at once instead of guessing at the first
     barrier (and gloo, on the CPU, takes none)."""
-    from utils.training import distributed
+    from utils import distributed
 
     calls = []
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set", device)))

@@ -34,8 +34,8 @@ def poisoned_forward(call: int, value: str = "nan", rank: int | None = None):
     real = SegmentationLoss.forward
     calls = {"train": 0}
 
-    def poisoned(self, outputs, labels):
-        loss = real(self, outputs, labels)
+    def poisoned(self, outputs, labels, pixel_weights=None):
+        loss = real(self, outputs, labels, pixel_weights)
         if not torch.is_grad_enabled():  # the val loss
             return loss
         calls["train"] += 1

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from utils.errors import UserError
 
@@ -42,6 +41,8 @@ def border_weight_map(objects: np.ndarray, w0: float = W0, sigma: float = SIGMA)
     Each object's distances are computed in its bounding box grown by ``4 sigma``: farther
     away, d1 + d2 > 4 sigma and the border term is below ``w0 * exp(-8)``, so it is left out.
     """
+    from scipy import ndimage  # only where border weights are asked for: train.py starts fast
+
     regions, count = ndimage.label(objects)
     reach = math.ceil(4 * sigma)
     nearest = np.full(objects.shape, np.inf, dtype=np.float32)
