@@ -201,6 +201,11 @@ def read_class_label(path: Path, num_classes: int, dataset_format: str = "voc") 
     return label.astype(np.uint8)
 
 
+def label_reader_pool() -> ThreadPoolExecutor:
+    """Threads that read every label of a data set: one a core, at most 8."""
+    return ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1)))
+
+
 class UnetDataset(Dataset):
     """Images and class-index labels of a VOC or medical layout, letterboxed or augmented.
 
@@ -283,7 +288,7 @@ class UnetDataset(Dataset):
         which class, and the time it took in ``check_seconds``."""
         start = time.perf_counter()
         decoded = set(np.linspace(0, len(self) - 1, min(sample, len(self))).astype(int).tolist())
-        with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+        with label_reader_pool() as pool:
             counts = sum(pool.map(lambda i: self._label_counts(i, i in decoded), range(len(self))))
         #: pixels per label value (medical: per class) over every label, and how many
         self.label_counts, self.checked = counts, len(self)
@@ -322,7 +327,7 @@ class UnetDataset(Dataset):
             classes = read_class_label(path, self.num_classes, self.dataset_format)
             return quantized_weights(classes, self.dataset_format)
 
-        with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+        with label_reader_pool() as pool:
             maps = pool.map(weights, range(len(self)))
             return list(progress(maps, total=len(self), desc="border weights"))
 

@@ -160,7 +160,9 @@ class LossSettings:
     @property
     def terms(self) -> list[str]:
         """The terms the run adds up: ``--loss``, or the original's switches' choice."""
-        return list(self.loss) if self.loss else original_terms(self.dice_loss, self.focal_loss)
+        if self.loss is not None:
+            return list(self.loss)
+        return original_terms(self.dice_loss, self.focal_loss)
 
 
 @dataclass(frozen=True)

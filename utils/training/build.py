@@ -74,7 +74,5 @@ def build_model(data: DataSettings, runtime: Runtime, say: Say = print) -> Unet:
 
 def build_criterion(config: TrainConfig, device: torch.device) -> SegmentationLoss:
     loss = config.loss
-    criterion = SegmentationLoss(
-        config.data.num_classes, loss.cls_weights, loss.dice_loss, loss.focal_loss, loss.loss
-    )
+    criterion = SegmentationLoss(config.data.num_classes, loss.cls_weights, terms=loss.terms)
     return criterion.to(device)
