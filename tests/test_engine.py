@@ -164,6 +164,29 @@ def test_tf32_is_pytorchs_default_and_no_tf32_keeps_fp32_strict_until_the_run_en
         torch.backends.cuda.matmul.allow_tf32 = False
 
 
+def dead_weights_adam_moment(steps: int) -> float:
+    """Adam's first moment of a weight whose gradient was 1 once and zero after, ``steps`` later:
+    0.1 * 0.9**steps, a denormal fp32 after about 800 steps (a dead ReLU's weight)."""
+    weight = torch.nn.Parameter(torch.ones(4))
+    optimizer = torch.optim.Adam([weight], lr=1e-3, fused=True)  # as build_optimizer makes it
+    weight.grad = torch.ones(4)
+    for _ in range(steps + 1):
+        optimizer.step()
+        weight.grad.zero_()
+    return optimizer.state[weight]["exp_avg"].abs().max().item()
+
+
+def test_a_run_flushes_cpu_denormals_to_zero_and_gives_pytorchs_default_back():
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush denormals (torch.set_flush_denormal: x86 with SSE3)")
+    smallest_normal = torch.finfo(torch.float32).tiny
+    assert 0 < dead_weights_adam_moment(900) < smallest_normal  # PyTorch's default: denormal
+    with backend_settings():
+        assert dead_weights_adam_moment(900) == 0  # flushed: no slow arithmetic on it
+        assert dead_weights_adam_moment(700) > smallest_normal  # normal values untouched
+    assert 0 < dead_weights_adam_moment(900) < smallest_normal
+
+
 def test_deterministic_replaces_a_nondeterministic_cublas_workspace(monkeypatch, capsys):
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":0:0")
     with backend_settings(deterministic=True):
