@@ -2,6 +2,7 @@
 
     python -m benchmarks.backbones                  # 512x512, the docs' table
     python -m benchmarks.backbones --size 256 --repeats 2
+    python -m benchmarks.backbones --backbones vgg vgg16_bn   # some of them
 
 Each row is a 21-class UNet on that encoder: its parameters, the multiply-adds of one forward
 pass at ``--size`` counted by ``torch.utils.flop_counter`` (GFLOPs = 2 x multiply-adds / 1e9,
@@ -49,6 +50,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=512, help="input height and width")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes; the best counts")
+    parser.add_argument(
+        "--backbones",
+        nargs="+",
+        choices=list(BACKBONES),
+        default=list(BACKBONES),
+        help="the rows (default: every encoder)",
+    )
     args = parser.parse_args(argv)
     bf16 = cpu_has_native_bf16()
     print(f"{args.size}x{args.size}, 21 classes, batch 1, {torch.get_num_threads()} threads, "
@@ -56,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     head = ["backbone", "parameters", "GFLOPs", "CPU fp32"] + (["CPU bf16"] if bf16 else [])
     print("| " + " | ".join(head) + " |")
     print("| --- |" + " ---: |" * (len(head) - 1))
-    for name in BACKBONES:
+    for name in args.backbones:
         print(row(name, args.size, args.repeats, bf16), flush=True)
 
 

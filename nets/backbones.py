@@ -5,7 +5,8 @@ half the size of the one before: strides 1 to 16 for VGG, 2 to 32 for the others
 lives in the UNet (its attribute, hence its state-dict prefix), the channels of those five
 maps, the multiple that the input's height and width must be, and whether its first map is at
 stride 2 (the decoder then ends with one more upsampling). The original's ``vgg`` and
-``resnet50`` are the first two rows; torchvision's ResNet-18, ResNet-34 and MobileNetV3-Large
+``resnet50`` are the first two rows, then VGG16 with batch norm (torchvision's ``vgg16_bn``
+layout, built here); torchvision's ResNet-18, ResNet-34 and MobileNetV3-Large
 follow, under their torchvision builder names, with their ImageNet weights found by
 torchvision's weights API and read like VGG's (``model_data/`` first, a download otherwise).
 A new encoder is one :func:`register` call.
@@ -22,7 +23,7 @@ from torch import nn
 from nets.errors import UserError
 from nets.pretrained import load_pretrained
 from nets.resnet import resnet50
-from nets.vgg import VGG16
+from nets.vgg import VGG16, VGG16_BN
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,8 @@ register(Backbone("vgg", VGG16, "vgg", (64, 128, 256, 512, 512), 16, False,
                   "VGG16, the original's default"))  # fmt: skip
 register(Backbone("resnet50", resnet50, "resnet", (64, 256, 512, 1024, 2048), 32, True,
                   "ResNet-50, the original's other"))  # fmt: skip
+register(Backbone("vgg16_bn", VGG16_BN, "vgg16_bn", (64, 128, 256, 512, 512), 16, False,
+                  "VGG16 with batch norm, as torchvision's vgg16_bn"))  # fmt: skip
 for _name, _channels, _summary in (
     ("resnet18", (64, 64, 128, 256, 512), "torchvision's ResNet-18"),
     ("resnet34", (64, 64, 128, 256, 512), "torchvision's ResNet-34"),

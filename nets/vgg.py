@@ -1,4 +1,5 @@
-"""VGG16 (configuration D, no batch norm) as the UNet encoder, laid out as torchvision's."""
+"""VGG16 (configuration D) as the UNet encoder, laid out as torchvision's: the original's, without
+batch norm, and torchvision's ``vgg16_bn``, with it."""
 
 from __future__ import annotations
 
@@ -8,21 +9,24 @@ from torch import nn
 from nets.pretrained import load_pretrained
 
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
+VGG16_BN_URL = "https://download.pytorch.org/models/vgg16_bn-6c64b313.pth"
 #: VGG configuration D: conv3x3 output channels, "M" for a 2x2 max pool.
 VGG16_CONFIG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
                 512, 512, 512, "M"]  # fmt: skip
 
 
-def make_layers(config: list, in_channels: int = 3) -> nn.Sequential:
-    """Conv3x3 (padding 1) + ReLU per number and a 2x2 max pool per "M", at torchvision's
-    indices (this module does not import torchvision, which costs a second at start-up)."""
+def make_layers(config: list, in_channels: int = 3, batch_norm: bool = False) -> nn.Sequential:
+    """Conv3x3 (padding 1) (+ batch norm) + ReLU per number and a 2x2 max pool per "M", at
+    torchvision's indices (this module does not import torchvision, which costs a second at
+    start-up)."""
     layers: list[nn.Module] = []
     for value in config:
         if value == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         else:
-            layers += [nn.Conv2d(in_channels, value, kernel_size=3, padding=1),
-                       nn.ReLU(inplace=True)]  # fmt: skip
+            layers.append(nn.Conv2d(in_channels, value, kernel_size=3, padding=1))
+            layers += [nn.BatchNorm2d(value)] if batch_norm else []
+            layers.append(nn.ReLU(inplace=True))
             in_channels = value
     return nn.Sequential(*layers)
 
@@ -35,32 +39,50 @@ class VGG(nn.Module):
     average pool are not built: the encoder never uses them.
     """
 
-    def __init__(self, in_channels: int = 3):
+    def __init__(self, in_channels: int = 3, batch_norm: bool = False):
         super().__init__()
-        self.features = make_layers(VGG16_CONFIG)
+        self.features = make_layers(VGG16_CONFIG, batch_norm=batch_norm)
         if in_channels != 3:
             self.features[0] = nn.Conv2d(in_channels, 64, kernel_size=3, padding=1)
+        pools = [i for i, layer in enumerate(self.features) if isinstance(layer, nn.MaxPool2d)]
+        # each map ends before a pool and the next begins with it (without batch norm: the
+        # reference's slices [:4], [4:9], [9:16], [16:23], [23:-1]); the last pool is unused
+        self.stages = list(zip([0] + pools[:4], pools, strict=True))
         self._initialize_weights()
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        feat1 = self.features[:4](x)  # stride 1, 64 channels
-        feat2 = self.features[4:9](feat1)  # stride 2, 128
-        feat3 = self.features[9:16](feat2)  # stride 4, 256
-        feat4 = self.features[16:23](feat3)  # stride 8, 512
-        feat5 = self.features[23:-1](feat4)  # stride 16, 512; the last pool is unused
-        return [feat1, feat2, feat3, feat4, feat5]
+        features = []  # strides 1 to 16; 64, 128, 256, 512 and 512 channels
+        for start, end in self.stages:
+            x = self.features[start:end](x)
+            features.append(x)
+        return features
 
     def _initialize_weights(self) -> None:
-        """torchvision's (and the reference's) VGG init: Kaiming fan-out convs, zero biases."""
+        """torchvision's (and the reference's) VGG init: Kaiming fan-out convs, zero biases;
+        batch norm at scale 1, shift 0."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
 
 def VGG16(pretrained: bool = False, in_channels: int = 3) -> VGG:
     """The reference's constructor; ``pretrained`` loads the ImageNet ``features`` weights."""
-    model = VGG(in_channels)
+    return _vgg16(pretrained, in_channels, batch_norm=False)
+
+
+def VGG16_BN(pretrained: bool = False, in_channels: int = 3) -> VGG:
+    """VGG16 with batch norm after each conv (torchvision's ``vgg16_bn``); ``pretrained`` loads
+    torchvision's ImageNet ``features`` weights."""
+    return _vgg16(pretrained, in_channels, batch_norm=True)
+
+
+def _vgg16(pretrained: bool, in_channels: int, batch_norm: bool) -> VGG:
+    model = VGG(in_channels, batch_norm)
     if pretrained:
-        load_pretrained(model, VGG16_URL, keep=lambda key: key.startswith("features."))
+        url = VGG16_BN_URL if batch_norm else VGG16_URL
+        load_pretrained(model, url, keep=lambda key: key.startswith("features."))
     return model

@@ -1,6 +1,6 @@
-"""The table of encoders: torchvision's ResNet-18, ResNet-34 and MobileNetV3-Large under the
-original's UNet decoder, their ImageNet files read offline, and a backbone registered by a test
-that trains, predicts and exports without another file changing."""
+"""The table of encoders: VGG16 with batch norm and torchvision's ResNet-18, ResNet-34 and
+MobileNetV3-Large under the original's UNet decoder, their ImageNet files read offline, and a
+backbone registered by a test that trains, predicts and exports without another file changing."""
 
 from urllib.error import URLError
 
@@ -17,7 +17,7 @@ from tests.conftest import base_argv
 from utils.errors import UserError
 from utils.training.checkpoint import backbone_of
 
-NEW = ["resnet18", "resnet34", "mobilenet_v3_large"]
+NEW = ["vgg16_bn", "resnet18", "resnet34", "mobilenet_v3_large"]
 
 
 def torchvision_models():
@@ -37,8 +37,9 @@ def test_each_new_encoder_gives_full_size_logits_under_its_own_prefix(name):
     model.freeze_backbone()
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert frozen == {n for n, _ in model.named_parameters() if n.startswith(f"{name}.")}
-    with pytest.raises(UserError, match=r"multiples of 32.*height 48 -> 32 or 64"):
-        model(torch.rand(1, 3, 48, 64))
+    multiple = BACKBONES[name].multiple
+    with pytest.raises(UserError, match=rf"multiples of {multiple}.*height {multiple + 8} ->"):
+        model(torch.rand(1, 3, multiple + 8, 64))
     norms = sum(isinstance(m, nn.BatchNorm2d) for m in model.encoder.modules())
     synced = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # --sync-bn: layers replaced
     ran = []
@@ -69,14 +70,17 @@ def test_imagenet_weights_come_from_model_data_offline_and_give_torchvisions_fea
     encoder = Unet(num_classes=2, pretrained=True, backbone=name).eval().encoder
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
-        if name.startswith("resnet"):
+        if name.startswith("vgg"):
+            expected = theirs.features[:-1](x)  # the last pool is unused
+        elif name.startswith("resnet"):
             stem = theirs.relu(theirs.bn1(theirs.conv1(x)))
             expected = theirs.layer4(theirs.layer3(theirs.layer2(theirs.layer1(
                 theirs.maxpool(stem)))))  # fmt: skip
         else:
             expected = theirs.features(x)
         features = encoder(x)
-    assert [f.shape[-1] for f in features] == [32, 16, 8, 4, 2]
+    first = 32 if BACKBONES[name].first_at_half else 64
+    assert [f.shape[-1] for f in features] == [first >> i for i in range(5)]
     assert [f.shape[1] for f in features] == list(BACKBONES[name].channels)
     torch.testing.assert_close(features[-1], expected, rtol=0, atol=0)
     (tmp_path / "model_data" / file_name).unlink()

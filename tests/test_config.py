@@ -281,8 +281,8 @@ def test_an_augmentation_is_registered_once_and_the_flag_and_help_follow():
     from utils.data.augment import AUGMENTATIONS
 
     info = SETTINGS["augment"]
-    assert info.options["choices"] == tuple(AUGMENTATIONS) == ("reference", "flip", "elastic",
-                                                               "shapes", "none")  # fmt: skip
+    names = ("reference", "flip", "d4", "elastic", "shapes", "none")
+    assert info.options["choices"] == tuple(AUGMENTATIONS) == names
     text = " ".join(train.get_parser().format_help().split())
     for augmentation in AUGMENTATIONS.values():
         assert f"{augmentation.name} = {augmentation.help}" in text

@@ -102,6 +102,31 @@ def test_flip_augmentation_flips_image_and_label_together_and_nothing_else(tmp_p
     assert len(seen) == 4  # both flips, alone and together, and none
 
 
+def test_d4_augmentation_draws_each_of_the_8_turns_and_mirrors_with_its_label(tmp_path):
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[2:6, 3:9] = 200  # an asymmetric block: each of the 8 gives another picture
+    label = np.zeros((32, 32), np.uint8)
+    label[2:6, 3:9] = 1
+    write_voc_pair(tmp_path, "a", image, label)
+    plain = UnetDataset(["a"], (32, 32), 2, False, tmp_path)[0][0]
+    views = [(turns, mirror) for turns in range(4) for mirror in (False, True)]
+
+    def view(x, turns, mirror):  # x: (..., H, W)
+        x = torch.rot90(x, turns, dims=(-2, -1))
+        return x.flip(-1) if mirror else x
+
+    seen = set()
+    for epoch in range(64):
+        dataset = UnetDataset(["a"], (32, 32), 2, True, tmp_path, augment="d4", seed=2)
+        dataset.set_epoch(epoch)
+        out, out_label = dataset[0]
+        found = [v for v in views if torch.equal(out, view(plain, *v))]
+        assert len(found) == 1, f"epoch {epoch}: not a turn or mirror of the image"
+        assert torch.equal(out_label, view(torch.from_numpy(label), *found[0]))
+        seen.add(found[0])
+    assert len(seen) == 8
+
+
 def test_shapes_augmentation_moves_the_label_with_the_shape_and_never_keeps_its_colour():
     """A shape of one colour on another: wherever the label says shape (its inside: resampling
     blurs the edges) the image is one colour, another than the background's, and that colour

@@ -66,6 +66,15 @@ def flip(image: Image.Image, label: np.ndarray, size, rng, crop=False, path=None
     return random_flips(image, label, rng)
 
 
+@augmentation("d4", "the 8 turns and mirrors: flips and quarter turns")
+def d4(image: Image.Image, label: np.ndarray, size, rng, crop=False, path=None):
+    """Flips and quarter turns, for data with neither an "up" nor a handedness, such as cells
+    (a turn keeps the sides only when the input is square: 180 degrees at most otherwise)."""
+    image, label = fit(np.asarray(image), label, size, rng, crop, path)
+    image, label = random_turns(image, label, rng)
+    return random_flips(image, label, rng)
+
+
 @augmentation(
     "elastic", "the U-Net paper's elastic deformation with flips, turns and brightness/contrast"
 )

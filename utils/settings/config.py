@@ -82,7 +82,7 @@ class DataSettings:
     allow_backbone_mismatch: bool = setting(
         False, "train even when backbone tensors of --model-path do not fit the model")
     input_shape: list[int] = setting(
-        [512, 512], "network input size; multiples of 16 (vgg) or 32 (the other backbones)",
+        [512, 512], "network input size; multiples of 16 (vgg, vgg16_bn) or 32 (the others)",
         original="input_shape", metavar=("H", "W"), travels=True, fixed=True)
     init_type: str = setting(
         "kaiming", "weight init when not --pretrained; the original's 'normal' (N(0, 0.02)) "
@@ -212,7 +212,7 @@ class RuntimeSettings:
         False, "deterministic algorithms only, cuDNN without autotuning: a resumed run then "
         "reproduces an uninterrupted one bit for bit on CUDA too, at some speed")
     sync_bn: bool = setting(
-        False, "SyncBatchNorm across torchrun processes (CUDA; vgg alone has no BatchNorm); "
+        False, "SyncBatchNorm across torchrun processes (CUDA; vgg has no BatchNorm); "
         "every BatchNorm layer of every step then waits for all of them: worth it only when "
         "each GPU's share of the batch is small (a few images), where its own batch statistics "
         "are noisy", original="sync_bn")
