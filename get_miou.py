@@ -26,7 +26,7 @@ from utils.data.datasets import (
     read_class_label,
     read_split,
 )
-from utils.device import backend_settings
+from utils.device import backend_settings, flush_denormals
 from utils.drawing import draw_legend
 from utils.errors import UserError, exit_on_user_error
 from utils.inference.engines import settings_of
@@ -82,6 +82,7 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
+    flush_denormals()  # before the intra-op threads start, so that they flush too
     args = get_args(argv)
     given = {key: getattr(args, key) for key in MODEL_KEYS}
     out = Path(args.miou_out_path)

@@ -27,7 +27,7 @@ from PIL import Image
 
 from unet import Unet
 from utils.data.datasets import IMAGE_EXTENSIONS, DatasetLayout, read_split
-from utils.device import backend_settings
+from utils.device import backend_settings, flush_denormals
 from utils.errors import UserError, exit_on_user_error
 from utils.images import distinct_names, read_image
 from utils.inference.engines import ENGINES
@@ -419,6 +419,7 @@ def score_int8(fp32: Path, args) -> None:
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
+    flush_denormals()  # before the intra-op threads start, so that they flush too
     args = get_args(argv)
     with backend_settings(deterministic=False, tf32=args.tf32):
         unet = Unet(**predictor_kwargs(args, Unet, model_path=model_path(args)))

@@ -22,7 +22,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from utils.device import Runtime, backend_settings, resolve_runtime, use_device
+from utils.device import Runtime, backend_settings, flush_denormals, resolve_runtime, use_device
 from utils.distributed import (
     DistInfo,
     cleanup_distributed,
@@ -168,6 +168,7 @@ def run(
 def main(
     argv: list[str] | None = None, recipe: str | Path | None = None, description: str | None = None
 ) -> None:
+    flush_denormals()  # before the intra-op threads start, so that they flush too
     config, args, checkpoint = get_config(argv, recipe, description)
     settings = config.runtime
     # before anything starts CUDA: determinism needs the cuBLAS workspace set first

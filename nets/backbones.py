@@ -23,7 +23,7 @@ from torch import nn
 from nets.errors import UserError
 from nets.pretrained import load_pretrained
 from nets.resnet import resnet50
-from nets.vgg import VGG16, VGG16_BN
+from nets.vgg import VGG16, vgg16_bn
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ register(Backbone("vgg", VGG16, "vgg", (64, 128, 256, 512, 512), 16, False,
                   "VGG16, the original's default"))  # fmt: skip
 register(Backbone("resnet50", resnet50, "resnet", (64, 256, 512, 1024, 2048), 32, True,
                   "ResNet-50, the original's other"))  # fmt: skip
-register(Backbone("vgg16_bn", VGG16_BN, "vgg16_bn", (64, 128, 256, 512, 512), 16, False,
+register(Backbone("vgg16_bn", vgg16_bn, "vgg16_bn", (64, 128, 256, 512, 512), 16, False,
                   "VGG16 with batch norm, as torchvision's vgg16_bn"))  # fmt: skip
 for _name, _channels, _summary in (
     ("resnet18", (64, 64, 128, 256, 512), "torchvision's ResNet-18"),

@@ -74,7 +74,7 @@ def VGG16(pretrained: bool = False, in_channels: int = 3) -> VGG:
     return _vgg16(pretrained, in_channels, batch_norm=False)
 
 
-def VGG16_BN(pretrained: bool = False, in_channels: int = 3) -> VGG:
+def vgg16_bn(pretrained: bool = False, in_channels: int = 3) -> VGG:
     """VGG16 with batch norm after each conv (torchvision's ``vgg16_bn``); ``pretrained`` loads
     torchvision's ImageNet ``features`` weights."""
     return _vgg16(pretrained, in_channels, batch_norm=True)

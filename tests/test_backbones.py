@@ -58,6 +58,10 @@ def test_imagenet_weights_come_from_model_data_offline_and_give_torchvisions_fea
     models = torchvision_models()
     torch.manual_seed(0)
     theirs = models.get_model(name, weights=None).eval()
+    for module in theirs.modules():  # statistics that only a loaded file gives
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
     file_name = models.get_model_weights(name).IMAGENET1K_V1.url.rsplit("/", 1)[-1]
     (tmp_path / "model_data").mkdir()
     torch.save(theirs.state_dict(), tmp_path / "model_data" / file_name)
@@ -70,19 +74,23 @@ def test_imagenet_weights_come_from_model_data_offline_and_give_torchvisions_fea
     encoder = Unet(num_classes=2, pretrained=True, backbone=name).eval().encoder
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
-        if name.startswith("vgg"):
-            expected = theirs.features[:-1](x)  # the last pool is unused
+        if name.startswith("vgg"):  # all five maps: each ends before a pool
+            expected, y = [], x
+            for layer in theirs.features:
+                expected += [y] if isinstance(layer, nn.MaxPool2d) else []
+                y = layer(y)
         elif name.startswith("resnet"):
             stem = theirs.relu(theirs.bn1(theirs.conv1(x)))
-            expected = theirs.layer4(theirs.layer3(theirs.layer2(theirs.layer1(
-                theirs.maxpool(stem)))))  # fmt: skip
+            expected = [theirs.layer4(theirs.layer3(theirs.layer2(theirs.layer1(
+                theirs.maxpool(stem)))))]  # fmt: skip
         else:
-            expected = theirs.features(x)
+            expected = [theirs.features(x)]
         features = encoder(x)
     first = 32 if BACKBONES[name].first_at_half else 64
     assert [f.shape[-1] for f in features] == [first >> i for i in range(5)]
     assert [f.shape[1] for f in features] == list(BACKBONES[name].channels)
-    torch.testing.assert_close(features[-1], expected, rtol=0, atol=0)
+    for ours, theirs_map in zip(features[-len(expected) :], expected, strict=True):
+        torch.testing.assert_close(ours, theirs_map, rtol=0, atol=0)
     (tmp_path / "model_data" / file_name).unlink()
     with pytest.raises(UserError, match=rf"place it at model_data/{file_name}"):
         Unet(num_classes=2, pretrained=True, backbone=name)

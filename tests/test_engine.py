@@ -3,6 +3,7 @@ memory layouts, precisions and devices, DDP as torchvision runs it, a NaN on one
 determinism, the interpolation cache, one layout for evaluation, and a GPU check that fails
 only for the right reasons."""
 
+import importlib
 import os
 import re
 import subprocess
@@ -164,27 +165,50 @@ def test_tf32_is_pytorchs_default_and_no_tf32_keeps_fp32_strict_until_the_run_en
         torch.backends.cuda.matmul.allow_tf32 = False
 
 
-def dead_weights_adam_moment(steps: int) -> float:
-    """Adam's first moment of a weight whose gradient was 1 once and zero after, ``steps`` later:
-    0.1 * 0.9**steps, a denormal fp32 after about 800 steps (a dead ReLU's weight)."""
-    weight = torch.nn.Parameter(torch.ones(4))
-    optimizer = torch.optim.Adam([weight], lr=1e-3, fused=True)  # as build_optimizer makes it
-    weight.grad = torch.ones(4)
-    for _ in range(steps + 1):
-        optimizer.step()
-        weight.grad.zero_()
-    return optimizer.state[weight]["exp_avg"].abs().max().item()
+DENORMALS = """
+import sys, torch
+from utils.device import flush_denormals
+torch.set_num_threads(2)
+if sys.argv[1] == "flush" and not flush_denormals():
+    sys.exit(3)
+x = torch.full((1 << 20,), 1e-40)  # denormal fp32, enough for both intra-op threads
+flushed = int((x * 1.0 == 0).sum())
+weight = torch.nn.Parameter(torch.ones(1 << 20))  # a dead ReLU's weights: a gradient once
+optimizer = torch.optim.Adam([weight], lr=1e-3, fused=True)  # as build_optimizer makes it
+weight.grad = torch.ones_like(weight)
+for step in range(901):
+    optimizer.step()
+    weight.grad.zero_()
+    if step == 700:
+        at_700 = optimizer.state[weight]["exp_avg"].min().item()  # 0.1 * 0.9**700: normal
+moment = optimizer.state[weight]["exp_avg"]  # 0.1 * 0.9**900: a denormal unless flushed
+print(flushed, int((moment == 0).sum()), at_700 >= torch.finfo(torch.float32).tiny)
+"""
 
 
-def test_a_run_flushes_cpu_denormals_to_zero_and_gives_pytorchs_default_back():
-    if not torch.set_flush_denormal(False):
+@pytest.mark.parametrize("flush", [True, False])
+def test_flushed_denormals_are_zero_on_every_intra_op_thread_and_in_adams_moments(flush):
+    """Adam's first moment of a weight whose gradient stays zero decays into the denormals
+    after ~800 steps, where the CPU computes slowly; flushed, it is zero on both threads."""
+    argv = [sys.executable, "-c", DENORMALS, "flush" if flush else "default"]
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    if done.returncode == 3:
         pytest.skip("this CPU cannot flush denormals (torch.set_flush_denormal: x86 with SSE3)")
-    smallest_normal = torch.finfo(torch.float32).tiny
-    assert 0 < dead_weights_adam_moment(900) < smallest_normal  # PyTorch's default: denormal
-    with backend_settings():
-        assert dead_weights_adam_moment(900) == 0  # flushed: no slow arithmetic on it
-        assert dead_weights_adam_moment(700) > smallest_normal  # normal values untouched
-    assert 0 < dead_weights_adam_moment(900) < smallest_normal
+    assert done.returncode == 0, done.stderr
+    flushed, zero_moments, normal_kept = done.stdout.split()
+    everything = str(1 << 20) if flush else "0"
+    assert (flushed, zero_moments, normal_kept) == (everything, everything, "True")
+
+
+@pytest.mark.parametrize("script", ["train", "predict", "get_miou"])
+def test_each_script_flushes_denormals_before_anything_else(script, monkeypatch):
+    module = importlib.import_module(script)
+    calls = []
+    monkeypatch.setattr(module, "flush_denormals", lambda: calls.append(1) or True)
+    monkeypatch.setattr(module, "backend_settings", None)  # never reached: --help exits first
+    with pytest.raises(SystemExit):
+        module.main(["--help"])
+    assert calls == [1]
 
 
 def test_deterministic_replaces_a_nondeterministic_cublas_workspace(monkeypatch, capsys):

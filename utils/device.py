@@ -215,12 +215,7 @@ def backend_settings(deterministic: bool | None = None, tf32: bool = True) -> It
     call this before CUDA starts). Off: cuDNN autotunes its algorithms, which pays off for the
     fixed input shape of training and of prediction. None leaves all of that as it is.
     ``tf32`` off keeps CUDA fp32 convolutions and matmuls strict; on keeps PyTorch's default,
-    TF32 convolutions. Always: CPU denormals are flushed to zero. Adam's first moment of a
-    weight whose gradient stays zero (a dead ReLU's) shrinks by beta1 each step, into the
-    denormals after about 700 steps, where the CPU's arithmetic on it is about ten times slower: the
-    fused Adam step then cost 195 ms instead of 17 (25M weights, 2 cores), and an ISBI epoch
-    grew from 7 to 10 s. Values under 1.2e-38 are zero to training. PyTorch has no getter for
-    it: on exit it goes back to PyTorch's default, off.
+    TF32 convolutions.
     """
     previous = (
         torch.are_deterministic_algorithms_enabled(),
@@ -236,14 +231,25 @@ def backend_settings(deterministic: bool | None = None, tf32: bool = True) -> It
         torch.backends.cudnn.deterministic = deterministic
     if tf32 != tf32_enabled():
         set_tf32(tf32)
-    torch.set_flush_denormal(True)
     try:
         yield
     finally:
-        torch.set_flush_denormal(False)
         set_deterministic_algorithms(previous[0])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = previous[1:]
         restore_tf32(previous_tf32)
+
+
+def flush_denormals() -> bool:
+    """Flush CPU denormals to zero for the rest of the process; False where the CPU cannot.
+
+    Adam's first moment of a weight whose gradient stays zero (a dead ReLU's) shrinks by beta1
+    each step, into fp32's denormals after about 700 steps, where the CPU's arithmetic on it is
+    about ten times slower: the fused Adam step over 25M such weights took 195 ms instead of 17
+    (2 cores), and an ISBI epoch grew from 7 to 8-9 s. Values under 1.2e-38 are zero to
+    training. PyTorch's switch is the calling thread's, and the intra-op threads copy it when
+    they start: the scripts call this first, before any parallel op starts them.
+    """
+    return torch.set_flush_denormal(True)
 
 
 def set_deterministic_algorithms(enabled: bool) -> None:

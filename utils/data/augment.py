@@ -66,7 +66,7 @@ def flip(image: Image.Image, label: np.ndarray, size, rng, crop=False, path=None
     return random_flips(image, label, rng)
 
 
-@augmentation("d4", "the 8 turns and mirrors: flips and quarter turns")
+@augmentation("d4", "the 8 turns and mirrors: flips, quarter turns (half turns if not square)")
 def d4(image: Image.Image, label: np.ndarray, size, rng, crop=False, path=None):
     """Flips and quarter turns, for data with neither an "up" nor a handedness, such as cells
     (a turn keeps the sides only when the input is square: 180 degrees at most otherwise)."""
