@@ -13,13 +13,13 @@ ISBI ?= ../shared/data/isbi2012_cells
 ISBI_SPLIT ?= recipes/isbi2012
 ISBI_LOGS ?= logs/isbi
 # cpu.yaml trains for 325 s in bf16 + channels-last, which needs native bf16 (AVX512-BF16 or
-# AMX), and get_miou.py then averages the 8 turns and mirrors in bf16 (26 s); elsewhere the
-# training runs in fp32 (fewer epochs in the same time) and get_miou.py predicts once, in fp32
-# (asked only when make isbi runs; docs/isbi.md has the measurements).
+# AMX), and get_miou.py then averages the 8 turns and mirrors in bf16; elsewhere both run in
+# fp32, and the training fits fewer epochs in the same time (asked only when make isbi runs;
+# docs/isbi.md has the measurements).
 ISBI_BF16 = $(shell $(PY) -c "from utils.device import cpu_has_native_bf16 as b; print(b())")
 ISBI_FP32 = --precision fp32 --no-channels-last
 ISBI_RUNTIME ?= $(if $(filter True,$(ISBI_BF16)),,$(ISBI_FP32))
-ISBI_EVAL ?= $(if $(filter True,$(ISBI_BF16)),--precision bf16 --tta d4,)
+ISBI_EVAL ?= --tta d4 $(if $(filter True,$(ISBI_BF16)),--precision bf16,)
 ISBI_DATA = --dataset-path $(ISBI) --train-split $(ISBI_SPLIT)/train.txt
 
 .PHONY: venv test test-all check test-gpu gpu-check docs-check lint demo isbi isbi-gpu app clean

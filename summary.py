@@ -51,17 +51,18 @@ def get_parser() -> argparse.ArgumentParser:
         default=None,
         help="weights whose settings file (beside them) gives the flags below (default: none)",
     )
-    add_weights_setting_flags(parser, ["num_classes", "backbone", "input_shape"])
+    add_weights_setting_flags(parser, ["num_classes", "backbone", "width_mult", "input_shape"])
     return parser
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
-    given = {"num_classes": args.num_classes, "backbone": args.backbone}
-    settings = settings_of(args.model_path, {**given, "input_shape": args.input_shape})
+    names = ("num_classes", "backbone", "width_mult", "input_shape")
+    settings = settings_of(args.model_path, {name: getattr(args, name) for name in names})
     check_input_shape(*settings.input_shape, settings.backbone)
-    model = Unet(num_classes=settings.num_classes, backbone=settings.backbone).eval()
+    model = Unet(settings.num_classes, backbone=settings.backbone, width_mult=settings.width_mult)
+    model.eval()
     x = torch.zeros(1, 3, *settings.input_shape)
     print(f"{'Layer':<32} {'Type':<22} {'Output shape':<24} {'Params':>12}")
     print("-" * 93)

@@ -3,6 +3,7 @@
     python -m benchmarks.backbones                  # 512x512, the docs' table
     python -m benchmarks.backbones --size 256 --repeats 2
     python -m benchmarks.backbones --backbones vgg vgg16_bn   # some of them
+    python -m benchmarks.backbones --backbones vgg --width-mult 0.5   # with half the channels
 
 Each row is a 21-class UNet on that encoder: its parameters, the multiply-adds of one forward
 pass at ``--size`` counted by ``torch.utils.flop_counter`` (GFLOPs = 2 x multiply-adds / 1e9,
@@ -31,15 +32,16 @@ def latency_ms(model: torch.nn.Module, x: torch.Tensor, repeats: int, bf16: bool
         return interleaved_best([lambda: model(x)], repeats)[0] * 1000
 
 
-def row(name: str, size: int, repeats: int, bf16: bool) -> str:
+def row(name: str, size: int, repeats: int, bf16: bool, width_mult: float = 1.0) -> str:
     torch.manual_seed(0)
-    model = Unet(num_classes=21, backbone=name).eval()
+    model = Unet(num_classes=21, backbone=name, width_mult=width_mult).eval()
     params = sum(p.numel() for p in model.parameters()) / 1e6
     x = torch.rand(1, 3, size, size)
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         model(x)
     gflops = counter.get_total_flops() / 1e9
-    cells = [f"`{name}`", f"{params:.1f}M", f"{gflops:.0f}",
+    label = name if width_mult == 1 else f"{name} --width-mult {width_mult:g}"
+    cells = [f"`{label}`", f"{params:.1f}M", f"{gflops:.0f}",
              f"{latency_ms(model, x, repeats, bf16=False):.0f} ms"]  # fmt: skip
     if bf16:
         cells.append(f"{latency_ms(model, x, repeats, bf16=True):.0f} ms")
@@ -57,6 +59,9 @@ def main(argv: list[str] | None = None) -> None:
         default=list(BACKBONES),
         help="the rows (default: every encoder)",
     )
+    parser.add_argument(
+        "--width-mult", type=float, default=1.0, help="their channels' multiple (default: 1)"
+    )
     args = parser.parse_args(argv)
     bf16 = cpu_has_native_bf16()
     print(f"{args.size}x{args.size}, 21 classes, batch 1, {torch.get_num_threads()} threads, "
@@ -65,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| " + " | ".join(head) + " |")
     print("| --- |" + " ---: |" * (len(head) - 1))
     for name in args.backbones:
-        print(row(name, args.size, args.repeats, bf16), flush=True)
+        print(row(name, args.size, args.repeats, bf16, args.width_mult), flush=True)
 
 
 if __name__ == "__main__":

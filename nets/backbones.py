@@ -31,8 +31,9 @@ class Backbone:
     """One encoder of the table, and what the UNet needs to know of it."""
 
     name: str
-    #: ``build(pretrained)``: the encoder, with ImageNet weights when ``pretrained``
-    build: Callable[[bool], nn.Module]
+    #: ``build(pretrained)``, or ``build(pretrained, width_mult)`` where ``scales``: the
+    #: encoder, with ImageNet weights when ``pretrained``
+    build: Callable[..., nn.Module]
     #: the UNet attribute that holds the encoder: its state-dict keys start with it and a dot
     attribute: str
     #: channels of the five feature maps, shallowest first
@@ -43,6 +44,8 @@ class Backbone:
     first_at_half: bool
     #: one line for the help and the docs
     summary: str
+    #: its channels follow ``width_mult`` (built here, not by an ImageNet layout of torchvision's)
+    scales: bool = False
 
     @property
     def prefix(self) -> str:
@@ -115,11 +118,11 @@ MOBILENET_TAPS = (1, 3, 6, 12, 16)
 
 
 register(Backbone("vgg", VGG16, "vgg", (64, 128, 256, 512, 512), 16, False,
-                  "VGG16, the original's default"))  # fmt: skip
+                  "VGG16, the original's default", scales=True))  # fmt: skip
 register(Backbone("resnet50", resnet50, "resnet", (64, 256, 512, 1024, 2048), 32, True,
                   "ResNet-50, the original's other"))  # fmt: skip
 register(Backbone("vgg16_bn", vgg16_bn, "vgg16_bn", (64, 128, 256, 512, 512), 16, False,
-                  "VGG16 with batch norm, as torchvision's vgg16_bn"))  # fmt: skip
+                  "VGG16 with batch norm, as torchvision's vgg16_bn", scales=True))  # fmt: skip
 for _name, _channels, _summary in (
     ("resnet18", (64, 64, 128, 256, 512), "torchvision's ResNet-18"),
     ("resnet34", (64, 64, 128, 256, 512), "torchvision's ResNet-34"),

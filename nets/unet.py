@@ -34,6 +34,29 @@ def check_input_shape(height: int, width: int, backbone: str) -> None:
         )
 
 
+def check_width_mult(width_mult: float, backbone: str) -> None:
+    """Whole channels (64 x ``width_mult`` in the first layer), on an encoder that scales."""
+    if not (width_mult > 0 and float(64 * width_mult).is_integer()):
+        raise UserError(
+            f"width_mult (--width-mult) {width_mult:g} gives {64 * width_mult:g} channels in the "
+            "first layer; use a multiple of 1/64 such as 0.25, 0.5 or 0.75."
+        )
+    if width_mult != 1 and not backbone_named(backbone).scales:
+        scaled = ", ".join(name for name, row in BACKBONES.items() if row.scales)
+        raise UserError(
+            f"width_mult (--width-mult) {width_mult:g} scales the encoders built here ({scaled}), "
+            f"but {backbone}'s channels are its ImageNet layout's; use --width-mult 1, or "
+            "--backbone vgg."
+        )
+
+
+def width_mult_of(state: dict) -> float | None:
+    """The ``width_mult`` a UNet state dict was built with, read from its head's input
+    channels (64 at 1; None: no head)."""
+    head = state.get("final.weight")
+    return None if head is None else head.shape[1] / 64
+
+
 def check_tile(tile: int | None, stride: int | None, backbone: str) -> None:
     """Windows must hold at least one network input multiple, and overlap or touch."""
     if tile is None:
@@ -67,14 +90,27 @@ class unetUp(nn.Module):  # noqa: N801 - the reference's name, kept for its user
 
 
 class Unet(nn.Module):
-    """The reference's UNet: encoder features fused bottom-up, logits at input resolution."""
+    """The reference's UNet: encoder features fused bottom-up, logits at input resolution.
+    ``width_mult`` (not the original's: 1) scales the channels of a VGG encoder and of the
+    decoder alike."""
 
-    def __init__(self, num_classes: int = 21, pretrained: bool = False, backbone: str = "vgg"):
+    def __init__(
+        self,
+        num_classes: int = 21,
+        pretrained: bool = False,
+        backbone: str = "vgg",
+        width_mult: float = 1.0,
+    ):
         super().__init__()
+        check_width_mult(width_mult, backbone)
         row = backbone_named(backbone)
-        setattr(self, row.attribute, row.build(pretrained))
-        c = row.channels  # the decoder takes each map with the upsampled one below it
-        out_filters = [64, 128, 256, 512]
+        if row.scales:
+            setattr(self, row.attribute, row.build(pretrained, width_mult=width_mult))
+        else:
+            setattr(self, row.attribute, row.build(pretrained))
+        # the decoder takes each map with the upsampled one below it
+        c = [round(channels * width_mult) for channels in row.channels]
+        out_filters = [round(channels * width_mult) for channels in (64, 128, 256, 512)]
         in_filters = [c[0] + out_filters[1], c[1] + out_filters[2], c[2] + out_filters[3],
                       c[3] + c[4]]  # fmt: skip
         self.up_concat4 = unetUp(in_filters[3], out_filters[3])
@@ -93,7 +129,7 @@ class Unet(nn.Module):
         else:
             self.up_conv = None
         self.final = nn.Conv2d(out_filters[0], num_classes, 1)
-        self.backbone = backbone
+        self.backbone, self.width_mult = backbone, width_mult
 
     @property
     def encoder(self) -> nn.Module:

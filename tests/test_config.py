@@ -165,12 +165,13 @@ def test_a_flag_can_unset_what_a_recipe_set(tmp_path):
 
 def test_the_derived_lists_come_from_the_declarations():
     assert MODEL_KEYS == ("dataset_format", "num_classes", "name_classes", "backbone",
-                          "input_shape", "tile", "stride")  # fmt: skip
-    assert FIXED_ON_RESUME == ("dataset_format", "num_classes", "backbone", "input_shape")
+                          "width_mult", "input_shape", "tile", "stride")  # fmt: skip
+    assert FIXED_ON_RESUME == ("dataset_format", "num_classes", "backbone", "width_mult",
+                               "input_shape")  # fmt: skip
     config = TrainConfig.from_flat({"num_classes": 4, "tile": 64})
     assert config.model_settings() == {
         "dataset_format": "voc", "num_classes": 4, "name_classes": None, "backbone": "vgg",
-        "input_shape": [512, 512], "tile": 64, "stride": None,
+        "width_mult": 1.0, "input_shape": [512, 512], "tile": 64, "stride": None,
     }  # fmt: skip
 
 

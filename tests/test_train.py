@@ -103,7 +103,7 @@ def test_writes_the_reference_output_files(data_root, tmp_path, cli):
     assert re.fullmatch(r"crc32:[0-9a-f]{8}", saved.pop("checksum"))
     assert saved == {
         "num_classes": 4, "backbone": "vgg", "input_shape": [32, 32], "dataset_format": "voc",
-        "name_classes": None, "tile": None, "stride": None,
+        "name_classes": None, "tile": None, "stride": None, "width_mult": 1.0,
     }  # fmt: skip
     assert re.fullmatch(r"ep001-loss\d+\.\d{3}-val_loss\d+\.\d{3}\.pth", names[2])
     assert re.fullmatch(r"ep002-loss\d+\.\d{3}-val_loss\d+\.\d{3}\.pth", names[3])
@@ -272,6 +272,10 @@ def test_medical_layout_trains_without_a_val_split(tmp_path):
         (["--freeze-epoch", "10", "--unfreeze-epoch", "5"],
          "is past unfreeze_epoch (--unfreeze-epoch) 5"),
         (["--input-shape", "40", "40"], "multiples of 16"),
+        (["--width-mult", "0.3"], "gives 19.2 channels in the first layer; use a multiple of 1/64"),
+        (["--width-mult", "0.5", "--backbone", "resnet18"],
+         "but resnet18's channels are its ImageNet layout's; use --width-mult 1"),
+        (["--width-mult", "0.5", "--pretrained"], "train from scratch (--no-pretrained)"),
         (["--precision", "fp16", "--device", "cpu"], "needs a CUDA GPU"),
         (["--distributed"], "torchrun --nproc_per_node"),
         (["--sync-bn"], "run under torchrun or drop it"),

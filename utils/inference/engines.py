@@ -169,14 +169,14 @@ def load_network(model_path: str | Path, settings: ModelSettings) -> torch.nn.Mo
 
     state = read_state_dict(model_path)
     settings.check_weights(state, model_path)
-    net = Unet(num_classes=settings.num_classes, backbone=settings.backbone)
+    net = Unet(settings.num_classes, backbone=settings.backbone, width_mult=settings.width_mult)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise UserError(
             f"{model_path} does not fit a {settings.backbone} UNet with "
             f"{settings.num_classes} classes ({str(error).splitlines()[0]}); check "
-            "model_path, backbone and num_classes."
+            "model_path, backbone, width_mult and num_classes."
         ) from error
     return net.eval()
 

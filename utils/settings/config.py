@@ -72,6 +72,11 @@ class DataSettings:
     backbone: str = setting(
         "vgg", "encoder: " + ", ".join(f"{b.name} ({b.summary})" for b in BACKBONES.values()),
         original="backbone", choices=BACKBONES, travels=True, fixed=True)
+    width_mult: float = setting(
+        1.0, "the UNet's channels as a multiple of the original's (the encoder's 64 to 512 and "
+        "the decoder's): 0.5 computes a quarter as much; the encoders built here only ("
+        + ", ".join(b.name for b in BACKBONES.values() if b.scales) + "), without --pretrained",
+        travels=True, fixed=True)
     pretrained: bool = setting(
         False, "start the encoder from ImageNet weights in model_data/ (downloaded if missing)",
         original="pretrained")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nets.unet import backbone_prefixes
+from nets.unet import backbone_prefixes, width_mult_of
 from utils.data.classes import default_class_names
 from utils.errors import UserError
 from utils.settings.config import MODEL_DEFAULTS, MODEL_KEYS, SETTINGS
@@ -35,6 +35,7 @@ class ModelSettings:
     num_classes: int = MODEL_DEFAULTS["num_classes"]
     name_classes: tuple[str, ...] | None = MODEL_DEFAULTS["name_classes"]
     backbone: str = MODEL_DEFAULTS["backbone"]
+    width_mult: float = MODEL_DEFAULTS["width_mult"]
     input_shape: tuple[int, int] = tuple(MODEL_DEFAULTS["input_shape"])
     tile: int | None = MODEL_DEFAULTS["tile"]
     stride: int | None = MODEL_DEFAULTS["stride"]
@@ -104,6 +105,12 @@ class ModelSettings:
                     f"{path} holds {other} weights but backbone is {self.backbone}; set backbone "
                     f"(--backbone) to {other}."
                 )
+        held = width_mult_of(state)
+        if held is not None and held != self.width_mult:
+            raise UserError(
+                f"{path} was trained with width_mult {held:g} but width_mult is "
+                f"{self.width_mult:g}; set width_mult (--width-mult) to {held:g}."
+            )
 
 
 def settings_path(weights_path: str | Path) -> Path:

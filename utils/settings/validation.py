@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from nets.losses import needs_pixel_weights
-from nets.unet import check_input_shape, check_tile
+from nets.unet import check_input_shape, check_tile, check_width_mult
 from utils.errors import UserError
 from utils.settings.config import (
     SETTINGS,
@@ -39,6 +39,13 @@ def validate(config: TrainConfig) -> None:
     if data.train_crop:
         check_input_shape(data.train_crop[0], data.train_crop[1], data.backbone)
     check_tile(evaluation.tile, evaluation.stride, data.backbone)
+    check_width_mult(data.width_mult, data.backbone)
+    if data.pretrained and data.width_mult != 1:
+        raise UserError(
+            f"pretrained (--pretrained) loads ImageNet weights at the original's width, but "
+            f"width_mult (--width-mult) is {data.width_mult:g}; train from scratch "
+            "(--no-pretrained), or use --width-mult 1."
+        )
     _check_best_by(config)
     if needs_pixel_weights(config.loss.terms) and data.num_classes != 2:
         raise UserError(

@@ -60,7 +60,12 @@ def build_data(
 def build_model(data: DataSettings, runtime: Runtime, say: Say = print) -> Unet:
     """The UNet: ImageNet encoder or ``init_type`` weights, then ``model_path``'s matching
     tensors, on the runtime's device and layout."""
-    model = Unet(num_classes=data.num_classes, pretrained=data.pretrained, backbone=data.backbone)
+    model = Unet(
+        num_classes=data.num_classes,
+        pretrained=data.pretrained,
+        backbone=data.backbone,
+        width_mult=data.width_mult,
+    )
     if not data.pretrained:
         weights_init(model, init_type=data.init_type)
     if data.model_path:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nets.unet import backbone_prefixes
+from nets.unet import backbone_prefixes, width_mult_of
 from utils.errors import UserError
 from utils.seeding import capture_rng, restore_rng
 from utils.settings.config import FIXED_ON_RESUME, SETTINGS, TrainConfig, format_value
@@ -218,8 +218,10 @@ def load_matching_weights(
     report.unexpected = [key for key in state if key not in own]
     missing_backbone = report.total["backbone"] - report.loaded["backbone"]
     if missing_backbone and not allow_backbone_mismatch:
-        held = backbone_of(state)
+        held, width_mult = backbone_of(state), width_mult_of(state)
         other = f"it holds {held} weights: --backbone {held}?" if held else "another --backbone?"
+        if held == model.backbone and width_mult not in (None, model.width_mult):
+            other = f"it was trained with --width-mult {width_mult:g}"
         raise UserError(
             f"{missing_backbone} of {report.total['backbone']} backbone tensors in {path} do not "
             f"fit this model ({other}); pass the weights of this backbone, or "
