@@ -61,8 +61,11 @@ def main(argv: list[str] | None = None) -> None:
     names = ("num_classes", "backbone", "width_mult", "input_shape")
     settings = settings_of(args.model_path, {name: getattr(args, name) for name in names})
     check_input_shape(*settings.input_shape, settings.backbone)
-    model = Unet(settings.num_classes, backbone=settings.backbone, width_mult=settings.width_mult)
-    model.eval()
+    model = Unet(
+        num_classes=settings.num_classes,
+        backbone=settings.backbone,
+        width_mult=settings.width_mult,
+    ).eval()
     x = torch.zeros(1, 3, *settings.input_shape)
     print(f"{'Layer':<32} {'Type':<22} {'Output shape':<24} {'Params':>12}")
     print("-" * 93)

@@ -56,20 +56,22 @@ def main(argv: list[str] | None = None) -> None:
         "--backbones",
         nargs="+",
         choices=list(BACKBONES),
-        default=list(BACKBONES),
-        help="the rows (default: every encoder)",
+        default=None,
+        help="the rows (default: every encoder; those that scale, with --width-mult)",
     )
     parser.add_argument(
         "--width-mult", type=float, default=1.0, help="their channels' multiple (default: 1)"
     )
     args = parser.parse_args(argv)
+    scale = args.width_mult != 1
+    rows = args.backbones or [name for name, b in BACKBONES.items() if b.scales or not scale]
     bf16 = cpu_has_native_bf16()
     print(f"{args.size}x{args.size}, 21 classes, batch 1, {torch.get_num_threads()} threads, "
           f"{device_name(torch.device('cpu'))}:")  # fmt: skip
     head = ["backbone", "parameters", "GFLOPs", "CPU fp32"] + (["CPU bf16"] if bf16 else [])
     print("| " + " | ".join(head) + " |")
     print("| --- |" + " ---: |" * (len(head) - 1))
-    for name in args.backbones:
+    for name in rows:
         print(row(name, args.size, args.repeats, bf16, args.width_mult), flush=True)
 
 

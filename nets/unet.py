@@ -34,8 +34,9 @@ def check_input_shape(height: int, width: int, backbone: str) -> None:
         )
 
 
-def check_width_mult(width_mult: float, backbone: str) -> None:
-    """Whole channels (64 x ``width_mult`` in the first layer), on an encoder that scales."""
+def check_width_mult(width_mult: float, backbone: str, pretrained: bool = False) -> None:
+    """Whole channels (64 x ``width_mult`` in the first layer), on an encoder that scales,
+    from scratch unless at the ImageNet weights' width, 1."""
     if not (width_mult > 0 and float(64 * width_mult).is_integer()):
         raise UserError(
             f"width_mult (--width-mult) {width_mult:g} gives {64 * width_mult:g} channels in the "
@@ -47,6 +48,12 @@ def check_width_mult(width_mult: float, backbone: str) -> None:
             f"width_mult (--width-mult) {width_mult:g} scales the encoders built here ({scaled}), "
             f"but {backbone}'s channels are its ImageNet layout's; use --width-mult 1, or "
             "--backbone vgg."
+        )
+    if pretrained and width_mult != 1:
+        raise UserError(
+            f"pretrained (--pretrained) loads ImageNet weights at the original's width, but "
+            f"width_mult (--width-mult) is {width_mult:g}; train from scratch "
+            "(--no-pretrained), or use --width-mult 1."
         )
 
 
@@ -102,7 +109,7 @@ class Unet(nn.Module):
         width_mult: float = 1.0,
     ):
         super().__init__()
-        check_width_mult(width_mult, backbone)
+        check_width_mult(width_mult, backbone, pretrained)
         row = backbone_named(backbone)
         if row.scales:
             setattr(self, row.attribute, row.build(pretrained, width_mult=width_mult))

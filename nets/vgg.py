@@ -45,7 +45,9 @@ class VGG(nn.Module):
 
     def __init__(self, in_channels: int = 3, batch_norm: bool = False, width_mult: float = 1.0):
         super().__init__()
-        self.features = make_layers(VGG16_CONFIG, in_channels, batch_norm, width_mult)
+        self.features = make_layers(
+            VGG16_CONFIG, in_channels, batch_norm=batch_norm, width_mult=width_mult
+        )
         pools = [i for i, layer in enumerate(self.features) if isinstance(layer, nn.MaxPool2d)]
         # each map ends before a pool and the next begins with it (without batch norm: the
         # reference's slices [:4], [4:9], [9:16], [16:23], [23:-1]); the last pool is unused
@@ -73,17 +75,17 @@ class VGG(nn.Module):
 
 def VGG16(pretrained: bool = False, in_channels: int = 3, width_mult: float = 1.0) -> VGG:
     """The reference's constructor; ``pretrained`` loads the ImageNet ``features`` weights."""
-    return _vgg16(pretrained, in_channels, False, width_mult)
+    return _vgg16(pretrained, in_channels, batch_norm=False, width_mult=width_mult)
 
 
 def vgg16_bn(pretrained: bool = False, in_channels: int = 3, width_mult: float = 1.0) -> VGG:
     """VGG16 with batch norm after each conv (torchvision's ``vgg16_bn``); ``pretrained`` loads
     torchvision's ImageNet ``features`` weights."""
-    return _vgg16(pretrained, in_channels, True, width_mult)
+    return _vgg16(pretrained, in_channels, batch_norm=True, width_mult=width_mult)
 
 
 def _vgg16(pretrained: bool, in_channels: int, batch_norm: bool, width_mult: float) -> VGG:
-    model = VGG(in_channels, batch_norm, width_mult)
+    model = VGG(in_channels, batch_norm=batch_norm, width_mult=width_mult)
     if pretrained:
         url = VGG16_BN_URL if batch_norm else VGG16_URL
         load_pretrained(model, url, keep=lambda key: key.startswith("features."))

@@ -1,5 +1,6 @@
-"""--width-mult: a UNet with every channel scaled (the CPU recipe's 0.5 computes a quarter as
-much), saved with its width, predicted with it, and refused in a sentence where it does not fit."""
+"""--width-mult: a UNet with every channel scaled (0.5 computes a quarter as much; the ISBI CPU
+recipe trains at 0.25), saved with its width, predicted with it, and refused in a sentence
+where it does not fit."""
 
 import pytest
 import torch
@@ -47,6 +48,8 @@ def test_half_width_halves_every_channel_and_quarters_the_work(backbone):
     # conv and the head (one input or output side each), a few percent of the whole
     assert 0.24 < forward_flops(half) / forward_flops(full) < 0.26
     assert width_mult_of(half_state) == 0.5 and width_mult_of(full_state) == 1
+    with pytest.raises(UserError, match="train from scratch"):  # before any download
+        Unet(num_classes=3, backbone=backbone, pretrained=True, width_mult=0.5)
 
 
 def test_a_half_width_model_travels_with_its_width_and_a_wrong_one_is_named(
@@ -68,4 +71,8 @@ def test_a_half_width_model_travels_with_its_width_and_a_wrong_one_is_named(
         unet.Unet(model_path=str(weights), device="cpu", num_classes=4, input_shape=[32, 32])
     argv = base_argv(data_root, tmp_path / "full", "--model-path", str(weights))
     code, _, err = cli(train.main, argv)
-    assert code == 2 and "it was trained with --width-mult 0.5" in err and "Traceback" not in err
+    assert (
+        code == 2
+        and "trained with width_mult 0.5 but width_mult is 1; give --width-mult 0.5" in err
+    )
+    assert "Traceback" not in err

@@ -169,7 +169,11 @@ def load_network(model_path: str | Path, settings: ModelSettings) -> torch.nn.Mo
 
     state = read_state_dict(model_path)
     settings.check_weights(state, model_path)
-    net = Unet(settings.num_classes, backbone=settings.backbone, width_mult=settings.width_mult)
+    net = Unet(
+        num_classes=settings.num_classes,
+        backbone=settings.backbone,
+        width_mult=settings.width_mult,
+    )
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as error:

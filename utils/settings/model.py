@@ -133,12 +133,12 @@ def _read_json(path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as error:
         raise UserError(
             f"the settings file '{path}' beside the weights cannot be read ({error}); delete it "
-            "and give --num-classes, --backbone and --input-shape."
+            "and give --num-classes, --backbone, --width-mult and --input-shape."
         ) from error
     if not isinstance(saved, dict):
         raise UserError(
             f"the settings file '{path}' beside the weights does not hold settings; delete it "
-            "and give --num-classes, --backbone and --input-shape."
+            "and give --num-classes, --backbone, --width-mult and --input-shape."
         )
     return saved
 

@@ -39,13 +39,7 @@ def validate(config: TrainConfig) -> None:
     if data.train_crop:
         check_input_shape(data.train_crop[0], data.train_crop[1], data.backbone)
     check_tile(evaluation.tile, evaluation.stride, data.backbone)
-    check_width_mult(data.width_mult, data.backbone)
-    if data.pretrained and data.width_mult != 1:
-        raise UserError(
-            f"pretrained (--pretrained) loads ImageNet weights at the original's width, but "
-            f"width_mult (--width-mult) is {data.width_mult:g}; train from scratch "
-            "(--no-pretrained), or use --width-mult 1."
-        )
+    check_width_mult(data.width_mult, data.backbone, data.pretrained)
     _check_best_by(config)
     if needs_pixel_weights(config.loss.terms) and data.num_classes != 2:
         raise UserError(

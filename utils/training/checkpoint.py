@@ -219,9 +219,12 @@ def load_matching_weights(
     missing_backbone = report.total["backbone"] - report.loaded["backbone"]
     if missing_backbone and not allow_backbone_mismatch:
         held, width_mult = backbone_of(state), width_mult_of(state)
-        other = f"it holds {held} weights: --backbone {held}?" if held else "another --backbone?"
         if held == model.backbone and width_mult not in (None, model.width_mult):
-            other = f"it was trained with --width-mult {width_mult:g}"
+            raise UserError(
+                f"{path} was trained with width_mult {width_mult:g} but width_mult is "
+                f"{model.width_mult:g}; give --width-mult {width_mult:g}, or other weights."
+            )
+        other = f"it holds {held} weights: --backbone {held}?" if held else "another --backbone?"
         raise UserError(
             f"{missing_backbone} of {report.total['backbone']} backbone tensors in {path} do not "
             f"fit this model ({other}); pass the weights of this backbone, or "
