@@ -41,6 +41,7 @@ from utils.settings.cli import (
 )
 from utils.settings.config import MODEL_KEYS, SETTINGS
 from utils.utils_metrics import (
+    cell_pixel_error,
     cell_scores,
     compute_mIoU,
     nanmean,
@@ -156,8 +157,8 @@ def evaluate(
 ) -> None:
     """The per-class table, the charts, ``confusion_matrix.csv``, ``metrics.json`` and the
     legend of the classes' colours, for the ``names`` of the split; with ``cells`` (the
-    medical layout's membranes, class 0 the cells) the ISBI challenge's Rand and information
-    errors too."""
+    medical layout's membranes, class 0 the cells) the ISBI challenge's pixel, Rand and
+    information errors too."""
     print("Get miou.")
     num_classes = len(name_classes)
     hist, ious, recall, precision = compute_mIoU(gt_dir, pred_dir, names, num_classes, name_classes)
@@ -169,7 +170,6 @@ def evaluate(
         "mIoU": nanmean(ious),
         "mPA": nanmean(recall),
         "accuracy": per_Accuracy(hist),
-        "pixel_error": 1 - per_Accuracy(hist),
         "num_images": len(names),
         "per_class": {
             name: {"IoU": _json(i), "recall": _json(r), "precision": _json(p)}
@@ -177,14 +177,17 @@ def evaluate(
         },
         "confusion_matrix": hist.tolist(),
     }
-    scores = cell_scores(gt_dir, pred_dir, names) if cells else None
-    if scores:
-        print(
-            f"===> Rand error: {scores['rand_error']:.4f}; information error: "
-            f"{scores['information_error']:.4f} (ISBI 2012: foreground-restricted, on connected "
-            "cells)"
-        )
-        metrics.update(scores)
+    if cells:
+        metrics["pixel_error"] = cell_pixel_error(hist)
+        print(f"===> Pixel error: {metrics['pixel_error']:.4f} (ISBI 2012: 1 - cells' F-score)")
+        scores = cell_scores(gt_dir, pred_dir, names)
+        if scores:
+            print(
+                f"===> Rand error: {scores['rand_error']:.4f}; information error: "
+                f"{scores['information_error']:.4f} (ISBI 2012: foreground-restricted, on "
+                "connected cells)"
+            )
+            metrics.update(scores)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(f"Save metrics out to {out / 'metrics.json'}")
     legend = draw_legend(name_classes, class_colors(num_classes), out / "legend.png")

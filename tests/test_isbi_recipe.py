@@ -125,7 +125,9 @@ def test_tiles_evaluate_in_training_as_get_miou_does_and_the_pixel_error_is_repo
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["mIoU"] * 100 == pytest.approx(in_training, abs=1e-9)
-    assert metrics["pixel_error"] == pytest.approx(1 - metrics["accuracy"])
+    (cells_right, cells_missed), (cells_added, _) = metrics["confusion_matrix"]
+    wrong = cells_missed + cells_added  # the challenge's F-score of the cells, not the accuracy
+    assert metrics["pixel_error"] == pytest.approx(wrong / (2 * cells_right + wrong))
     assert f"Pixel error: {metrics['pixel_error']:.4f}" in stdout
 
 
