@@ -218,10 +218,9 @@ class Page:
                 continue
             names = ", ".join(predictor.class_names())
             height, width = predictor.input_shape
-            scaled = "" if predictor.width_mult == 1 else f" x{predictor.width_mult:g}"
             lines.append(
                 f"**{self.label(path)}**: {predictor.num_classes} classes ({names}), "
-                f"{predictor.backbone}{scaled}, input {height}x{width}, tiles "
+                f"{predictor.settings.encoder}, input {height}x{width}, tiles "
                 f"{predictor.tile or 'none'}"
             )
         return "\n\n".join(lines)

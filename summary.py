@@ -13,7 +13,7 @@ import argparse
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from nets.unet import Unet, check_input_shape
+from nets.unet import check_input_shape
 from utils.errors import exit_on_user_error
 from utils.inference.engines import settings_of
 from utils.settings.cli import add_weights_setting_flags, argument_parser
@@ -61,11 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     names = ("num_classes", "backbone", "width_mult", "input_shape")
     settings = settings_of(args.model_path, {name: getattr(args, name) for name in names})
     check_input_shape(*settings.input_shape, settings.backbone)
-    model = Unet(
-        num_classes=settings.num_classes,
-        backbone=settings.backbone,
-        width_mult=settings.width_mult,
-    ).eval()
+    model = settings.network().eval()
     x = torch.zeros(1, 3, *settings.input_shape)
     print(f"{'Layer':<32} {'Type':<22} {'Output shape':<24} {'Params':>12}")
     print("-" * 93)

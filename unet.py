@@ -140,9 +140,8 @@ class Unet:
         """``4 classes, vgg, 512x512, on cpu: torch fp32, NCHW`` (``vgg x0.5`` at half width)."""
         settings = self.settings
         height, width = settings.input_shape
-        scaled = "" if settings.width_mult == 1 else f" x{settings.width_mult:g}"
         return (
-            f"{settings.num_classes} classes, {settings.backbone}{scaled}, {height}x{width}, on "
+            f"{settings.num_classes} classes, {settings.encoder}, {height}x{width}, on "
             f"{self.runtime.device.type}: {self.how()}"
         )
 

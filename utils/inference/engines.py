@@ -165,15 +165,9 @@ def settings_of(
 
 def load_network(model_path: str | Path, settings: ModelSettings) -> torch.nn.Module:
     """The UNet of ``settings`` with the weights of ``model_path``, strictly loaded, on the CPU."""
-    from nets.unet import Unet
-
     state = read_state_dict(model_path)
     settings.check_weights(state, model_path)
-    net = Unet(
-        num_classes=settings.num_classes,
-        backbone=settings.backbone,
-        width_mult=settings.width_mult,
-    )
+    net = settings.network()
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as error:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nets.unet import backbone_prefixes, width_mult_of
+from nets.unet import Unet, backbone_prefixes, width_mult_of
 from utils.data.classes import default_class_names
 from utils.errors import UserError
 from utils.settings.config import MODEL_DEFAULTS, MODEL_KEYS, SETTINGS
@@ -45,6 +45,17 @@ class ModelSettings:
         object.__setattr__(self, "input_shape", shape)
         if self.name_classes is not None:
             object.__setattr__(self, "name_classes", tuple(self.name_classes))
+
+    @property
+    def encoder(self) -> str:
+        """The backbone, with its width where not the original's: ``vgg``, ``vgg x0.25``."""
+        return self.backbone if self.width_mult == 1 else f"{self.backbone} x{self.width_mult:g}"
+
+    def network(self) -> Unet:
+        """The untrained UNet these settings describe (classes, backbone, width)."""
+        return Unet(
+            num_classes=self.num_classes, backbone=self.backbone, width_mult=self.width_mult
+        )
 
     @property
     def class_names(self) -> list[str]:
