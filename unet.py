@@ -40,12 +40,14 @@ def refuse_unknown(kwargs: dict, known: dict) -> None:
 
 
 class FilePrediction(NamedTuple):
-    """One file's prediction: its class map, and its RGB image when kept; or why it failed."""
+    """One file's prediction: its class map, its RGB image when kept and one class's 8-bit
+    probability map when asked; or why it failed."""
 
     path: object
     labels: np.ndarray | None
     image: np.ndarray | None = None
     error: str | None = None
+    scores: np.ndarray | None = None
 
 
 class Unet:
@@ -205,6 +207,7 @@ class Unet:
         num_workers: int | None = None,
         keep_image: bool = False,
         skip_unreadable: bool = False,
+        scores_of: int | None = None,
     ) -> Iterator[FilePrediction]:
         """Yield a :class:`FilePrediction` per file, in order, ``batch_size`` per pass.
 
@@ -212,17 +215,20 @@ class Unet:
         passes each decoded image along, for drawing. None: the device's defaults
         (:func:`~utils.inference.pipeline.default_batching`). With ``skip_unreadable`` a file that
         cannot be read comes back with ``error`` set instead of stopping everything.
+        ``scores_of``: a class whose probability comes back too, in 255ths.
         """
         batch_size, num_workers = default_batching(self.runtime.device, batch_size, num_workers)
-        for sample, labels in self.pipeline.predict(
+        for sample, maps in self.pipeline.predict(
             paths,
             read_file,
             batch_size=batch_size,
             num_workers=num_workers,
             keep_image=keep_image,
             skip_unreadable=skip_unreadable,
+            scores_of=scores_of,
         ):
-            yield FilePrediction(paths[sample.index], labels, sample.image, sample.error)
+            labels, scores = (maps, None) if maps is None or scores_of is None else maps
+            yield FilePrediction(paths[sample.index], labels, sample.image, sample.error, scores)
 
     def print_counts(self, pr: np.ndarray, name_classes: Sequence[str]) -> None:
         counts = np.bincount(pr.ravel(), minlength=self.num_classes)

@@ -93,12 +93,28 @@ def test_batches_of_mixed_sizes_equal_one_image_at_a_time(
     unet = Unet(model_path=str(model_file), num_classes=5, input_shape=[64, 64], device="cpu")
     results = list(unet.predict_files(mixed_images, batch_size, num_workers, keep_image=True))
     assert [result.path for result in results] == mixed_images
-    for path, labels, image, error in results:
-        assert error is None
+    for path, labels, image, error, scores in results:
+        assert error is None and scores is None
         single = unet.labels(read_image(path))
         assert labels.dtype == np.uint8 and labels.shape == single.shape
         assert image.shape == (*single.shape, 3)  # converted to RGB, decoded once
         assert_labels_agree(labels, single, unet.probabilities(read_image(path)))
+
+
+@pytest.mark.parametrize("tile", [None, 48])
+def test_a_class_probability_comes_back_in_255ths_beside_the_class_map(
+    model_file, mixed_images, tile
+):
+    """The ISBI challenge scores a probability map: get_miou keeps the cells' as 8 bits."""
+    unet = Unet(model_path=str(model_file), num_classes=5, input_shape=[32, 32], device="cpu",
+                tile=tile)  # fmt: skip
+    for result in unet.predict_files(mixed_images[:3], batch_size=2, scores_of=3):
+        image = read_image(result.path)
+        probs = unet.probabilities(image)
+        assert result.scores.dtype == np.uint8 and result.scores.shape == result.labels.shape
+        # rounded to 255ths: at most half a step off, plus batched-vs-single float noise
+        assert np.abs(result.scores - 255 * probs[..., 3]).max() <= 0.5 + 1e-3
+        assert_labels_agree(result.labels, unet.labels(image), probs)
 
 
 @pytest.mark.slow

@@ -127,8 +127,17 @@ def test_tiles_evaluate_in_training_as_get_miou_does_and_the_pixel_error_is_repo
     assert metrics["mIoU"] * 100 == pytest.approx(in_training, abs=1e-9)
     (cells_right, cells_missed), (cells_added, _) = metrics["confusion_matrix"]
     wrong = cells_missed + cells_added  # the challenge's F-score of the cells, not the accuracy
-    assert metrics["pixel_error"] == pytest.approx(wrong / (2 * cells_right + wrong))
+    assert metrics["class_map_pixel_error"] == pytest.approx(wrong / (2 * cells_right + wrong))
     assert f"Pixel error: {metrics['pixel_error']:.4f}" in stdout
+    # the challenge scores each slice's cell probability at its best threshold: the class map is
+    # the probability above 0.5 (2 classes), which 8 bits and the resize's rounding keep on all
+    # but a few pixels
+    assert metrics["pixel_error_threshold"] in [i / 10 for i in range(11)]
+    assert metrics["pixel_error"] <= metrics["class_map_pixel_error"] + 0.002
+    for name in (cells / "ImageSets/Segmentation/val.txt").read_text().split():
+        scores = np.array(Image.open(out / "cell-probabilities" / f"{name}.png"))
+        labels = np.array(Image.open(out / "detection-results" / f"{name}.png"))
+        assert np.mean((scores >= 128) != (labels == 0)) < 0.002
 
 
 def test_save_augmented_draws_the_samples_and_trains_nothing(cells, tmp_path, cli):

@@ -10,7 +10,9 @@ from PIL import Image
 
 from utils.errors import UserError
 from utils.utils_metrics import (
+    CHALLENGE_THRESHOLDS,
     ConfusionMatrix,
+    best_cell_pixel_error,
     cell_pixel_error,
     cell_scores,
     compute_mIoU,
@@ -143,6 +145,43 @@ def test_cell_scores_are_zero_for_a_perfect_membrane_map_and_grow_when_cells_mer
     assert same == {"rand_error": 0.0, "information_error": 0.0}
     worse = cell_scores(tmp_path / "gt", tmp_path / "merged", ["a"])
     assert worse["rand_error"] > 0.01 and worse["information_error"] > 0.01
+
+
+def test_a_probability_map_is_scored_at_its_best_threshold_with_counts_pooled_over_images(
+    tmp_path,
+):
+    """Fiji's maximal F-score over the thresholds 0, 0.1, ..., 1, worked by hand. Ten cell
+    pixels (class 0) and ten membrane pixels over two images: above 0.3 (76.5 / 255) nine cells
+    are found and no membrane, 1 / 19; the class map's 0.5 misses four cells."""
+    label = np.array([[0] * 5 + [1] * 5, [0] * 5 + [1] * 5], np.uint8)
+    scores = np.array([[255, 255, 255, 100, 10, 0, 0, 0, 0, 60],
+                       [255, 255, 255, 100, 100, 0, 0, 0, 60, 0]], np.uint8)  # fmt: skip
+    for folder, array in (("gt", label), ("scores", scores)):
+        (tmp_path / folder).mkdir()
+        for row, name in enumerate(("a", "b")):
+            Image.fromarray(array[row : row + 1]).save(tmp_path / folder / f"{name}.png")
+    error, threshold = best_cell_pixel_error(tmp_path / "gt", tmp_path / "scores", ["a", "b"])
+    assert (error, threshold) == (pytest.approx(1 / 19), pytest.approx(0.3))
+    at_half = cell_pixel_error(np.array([[6, 4], [0, 10]]))  # above 0.5: the six 255s
+    assert at_half == pytest.approx(4 / 16) and at_half > error
+    assert list(CHALLENGE_THRESHOLDS) == pytest.approx([i / 10 for i in range(11)])
+
+
+def test_the_rand_error_of_a_probability_map_is_its_best_thresholds(tmp_path):
+    """A membrane grid drawn as probabilities: a wall the network doubts (cell probability 0.8)
+    merges two cells at the class map's 0.5, not above 0.8, which the best threshold finds."""
+    pytest.importorskip("skimage")
+    label = np.zeros((40, 40), np.uint8)
+    label[::10, :] = label[:, ::10] = 1  # 16 cells
+    scores = np.where(label == 0, 255, 0).astype(np.uint8)
+    scores[10, 1:10] = 204  # 0.8
+    merged = (scores <= 127).astype(np.uint8)  # the class map: the wall is gone
+    for folder, array in (("gt", label), ("scores", scores), ("pred", merged)):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(array).save(tmp_path / folder / "a.png")
+    at_half = cell_scores(tmp_path / "gt", tmp_path / "pred", ["a"])
+    best = cell_scores(tmp_path / "gt", tmp_path / "pred", ["a"], scores_dir=tmp_path / "scores")
+    assert at_half["rand_error"] > 0.01 and best == {"rand_error": 0.0, "information_error": 0.0}
 
 
 def test_the_cell_pixel_error_is_one_minus_the_f_score_of_the_cells_not_the_accuracy():

@@ -112,41 +112,86 @@ def never_found(hist: np.ndarray, class_names: Sequence[str]) -> list[str]:
     return lines
 
 
+#: The thresholds at which the ISBI 2012 challenge binarises a probability map: 0, 0.1, ..., 1.
+CHALLENGE_THRESHOLDS = np.linspace(0, 1, 11)
+
+
 def cell_pixel_error(hist: np.ndarray, cell_class: int = 0) -> float:
     """The ISBI 2012 challenge's pixel error of a class map: 1 - the F-score of the cell pixels
     (the white of its labels, the positives of its evaluation) over all the images' pixels.
 
-    The challenge scores a probability map at the thresholds 0, 0.1, ..., 1 and keeps the best
-    F-score; a class map is a binary proposal, scored at its one binarisation: this. It is
-    (FP + FN) / (2 TP + FP + FN) with the cells as the positives, where 1 - pixel accuracy
-    divides the same wrong pixels by all the pixels."""
+    A class map is a binary proposal, scored at its one binarisation: this. It is (FP + FN) /
+    (2 TP + FP + FN) with the cells as the positives, where 1 - pixel accuracy divides the same
+    wrong pixels by all the pixels. A probability map: :func:`best_cell_pixel_error`."""
     true = float(hist[cell_class, cell_class])
     wrong = float(hist[cell_class].sum() + hist[:, cell_class].sum() - 2 * true)
     return wrong / (2 * true + wrong) if true + wrong else 0.0
 
 
+def best_cell_pixel_error(
+    gt_dir: Path, scores_dir: Path, names: Sequence[str], cell_class: int = 0
+) -> tuple[float, float]:
+    """The ISBI 2012 challenge's pixel error of 8-bit cell probability maps (``<id>.png`` in
+    ``scores_dir``, 255 = surely a cell) and the threshold that gives it: the cells are the
+    probabilities above each of :data:`CHALLENGE_THRESHOLDS`, the counts are pooled over the
+    images, and the best F-score is kept (Fiji's ``PixelError.getPixelErrorMaximalFScore``,
+    which the challenge's script calls)."""
+    counts = np.zeros((2, 256), dtype=np.int64)  # probability bytes of the label's cells, others
+    for name in names:
+        cells = read_label_png(Path(gt_dir) / f"{name}.png", "label") == cell_class
+        scores = read_label_png(Path(scores_dir) / f"{name}.png", "cell probability")
+        counts[0] += np.bincount(scores[cells], minlength=256)
+        counts[1] += np.bincount(scores[~cells], minlength=256)
+    errors = []
+    for threshold in CHALLENGE_THRESHOLDS:
+        above = np.arange(256) > 255 * threshold
+        hist = np.array([[c[above].sum(), c[~above].sum()] for c in counts])  # cell = class 0
+        errors.append(cell_pixel_error(hist))
+    best = int(np.argmin(errors))  # the first of equals, as Fiji keeps the first best F-score
+    return errors[best], float(CHALLENGE_THRESHOLDS[best])
+
+
 def cell_scores(
-    gt_dir: Path, pred_dir: Path, names: Sequence[str], cell_class: int = 0
+    gt_dir: Path,
+    pred_dir: Path,
+    names: Sequence[str],
+    cell_class: int = 0,
+    scores_dir: Path | None = None,
 ) -> dict[str, float] | None:
     """The ISBI 2012 challenge's scores of a membrane segmentation, averaged over the images:
     the foreground-restricted Rand error and information error (variation of information) of
     the connected cells (4-connected pixels of ``cell_class``) of each prediction against those
     of its label, membrane pixels of the label left out, by scikit-image's
-    ``adapted_rand_error`` and ``variation_of_information``. None without scikit-image."""
+    ``adapted_rand_error`` and ``variation_of_information``. With ``scores_dir`` (8-bit cell
+    probabilities, :func:`best_cell_pixel_error`) the cells are those above each of
+    :data:`CHALLENGE_THRESHOLDS` and each error is its best threshold's, as the challenge
+    scores a probability map. None without scikit-image."""
     metrics = optional_import("skimage.metrics", "scikit-image", "no Rand error is computed")
     measure = optional_import("skimage.measure", "scikit-image", "no Rand error is computed")
     if metrics is None or measure is None:
         return None
-    rand, info = [], []
+    rand, info = [], []  # per image, per proposal
     for name in names:
         label = read_label_png(Path(gt_dir) / f"{name}.png", "label") == cell_class
-        pred = read_label_png(Path(pred_dir) / f"{name}.png", "prediction") == cell_class
+        if scores_dir is None:
+            proposals = [read_label_png(Path(pred_dir) / f"{name}.png", "prediction") == cell_class]
+        else:
+            scores = read_label_png(Path(scores_dir) / f"{name}.png", "cell probability")
+            proposals = [scores > 255 * threshold for threshold in CHALLENGE_THRESHOLDS]
         true_cells = measure.label(label, connectivity=1)
-        pred_cells = measure.label(pred, connectivity=1)
         ignored = {"ignore_labels": (0,)}  # the label's membranes
-        rand.append(metrics.adapted_rand_error(true_cells, pred_cells, **ignored)[0])
-        info.append(sum(metrics.variation_of_information(true_cells, pred_cells, **ignored)))
-    return {"rand_error": float(np.mean(rand)), "information_error": float(np.mean(info))}
+        rand.append([])
+        info.append([])
+        for proposal in proposals:
+            pred_cells = measure.label(proposal, connectivity=1)
+            rand[-1].append(metrics.adapted_rand_error(true_cells, pred_cells, **ignored)[0])
+            info[-1].append(
+                sum(metrics.variation_of_information(true_cells, pred_cells, **ignored))
+            )
+    return {
+        "rand_error": float(np.mean(rand, axis=0).min()),
+        "information_error": float(np.mean(info, axis=0).min()),
+    }
 
 
 def nanmean(values: np.ndarray) -> float:

@@ -104,6 +104,12 @@ def class_map(probs: torch.Tensor) -> torch.Tensor:
     return labels
 
 
+def probability_bytes(plane: torch.Tensor) -> torch.Tensor:
+    """A probability plane in 255ths, rounded, as uint8: an 8-bit probability map (the ISBI
+    2012 challenge's submission format)."""
+    return plane.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+
+
 def _source_pixels(out_size: int, in_size: int) -> tuple[torch.Tensor, ...]:
     """For each output pixel along one axis: its two source pixels and the second's weight,
     by pixel centres in float32, as ``F.interpolate(mode="bilinear")`` computes them."""
@@ -289,6 +295,7 @@ class InferencePipeline:
         keep_image: bool = False,
         to_host: bool = True,
         skip_unreadable: bool = False,
+        scores_of: int | None = None,
     ) -> Iterator[tuple[Sample, np.ndarray | torch.Tensor | None]]:
         """Yield ``(sample, class map)`` for each item, in order, ``batch_size`` per forward pass.
 
@@ -296,7 +303,7 @@ class InferencePipeline:
         returns the image and anything to pass along in ``sample.extra``. ``keep_image`` puts
         the decoded RGB image in ``sample.image``. With ``skip_unreadable`` an image that cannot
         be read comes back as ``(sample, None)`` with ``sample.error`` saying why; otherwise it
-        stops the prediction. See :meth:`predict_batches`.
+        stops the prediction. See :meth:`predict_batches` (and its ``scores_of``).
         """
         check_batching(batch_size, num_workers)
         dataset = PredictionSet(
@@ -312,7 +319,9 @@ class InferencePipeline:
             pin_memory=self.runtime.device.type == "cuda",
             worker_init_fn=seed_worker,
         )
-        return self.predict_batches(loader, to_host=to_host, tile_batch_size=batch_size)
+        return self.predict_batches(
+            loader, to_host=to_host, tile_batch_size=batch_size, scores_of=scores_of
+        )
 
     @torch.inference_mode()
     def predict_batches(
@@ -320,6 +329,7 @@ class InferencePipeline:
         batches: Iterable[tuple[torch.Tensor | None, list[Sample]]],
         to_host: bool = True,
         tile_batch_size: int = 1,
+        scores_of: int | None = None,
     ) -> Iterator[tuple[Sample, np.ndarray | torch.Tensor]]:
         """Yield ``(sample, class map)`` for the batches of :func:`collate_predictions`.
 
@@ -327,17 +337,23 @@ class InferencePipeline:
         one full-size probability map exists at a time. The class maps come back as uint8
         arrays, or stay on the device with ``to_host=False``. On CUDA a batch's maps are copied
         back without waiting, and the previous batch goes to the caller only once the next one
-        is queued, so the GPU keeps working while the caller saves results.
+        is queued, so the GPU keeps working while the caller saves results. With ``scores_of``
+        (a class index) each map is (2, H, W): the class map over that class's probability
+        (:func:`probability_bytes`).
         """
         pending = None
         for inputs, all_samples in batches:
             samples = [s for s in all_samples if s.error is None]
             if self.tile:
-                maps = [class_map(self._tiled(s.image, tile_batch_size)) for s in samples]
+                maps = [
+                    self._with_scores(self._tiled(s.image, tile_batch_size), None, scores_of)
+                    for s in samples
+                ]
             elif samples:
                 probs = self.input_probabilities(inputs)
                 maps = [
-                    labels_at_original(p, s.placement) for p, s in zip(probs, samples, strict=True)
+                    self._with_scores(p, s.placement, scores_of)
+                    for p, s in zip(probs, samples, strict=True)
                 ]
                 del probs
             else:
@@ -348,6 +364,20 @@ class InferencePipeline:
             pending = current
         if pending is not None:
             yield from _pairs(*pending)
+
+    @staticmethod
+    def _with_scores(
+        probs: torch.Tensor, placement: Placement | None, scores_of: int | None
+    ) -> torch.Tensor:
+        """The class map of (C, H, W) probabilities at input size (``placement``) or already at
+        the image's size (None), over class ``scores_of``'s probability bytes when asked."""
+        labels = class_map(probs) if placement is None else labels_at_original(probs, placement)
+        if scores_of is None:
+            return labels
+        plane = probs[scores_of : scores_of + 1]
+        if placement is not None:
+            plane = resize_to_original(plane, placement)
+        return torch.stack([labels, probability_bytes(plane[0])])
 
 
 class _HostCopy:
