@@ -2,6 +2,7 @@
 and tiles, keeping the best weights by mIoU, and the pixel error."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -138,6 +139,15 @@ def test_tiles_evaluate_in_training_as_get_miou_does_and_the_pixel_error_is_repo
         scores = np.array(Image.open(out / "cell-probabilities" / f"{name}.png"))
         labels = np.array(Image.open(out / "detection-results" / f"{name}.png"))
         assert np.mean((scores >= 128) != (labels == 0)) < 0.002
+    # without the probability maps (an older run's predictions), the class maps' errors
+    shutil.rmtree(out / "cell-probabilities")
+    code, stdout, _ = cli(get_miou.main, [*argv, "--miou-mode", "2"])
+    again = json.loads((out / "metrics.json").read_text())
+    assert code == 0 and "pixel_error_threshold" not in again
+    assert (
+        again["pixel_error"] == again["class_map_pixel_error"] == metrics["class_map_pixel_error"]
+    )
+    assert "of the class maps)" in stdout
 
 
 def test_save_augmented_draws_the_samples_and_trains_nothing(cells, tmp_path, cli):

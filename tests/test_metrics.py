@@ -164,7 +164,10 @@ def test_a_probability_map_is_scored_at_its_best_threshold_with_counts_pooled_ov
     assert (error, threshold) == (pytest.approx(1 / 19), pytest.approx(0.3))
     at_half = cell_pixel_error(np.array([[6, 4], [0, 10]]))  # above 0.5: the six 255s
     assert at_half == pytest.approx(4 / 16) and at_half > error
-    assert list(CHALLENGE_THRESHOLDS) == pytest.approx([i / 10 for i in range(11)])
+    assert list(CHALLENGE_THRESHOLDS) == [i / 10 for i in range(11)]
+    Image.fromarray(scores).save(tmp_path / "scores" / "b.png")  # both rows: not b's label's size
+    with pytest.raises(UserError, match=r"scores/b.png is 10x2 but its label is 10x1; predict"):
+        best_cell_pixel_error(tmp_path / "gt", tmp_path / "scores", ["a", "b"])
 
 
 def test_the_rand_error_of_a_probability_map_is_its_best_thresholds(tmp_path):

@@ -73,6 +73,8 @@ def test_a_half_width_model_travels_with_its_width_and_a_wrong_one_is_named(
     code, _, err = cli(train.main, argv)
     assert (
         code == 2
-        and "trained with width_mult 0.5 but width_mult is 1; give --width-mult 0.5" in err
+        and "trained with width_mult 0.5 but width_mult is 1; set width_mult (--width-mult) to "
+        "0.5, or give weights of width 1."
+        in err
     )
     assert "Traceback" not in err

@@ -113,7 +113,7 @@ def never_found(hist: np.ndarray, class_names: Sequence[str]) -> list[str]:
 
 
 #: The thresholds at which the ISBI 2012 challenge binarises a probability map: 0, 0.1, ..., 1.
-CHALLENGE_THRESHOLDS = np.linspace(0, 1, 11)
+CHALLENGE_THRESHOLDS = np.arange(11) / 10
 
 
 def cell_pixel_error(hist: np.ndarray, cell_class: int = 0) -> float:
@@ -139,7 +139,7 @@ def best_cell_pixel_error(
     counts = np.zeros((2, 256), dtype=np.int64)  # probability bytes of the label's cells, others
     for name in names:
         cells = read_label_png(Path(gt_dir) / f"{name}.png", "label") == cell_class
-        scores = read_label_png(Path(scores_dir) / f"{name}.png", "cell probability")
+        scores = _read_scores(Path(scores_dir) / f"{name}.png", cells.shape)
         counts[0] += np.bincount(scores[cells], minlength=256)
         counts[1] += np.bincount(scores[~cells], minlength=256)
     errors = []
@@ -149,6 +149,17 @@ def best_cell_pixel_error(
         errors.append(cell_pixel_error(hist))
     best = int(np.argmin(errors))  # the first of equals, as Fiji keeps the first best F-score
     return errors[best], float(CHALLENGE_THRESHOLDS[best])
+
+
+def _read_scores(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """An 8-bit probability map of a label of ``shape``, or a sentence saying why not."""
+    scores = read_label_png(path, "cell probability")
+    if scores.shape != shape:
+        raise UserError(
+            f"cell probability {path} is {scores.shape[1]}x{scores.shape[0]} but its label is "
+            f"{shape[1]}x{shape[0]}; predict again (--miou-mode 0) to replace it."
+        )
+    return scores
 
 
 def cell_scores(
@@ -176,7 +187,7 @@ def cell_scores(
         if scores_dir is None:
             proposals = [read_label_png(Path(pred_dir) / f"{name}.png", "prediction") == cell_class]
         else:
-            scores = read_label_png(Path(scores_dir) / f"{name}.png", "cell probability")
+            scores = _read_scores(Path(scores_dir) / f"{name}.png", label.shape)
             proposals = [scores > 255 * threshold for threshold in CHALLENGE_THRESHOLDS]
         true_cells = measure.label(label, connectivity=1)
         ignored = {"ignore_labels": (0,)}  # the label's membranes

@@ -105,8 +105,7 @@ def class_map(probs: torch.Tensor) -> torch.Tensor:
 
 
 def probability_bytes(plane: torch.Tensor) -> torch.Tensor:
-    """A probability plane in 255ths, rounded, as uint8: an 8-bit probability map (the ISBI
-    2012 challenge's submission format)."""
+    """A probability plane in 255ths, rounded, as uint8: an 8-bit probability map."""
     return plane.mul(255).round_().clamp_(0, 255).to(torch.uint8)
 
 

@@ -118,10 +118,15 @@ class ModelSettings:
                 )
         held = width_mult_of(state)
         if held is not None and held != self.width_mult:
-            raise UserError(
-                f"{path} was trained with width_mult {held:g} but width_mult is "
-                f"{self.width_mult:g}; set width_mult (--width-mult) to {held:g}."
-            )
+            raise wrong_width(path, held, self.width_mult)
+
+
+def wrong_width(path: str | Path, held: float, wanted: float) -> UserError:
+    """The one sentence for weights of another width than the settings ask for."""
+    return UserError(
+        f"{path} was trained with width_mult {held:g} but width_mult is {wanted:g}; set "
+        f"width_mult (--width-mult) to {held:g}, or give weights of width {wanted:g}."
+    )
 
 
 def settings_path(weights_path: str | Path) -> Path:

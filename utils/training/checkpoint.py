@@ -24,6 +24,7 @@ from utils.settings.model import (
     saved_checksum,
     settings_path,
     write_settings_file,
+    wrong_width,
 )
 from utils.training.writer import HostSnapshot, atomic_save, replace_with_link
 
@@ -220,10 +221,7 @@ def load_matching_weights(
     if missing_backbone and not allow_backbone_mismatch:
         held, width_mult = backbone_of(state), width_mult_of(state)
         if held == model.backbone and width_mult not in (None, model.width_mult):
-            raise UserError(
-                f"{path} was trained with width_mult {width_mult:g} but width_mult is "
-                f"{model.width_mult:g}; give --width-mult {width_mult:g}, or other weights."
-            )
+            raise wrong_width(path, width_mult, model.width_mult)
         other = f"it holds {held} weights: --backbone {held}?" if held else "another --backbone?"
         raise UserError(
             f"{missing_backbone} of {report.total['backbone']} backbone tensors in {path} do not "
