@@ -9,7 +9,7 @@ Writes ``<miou-out-path>/detection-results/<id>.png``, ``mIoU.png``, ``mPA.png``
 ``Recall.png``, ``Precision.png``, ``confusion_matrix.csv``, ``metrics.json`` and
 ``legend.png`` (each class's colour and name, as predict.py draws them). With the medical
 layout's two classes, also ``cell-probabilities/<id>.png``: each slice's cell probability in
-255ths, the ISBI 2012 challenge's submission, which its pixel and Rand errors are scored on.
+255ths: the probability map that the ISBI 2012 challenge's errors are scored on.
 """
 
 from __future__ import annotations
