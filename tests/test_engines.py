@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from utils.device import cpu_has_native_bf16
 from utils.errors import UserError
 from utils.inference.engines import ENGINES, OpenVinoEngine, TorchEngine
 from utils.inference.segmenter import engine_choices
+from utils.inference.speed import command_for
 from utils.utils_metrics import ConfusionMatrix
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -260,4 +262,27 @@ def test_fps_mode_ends_with_the_fastest_and_the_command_that_runs_it(trained, tm
     assert "torch fp32" in rows and "onnxruntime fp32" in rows
     assert ("openvino fp32" in rows) == OpenVinoEngine.available()
     last = out.split("fastest here: ")[1].splitlines()[0]
-    assert "(python predict.py --engine " in last and "--model-path" in last
+    engine = last.split()[0]  # whichever won on this machine: an export may come first
+    assert last.count("(python predict.py ") == 1 and "--model-path" in last
+    assert f" --engine {engine} --model-path " in last
+
+
+def test_the_fastest_engines_command_runs_a_file_it_opens_or_exports_one_first(tmp_path):
+    made = tmp_path / "fps"  # where the fps table exports
+    weights = "logs/best epoch.pth"
+    row = lambda engine, path, precision: SimpleNamespace(  # noqa: E731
+        engine=ENGINES[engine], model_path=made / path, precision=precision
+    )
+    assert command_for(row("torch", "x.pth", "bf16"), weights, made) == (
+        "python predict.py --engine torch --model-path 'logs/best epoch.pth' --precision bf16"
+    )
+    onnx = command_for(row("onnxruntime", "models.onnx", "fp32"), weights, made)
+    assert onnx == (
+        "python predict.py --mode export_onnx --model-path 'logs/best epoch.pth', then "
+        "--engine onnxruntime --model-path model_data/models.onnx"
+    )
+    own = SimpleNamespace(engine=ENGINES["onnxruntime"], model_path="m.onnx", precision="int8")
+    assert (
+        command_for(own, "m.onnx", made)
+        == "python predict.py --engine onnxruntime --model-path m.onnx"
+    )
